@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both install first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export ROUTENLP_VENV := $(VENV)
+
+.PHONY: install demo test test-unit test-slow doctor lock clean
+
+install:
+	bash scripts/install.sh
+
+demo: install
+	$(VENV)/bin/routenlp demo
+
+# Unit + integration (real tritonserver, perf_analyzer, vLLM). pytest exits 5 when it collects
+# nothing, and make treats any non-zero exit as failure.
+test: install
+	$(PY) -m pytest -m "not slow" --durations=15
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-slow: install
+	$(PY) -m pytest -m slow --durations=15
+
+doctor: install
+	$(VENV)/bin/routenlp doctor
+
+lock:
+	bash scripts/lock.sh
+
+clean:
+	rm -rf $(VENV) artifacts

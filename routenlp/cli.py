@@ -1,0 +1,31 @@
+"""`routenlp` command line: one entry point, one subcommand per verb.
+
+Each command lives in its own module under routenlp/commands/ and registers its parser here, so
+later features add a module and one line below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from routenlp.commands import data_cmd, demo_cmd, doctor_cmd
+
+COMMANDS = (doctor_cmd, data_cmd, demo_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routenlp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

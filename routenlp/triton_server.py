@@ -1,0 +1,157 @@
+"""Start and stop a real tritonserver process: free ports, readiness wait, clean shutdown.
+
+Used by `routenlp serve`, `routenlp doctor`, the demo and the integration tests alike, so all of
+them run the server the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from routenlp.stack import StackPaths
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver exited or did not become ready; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class TritonServer:
+    model_repository: Path
+    log_path: Path
+    # "*" loads every model in the repository; explicit mode keeps the repository API usable.
+    load_models: Sequence[str] = ("*",)
+    extra_args: Sequence[str] = ()
+    env: dict[str, str] | None = None
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self, paths: StackPaths) -> list[str]:
+        cmd = [
+            str(paths.tritonserver_bin),
+            f"--model-repository={Path(self.model_repository).resolve()}",
+            f"--backend-directory={paths.backends_dir}",
+            "--model-control-mode=explicit",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            # Open client connections otherwise hold shutdown for 30 s.
+            "--exit-timeout-secs=5",
+        ]
+        cmd += [f"--load-model={name}" for name in self.load_models]
+        return cmd + list(self.extra_args)
+
+    def start(self, timeout_s: float = 300.0) -> "TritonServer":
+        paths = StackPaths.discover()
+        if not paths.tritonserver_bin.exists():
+            raise ServerStartError(f"tritonserver not found at {paths.tritonserver_bin}; run `make install`")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(paths),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=paths.server_env(self.env),
+            start_new_session=True,  # so stop() can signal the server and its backend stubs together
+        )
+        log.close()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _get(self, route: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{route}", timeout=timeout_s) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return 0, b""
+
+    def is_ready(self) -> bool:
+        return self._get("/v2/health/ready")[0] == 200
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerStartError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}")
+
+    def metadata(self) -> dict:
+        status, body = self._get("/v2")
+        if status != 200:
+            raise ServerStartError(f"GET /v2 answered {status}")
+        return json.loads(body)
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        # SIGTERM lets Triton unload models (and their stubs) cleanly; SIGKILL the group if it hangs.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self if self.process else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real tritonserver on a generated self-test repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from routenlp.selftest.repository import build_selftest_repository
+from routenlp.triton_server import TritonServer
+
+
+@pytest.fixture(scope="session")
+def selftest_server(tmp_path_factory) -> TritonServer:
+    """tritonserver serving the echo model; stopped (and its stubs killed) at session end."""
+    root = tmp_path_factory.mktemp("triton")
+    repo = build_selftest_repository(root / "repo")
+    server = TritonServer(repo, root / "server.log", load_models=["echo"])
+    server.start(timeout_s=120)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def write_broken_model(tmp_path) -> "callable":
+    """Writes a repository whose model fails in initialize, to check failures are loud."""
+
+    def make(message: str) -> Path:
+        from export.repository import write_model_version
+        from routenlp.selftest.repository import ECHO_SPEC
+
+        source = tmp_path / "broken_model.py"
+        source.write_text(
+            "class TritonPythonModel:\n"
+            "    def initialize(self, args):\n"
+            f"        raise RuntimeError({message!r})\n"
+        )
+        repo = tmp_path / "broken_repo"
+        write_model_version(repo, ECHO_SPEC, {"model.py": source}, version=1)
+        return repo
+
+    return make

@@ -1,0 +1,33 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from clients.perf import PerfAnalyzerError, parse_csv, write_input_data
+
+# The header perf_analyzer 2.51 writes with -f (latencies in microseconds).
+HEADER = "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency"
+
+
+def test_parse_csv_converts_microseconds(tmp_path: Path):
+    path = tmp_path / "perf.csv"
+    path.write_text(HEADER + "\n1,1500.5,10,200,30,5,250,5,0,480,600,700,900\n2,2600,12,300,40,5,260,6,1,700,800,900,3000\n")
+    points = parse_csv(path)
+    assert [p.concurrency for p in points] == [1, 2]
+    assert points[0].throughput == 1500.5
+    assert points[0].p50_ms == pytest.approx(0.48) and points[0].p99_ms == pytest.approx(0.9)
+    # avg = sum of the component columns: 10+200+30+5+250+5+0 = 500 us
+    assert points[0].avg_ms == pytest.approx(0.5)
+    assert points[1].p99_ms == pytest.approx(3.0)
+
+
+def test_parse_empty_csv_is_an_error(tmp_path: Path):
+    path = tmp_path / "perf.csv"
+    path.write_text(HEADER + "\n")
+    with pytest.raises(PerfAnalyzerError, match="no measurements"):
+        parse_csv(path)
+
+
+def test_input_data_json_shape(tmp_path: Path):
+    path = write_input_data(tmp_path / "in.json", [{"TEXT": ["hi"], "TASK": ["cs_intent"]}])
+    assert json.loads(path.read_text()) == {"data": [{"TEXT": {"content": ["hi"], "shape": [1]}, "TASK": {"content": ["cs_intent"], "shape": [1]}}]}
