@@ -1,0 +1,93 @@
+"""Label metrics for the classification tasks (cs_intent, legal_risk, legal_clause)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sklearn.metrics import accuracy_score, f1_score
+
+from .base import Metric, check_pairs
+
+# legal_clause's negative class: a sentence that belongs to no clause category.
+NO_CLAUSE = "none"
+
+
+def as_label(value) -> str:
+    """A predicted or gold label; surrounding whitespace from a generator is not a different label.
+
+    None (no answer) becomes "", which matches no gold label and so counts as wrong.
+    """
+    return "" if value is None else str(value).strip()
+
+
+def as_labels(values: Sequence) -> list[str]:
+    return [as_label(v) for v in values]
+
+
+def exact_match(prediction, reference) -> float:
+    return 1.0 if as_label(prediction) == as_label(reference) else 0.0
+
+
+def macro_f1(predictions: Sequence, references: Sequence) -> float:
+    """Unweighted mean of per-label F1 over the union of gold and predicted labels.
+
+    The union (not gold labels only) means a label the model invents scores F1 = 0 and pulls the
+    mean down; labels with no support and no predictions score 0 (zero_division=0), never NaN.
+    """
+    check_pairs(predictions, references)
+    gold, predicted = as_labels(references), as_labels(predictions)
+    labels = sorted(set(gold) | set(predicted))
+    return float(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0))
+
+
+class MacroF1(Metric):
+    key = "macro_f1"
+    name = "macro-F1"
+
+    def example(self, prediction, reference) -> float:
+        return exact_match(prediction, reference)
+
+    def corpus(self, predictions: Sequence, references: Sequence) -> float:
+        return macro_f1(predictions, references)
+
+
+class Accuracy(Metric):
+    key = "accuracy"
+    name = "accuracy"
+
+    def example(self, prediction, reference) -> float:
+        return exact_match(prediction, reference)
+
+    def corpus(self, predictions: Sequence, references: Sequence) -> float:
+        check_pairs(predictions, references)
+        return float(accuracy_score(as_labels(references), as_labels(predictions)))
+
+    def secondary(self, predictions: Sequence, references: Sequence) -> dict[str, float]:
+        # Risk levels are imbalanced (most clauses are fair), so accuracy alone flatters a model
+        # that always answers the majority level.
+        return {"macro-F1": macro_f1(predictions, references)}
+
+
+class ClauseF1(Metric):
+    """Sentence-level clause extraction F1: micro-F1 over the clause categories, "none" excluded.
+
+    A sentence labelled with the wrong category is both a false positive (for the predicted one)
+    and a false negative (for the gold one). Correctly answering "none" earns nothing, so a model
+    cannot score by extracting nothing. If no clause category appears in the gold labels nor the
+    predictions, there was nothing to extract and nothing was extracted: the score is 1.0.
+    """
+
+    key = "clause_f1"
+    name = "clause F1 (sentence-level, micro over categories)"
+
+    def example(self, prediction, reference) -> float:
+        # Per sentence the same rules reduce to exact match ("none" vs "none" is the 1.0 edge case).
+        return exact_match(prediction, reference)
+
+    def corpus(self, predictions: Sequence, references: Sequence) -> float:
+        check_pairs(predictions, references)
+        gold, predicted = as_labels(references), as_labels(predictions)
+        categories = sorted((set(gold) | set(predicted)) - {NO_CLAUSE})
+        if not categories:
+            return 1.0
+        return float(f1_score(gold, predicted, labels=categories, average="micro", zero_division=0))
