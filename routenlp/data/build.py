@@ -1,0 +1,145 @@
+"""Build the committed benchmark (benchmark/<task>/{train,calibration,dev}.jsonl + manifest.json)
+from the raw datasets, deterministically: same raw data + seed -> byte-identical files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from routenlp.data.banking77 import banking77_labels
+from routenlp.data.ectsum import load_ectsum_documents
+from routenlp.data.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
+from routenlp.data.loaders import load_raw
+from routenlp.data.records import SPLITS, MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, record_group, write_records
+from routenlp.data.splits import SPLIT_FRACTIONS, sample_capped, seeded_rng, split_by_group
+from routenlp.paths import BENCHMARK_DIR, shared_data_dir
+from routenlp.tasks import TASK_NAMES
+
+BUILD_VERSION = 1
+DEFAULT_SEED = 13
+
+# Raw input of each task, relative to the raw data folder.
+RAW_SOURCES: dict[str, str] = {
+    "cs_intent": "banking77/train.csv",
+    "cs_response": "cs_responses/bitext_customer_support.csv",
+    "fin_ner": "fin_ner/FIN5.txt",
+    "fin_summary": "ectsum/para",
+    "legal_clause": "cuad",
+    "legal_risk": "claudette",
+}
+# The whole-transcript fin_summary set (benchmark/fin_summary/documents.jsonl).
+DOCUMENT_SOURCE = "ectsum/final/val"
+MAX_DOCUMENTS = 20
+# Each dataset's licence (or the README that states it), copied next to its processed files.
+LICENCE_FILES: dict[str, str] = {
+    "cs_intent": "banking77/LICENSE",
+    "cs_response": "cs_responses/LICENSE.txt",
+    "fin_ner": "fin_ner/README.txt",
+    "fin_summary": "ectsum/LICENSE.txt",
+    "legal_clause": "cuad/CUAD_v1_README.txt",
+    "legal_risk": "claudette/LICENSE.txt",
+}
+# Records per split, chosen so the whole committed benchmark stays around 5 MB.
+CAPS: dict[str, dict[str, int]] = {
+    "cs_intent": {"train": 2000, "calibration": 300, "dev": 300},
+    "cs_response": {"train": 700, "calibration": 300, "dev": 300},
+    "fin_ner": {"train": 2000, "calibration": 300, "dev": 300},
+    "fin_summary": {"train": 500, "calibration": 200, "dev": 200},
+    "legal_clause": {"train": 1500, "calibration": 300, "dev": 300},
+    "legal_risk": {"train": 2000, "calibration": 300, "dev": 300},
+}
+# Tasks whose "none" records are cut to at most half of each split.
+NONE_CAPPED = ("legal_clause", "legal_risk")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_digest(raw_dir: Path, relative: str) -> dict:
+    """sha256 of a raw file; for a folder, sha256 over its sorted `relative-path sha256` lines."""
+    path = raw_dir / relative
+    if path.is_file():
+        return {"path": relative, "sha256": sha256_file(path), "files": 1}
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(path).as_posix()} {sha256_file(p)}\n" for p in files)
+    return {"path": relative, "sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "files": len(files)}
+
+
+def task_label_sets(raw_dir: Path) -> dict[str, list[str]]:
+    labels = {task: list(values) for task, values in FIXED_LABELS.items()}
+    labels["cs_intent"] = banking77_labels(raw_dir / RAW_SOURCES["cs_intent"])
+    labels["fin_ner"] = sorted([f"I-{kind}" for kind in NER_TYPES] + ["O"])
+    return dict(sorted(labels.items()))
+
+
+def build_task(task: str, raw_dir: Path, seed: int) -> tuple[dict[str, list[dict]], dict[str, set[str]]]:
+    """Records of one task per split (split by document, then capped and none-balanced), and the
+    documents each split was given (including those the caps left out)."""
+    records = load_raw(task, raw_dir / RAW_SOURCES[task])
+    if not records:
+        raise ValueError(f"no records for {task} in {raw_dir / RAW_SOURCES[task]}")
+    parts = split_by_group(records, seeded_rng(seed, task, "split"))
+    none_label = NONE_LABEL if task in NONE_CAPPED else None
+    splits = {
+        split: sample_capped(parts[split], CAPS[task][split], seeded_rng(seed, task, split), none_label)
+        for split in SPLITS
+    }
+    return splits, {split: {record_group(r) for r in parts[split]} for split in SPLITS}
+
+
+def build_documents(raw_dir: Path, seed: int, excluded_groups: set[str]) -> list[dict]:
+    """Whole-transcript fin_summary records of companies outside train and calibration."""
+    records = [r for r in load_ectsum_documents(raw_dir / DOCUMENT_SOURCE) if record_group(r) not in excluded_groups]
+    return sample_capped(records, MAX_DOCUMENTS, seeded_rng(seed, "fin_summary", "documents"))
+
+
+def _clear_outputs(task_dir: Path) -> None:
+    # Only the files a build writes, so a rebuild never keeps a stale split around.
+    for old in task_dir.glob("*.jsonl"):
+        old.unlink()
+
+
+def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, seed: int = DEFAULT_SEED) -> dict:
+    """Write out_dir/<task>/{train,calibration,dev}.jsonl (+ fin_summary/documents.jsonl), the
+    licence files and out_dir/manifest.json; return the manifest."""
+    raw_dir = Path(raw_dir) if raw_dir is not None else shared_data_dir()
+    out_dir = Path(out_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"raw data folder not found: {raw_dir} (set --raw or ROUTENLP_RAW_DATA)")
+    counts: dict[str, dict[str, int]] = {}
+    sources: dict[str, list[dict]] = {}
+    for task in TASK_NAMES:
+        task_dir = out_dir / task
+        task_dir.mkdir(parents=True, exist_ok=True)
+        _clear_outputs(task_dir)
+        splits, groups = build_task(task, raw_dir, seed)
+        counts[task] = {split: write_records(task_dir / f"{split}.jsonl", splits[split]) for split in SPLITS}
+        sources[task] = [source_digest(raw_dir, RAW_SOURCES[task])]
+        if task == "fin_summary":
+            documents = build_documents(raw_dir, seed, groups["train"] | groups["calibration"])
+            counts[task]["documents"] = write_records(task_dir / "documents.jsonl", documents)
+            sources[task].append(source_digest(raw_dir, DOCUMENT_SOURCE))
+        licence = raw_dir / LICENCE_FILES[task]
+        shutil.copyfile(licence, task_dir / licence.name)
+    manifest = {
+        "build_version": BUILD_VERSION,
+        "seed": seed,
+        "split_fractions": SPLIT_FRACTIONS,
+        "caps": CAPS,
+        "max_documents": MAX_DOCUMENTS,
+        "max_input_chars": MAX_INPUT_CHARS,
+        "max_document_chars": MAX_DOCUMENT_CHARS,
+        "counts": counts,
+        "sources": sources,
+        "licences": {task: f"{task}/{Path(LICENCE_FILES[task]).name}" for task in TASK_NAMES},
+        "labels": task_label_sets(raw_dir),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest

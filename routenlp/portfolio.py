@@ -1,0 +1,164 @@
+"""The portfolio description: tiers (how each is built and served, what it costs), router settings,
+per-task quality bars and SLAs, and build profiles. Loaded from one TOML file."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routenlp.tasks import TASK_NAMES, get_task
+
+DEFAULT_PORTFOLIO = Path(__file__).with_name("portfolios") / "default.toml"
+TIER_ORDER = ("t1", "t2", "t3", "t4")
+SERVING_KINDS = ("onnx", "vllm", "openai")
+
+
+class PortfolioError(ValueError):
+    """A portfolio file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    kind: str
+    price_per_1k_tokens: float
+    arch: Mapping[str, Any]
+    checkpoint: str = ""  # empty: train here from `arch`
+    base_url: str = ""  # openai kind: empty means the local endpoint
+    model: str = ""
+    api_key_env: str = ""
+    timeout_s: float = 10.0
+    max_retries: int = 2
+
+    @property
+    def index(self) -> int:
+        return TIER_ORDER.index(self.name)
+
+    def cost(self, tokens: int) -> float:
+        """Dollars for `tokens` tokens (prompt + completion) at this tier's price."""
+        return tokens / 1000.0 * self.price_per_1k_tokens
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    name: str
+    paper_bar: float
+    relative_bar: float
+    latency_sla_ms: float
+
+    def effective_bar(self, t4_quality: float | None) -> float:
+        """The paper's bar where T4 reaches it, else relative_bar x T4's quality."""
+        if t4_quality is None or t4_quality >= self.paper_bar:
+            return self.paper_bar
+        return self.relative_bar * t4_quality
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    encoder: Mapping[str, Any]
+    task_embedding_dim: int = 64
+    mlp_hidden: int = 256
+    dropout: float = 0.1
+    cost_weight: float = 0.3
+    quality_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_train_per_task: int
+    max_eval_per_task: int
+    max_input_tokens: int
+    max_answer_tokens: int
+    encoder_epochs: int
+    decoder_epochs: int
+    router_epochs: int
+
+
+@dataclass(frozen=True)
+class Portfolio:
+    name: str
+    tiers: Mapping[str, Tier]
+    tasks: Mapping[str, TaskPolicy]
+    router: RouterSettings
+    profile: Profile
+    source: Path = field(default=DEFAULT_PORTFOLIO)
+
+    def ordered_tiers(self) -> list[Tier]:
+        return [self.tiers[name] for name in TIER_ORDER]
+
+
+def _deep_merge(base: dict, override: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _require(mapping: Mapping, key: str, where: str) -> Any:
+    if key not in mapping:
+        raise PortfolioError(f"{where}: missing '{key}'")
+    return mapping[key]
+
+
+def _tier(name: str, raw: Mapping, where: str) -> Tier:
+    kind = _require(raw, "kind", where)
+    if kind not in SERVING_KINDS:
+        raise PortfolioError(f"{where}: kind {kind!r} is not one of {', '.join(SERVING_KINDS)}")
+    price = float(_require(raw, "price_per_1k_tokens", where))
+    if price < 0:
+        raise PortfolioError(f"{where}: price_per_1k_tokens must be >= 0")
+    known = {f for f in Tier.__dataclass_fields__ if f != "name"}
+    unknown = set(raw) - known
+    if unknown:
+        raise PortfolioError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    return Tier(name=name, **{**raw, "price_per_1k_tokens": price, "arch": dict(raw.get("arch", {}))})
+
+
+def parse_portfolio(raw: Mapping, profile: str, source: Path) -> Portfolio:
+    where = str(source)
+    profiles = _require(raw, "profiles", where)
+    if profile not in profiles:
+        raise PortfolioError(f"{where}: unknown profile {profile!r}; valid profiles: {', '.join(profiles)}")
+    profile_raw = dict(profiles[profile])
+    # Per-profile overrides of tiers/router are merged into the base description.
+    raw = _deep_merge(dict(raw), {k: profile_raw.pop(k) for k in ("tiers", "router") if k in profile_raw})
+    tiers_raw = _require(raw, "tiers", where)
+    missing = [t for t in TIER_ORDER if t not in tiers_raw]
+    if missing:
+        raise PortfolioError(f"{where}: tiers {', '.join(missing)} missing (need {', '.join(TIER_ORDER)})")
+    tiers = {name: _tier(name, tiers_raw[name], f"{where} [tiers.{name}]") for name in TIER_ORDER}
+    tasks_raw = _require(raw, "tasks", where)
+    for name in tasks_raw:
+        get_task(name)  # raises UnknownTaskError listing valid tasks
+    missing_tasks = [t for t in TASK_NAMES if t not in tasks_raw]
+    if missing_tasks:
+        raise PortfolioError(f"{where}: tasks {', '.join(missing_tasks)} have no [tasks.NAME] section")
+    tasks = {name: TaskPolicy(name=name, **tasks_raw[name]) for name in TASK_NAMES}
+    try:
+        return Portfolio(
+            name=str(raw.get("name", source.stem)),
+            tiers=tiers,
+            tasks=tasks,
+            router=RouterSettings(**_require(raw, "router", where)),
+            profile=Profile(name=profile, **profile_raw),
+            source=source,
+        )
+    except TypeError as err:  # unknown or missing keys in a section
+        raise PortfolioError(f"{where}: {err}") from None
+
+
+def load_portfolio(path: Path | None = None, profile: str = "default") -> Portfolio:
+    source = Path(path or DEFAULT_PORTFOLIO)
+    try:
+        raw = tomllib.loads(source.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise PortfolioError(f"cannot read portfolio {source}: {err}") from None
+    return parse_portfolio(raw, profile, source)
