@@ -70,7 +70,9 @@ class RouterSettings:
 @dataclass(frozen=True)
 class Profile:
     name: str
+    vocab_size: int
     max_train_per_task: int
+    router_pool_per_task: int
     max_eval_per_task: int
     max_input_tokens: int
     max_answer_tokens: int

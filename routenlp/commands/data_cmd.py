@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from routenlp.paths import BENCHMARK_DIR, shared_data_dir
-from routenlp.table import format_table
 
 
 def register(sub) -> None:
@@ -33,8 +32,8 @@ def run_build(args) -> int:
 
 
 def run_stats(args) -> int:
-    from routenlp.data import benchmark_stats
+    from routenlp.data import benchmark_stats, format_stats_table
 
-    print(format_table(benchmark_stats(args.bench)))
+    print(format_stats_table(benchmark_stats(args.bench)))
     return 0
 

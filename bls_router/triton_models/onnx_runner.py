@@ -1,0 +1,53 @@
+"""Triton python-backend model that runs `model.onnx` from its version folder with ONNX Runtime.
+
+This CPU build of Triton has no onnxruntime backend, so the router and T1 models are served by
+this adapter. Its tensors are exactly the ONNX graph's, so the same repository can switch to
+`platform: "onnxruntime_onnx"` on a stock NGC image (the `--target ngc` export) unchanged.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        if not os.path.exists(path):
+            raise pb_utils.TritonModelException(f"{self.name}: {path} not found")
+        options = ort.SessionOptions()
+        threads = config.get("parameters", {}).get("intra_op_threads", {}).get("string_value")
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_names = [o["name"] for o in config["output"]]
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        # Fail the load, naming the model, if config and graph disagree (never at request time).
+        if set(self.input_names) != graph_inputs or not set(self.output_names) <= graph_outputs:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config tensors {self.input_names}->{self.output_names} do not match "
+                f"model.onnx {sorted(graph_inputs)}->{sorted(graph_outputs)}"
+            )
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+                outputs = self.session.run(self.output_names, feeds)
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(self.output_names, outputs)]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except Exception as err:  # one bad request must not fail the others in the batch
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INVALID_ARG)
+                    )
+                )
+        return responses

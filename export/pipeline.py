@@ -1,0 +1,239 @@
+"""`routenlp export`: build the whole portfolio from the portfolio description, step by step.
+
+tokenizer -> T1 heads -> decoder tiers (T2, T3, T4) -> all-pairs answers on the router pool and
+dev pool -> router -> ONNX export (parity + latency) -> model repository version -> results.
+Each step is cached (export/stage_cache.py), so a second run with nothing changed is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.pools import Pools, make_pools
+from export.stage_cache import StageCache, fingerprint
+from routenlp.answers import format_target, prompt_text
+from routenlp.paths import ARTIFACTS_DIR, BENCHMARK_DIR
+from routenlp.portfolio import TIER_ORDER, Portfolio
+from routenlp.tasks import TASK_NAMES, get_task
+
+DECODER_TIERS = ("t2", "t3", "t4")
+SEED = 0
+# Per-tier training settings that are not architecture: small models learn fast at a high rate.
+DECODER_LR = 3e-3
+DECODER_BATCH = 16
+
+
+def _benchmark_fingerprint() -> str:
+    # The manifest lists counts and source hashes: a rebuilt benchmark changes it.
+    return fingerprint({"manifest": (BENCHMARK_DIR / "manifest.json").read_text()})
+
+
+class PortfolioBuild:
+    """The build steps over one portfolio + profile; artefacts under artifacts/<portfolio>-<profile>/."""
+
+    def __init__(self, portfolio: Portfolio, root: Path | None = None, progress: bool = True, log: Callable[[str], None] = print):
+        self.portfolio = portfolio
+        self.profile = portfolio.profile
+        self.root = Path(root or ARTIFACTS_DIR / f"{portfolio.name}-{self.profile.name}")
+        self.cache = StageCache(self.root)
+        self.progress = progress
+        self.log = log
+        self._pools: Pools | None = None
+        self._tokenizer = None
+
+    # ------------------------------------------------------------------ shared inputs
+    @property
+    def pools(self) -> Pools:
+        if self._pools is None:
+            self._pools = make_pools(self.profile, SEED)
+        return self._pools
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import PreTrainedTokenizerFast
+
+            self._tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.root / "tokenizer"))
+        return self._tokenizer
+
+    def _inputs(self, step: str, **extra: Any) -> dict[str, Any]:
+        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), **extra}
+
+    # ------------------------------------------------------------------ steps
+    def build_tokenizer(self) -> dict:
+        from export.tokenizer import train_tokenizer
+
+        def build(out: Path) -> dict:
+            texts = []
+            for record in self.pools.flat("tier_train"):
+                texts += [prompt_text(record), format_target(record)]
+            tokenizer = train_tokenizer(texts, self.profile.vocab_size, out)
+            return {"vocab_size": len(tokenizer), "texts": len(texts)}
+
+        return self.cache.run("tokenizer", self._inputs("tokenizer"), build, self.log)
+
+    def build_t1(self) -> dict:
+        from export.t1 import T1_TASKS, evaluate_t1, save_t1, train_t1
+
+        tier = self.portfolio.tiers["t1"]
+
+        def build(out: Path) -> dict:
+            summary = {}
+            for task in T1_TASKS:
+                model, stats = train_t1(
+                    task, self.pools.tier_train[task], self.tokenizer(), tier.arch,
+                    epochs=self.profile.encoder_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress,
+                )
+                dev = evaluate_t1(model, self.tokenizer(), task, self.pools.dev[task], self.profile.max_input_tokens)
+                save_t1(model, self.tokenizer(), out / task, {"train": stats, "dev": dev, "max_len": self.profile.max_input_tokens})
+                summary[task] = {"train_seconds": stats.get("train_seconds"), "dev": dev["score"]}
+            return summary
+
+        inputs = self._inputs("t1", arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"))
+        return self.cache.run("t1", inputs, build, self.log)
+
+    def decoder_dir(self, tier: str) -> Path:
+        checkpoint = self.portfolio.tiers[tier].checkpoint
+        return Path(checkpoint) if checkpoint else self.root / "decoders" / tier
+
+    def build_decoders(self) -> dict:
+        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
+        import torch
+
+        from export.train_decoder import train_decoder
+
+        pairs = [(prompt_text(r), format_target(r)) for r in self.pools.flat("tier_train")]
+        summary = {}
+        for tier_name in DECODER_TIERS:
+            tier = self.portfolio.tiers[tier_name]
+            if tier.checkpoint:  # a real checkpoint (e.g. Mistral-7B) is used as given
+                summary[tier_name] = {"checkpoint": tier.checkpoint}
+                continue
+
+            def build(out: Path, tier=tier) -> dict:
+                arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
+                torch.manual_seed(SEED)
+                model = build_decoder(arch, self.tokenizer())
+                self.log(f"  {tier.name}: {arch.family}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
+                stats = train_decoder(
+                    model, self.tokenizer(), pairs, epochs=self.profile.decoder_epochs, batch_size=DECODER_BATCH,
+                    lr=DECODER_LR, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
+                )
+                save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
+                return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
+
+            inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=DECODER_LR)
+            summary[tier_name] = self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
+        return summary
+
+    def build_answers(self) -> dict:
+        """Every tier answers the router pool and the dev pool (the all-pairs evaluation)."""
+        from transformers import AutoModelForCausalLM
+
+        from export.labeling import label_decoder, label_t1
+        from export.t1 import T1_TASKS, load_t1
+
+        def build(out: Path) -> dict:
+            counts = {}
+            for pool in ("router", "dev"):
+                rows = []
+                for task in T1_TASKS:
+                    model, meta = load_t1(self.root / "t1" / task)
+                    rows += label_t1(task, model, self.tokenizer(), getattr(self.pools, pool)[task], max_len=meta["max_len"])
+                records = self.pools.flat(pool)
+                for tier in DECODER_TIERS:
+                    model = AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(tier))).eval()
+                    rows += label_decoder(
+                        tier, model, self.tokenizer(), records,
+                        max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
+                    )
+                with open(out / f"{pool}.jsonl", "w") as handle:
+                    for row in rows:
+                        handle.write(json.dumps(row.to_json(), sort_keys=True) + "\n")
+                counts[pool] = len(rows)
+            return counts
+
+        upstream = {name: self.cache.key(name) for name in ("t1",)}
+        upstream.update({tier: self.cache.key(f"decoders/{tier}") for tier in DECODER_TIERS if not self.portfolio.tiers[tier].checkpoint})
+        return self.cache.run("answers", self._inputs("answers", upstream=upstream), build, self.log)
+
+    def load_answers(self, pool: str) -> dict[str, dict[str, dict]]:
+        table: dict[str, dict[str, dict]] = {}
+        with open(self.root / "answers" / f"{pool}.jsonl") as handle:
+            for line in handle:
+                row = json.loads(line)
+                table.setdefault(row["id"], {})[row["tier"]] = row
+        return table
+
+    def build_router(self) -> dict:
+        from export.quality import effective_bars, quality_matrix, quality_table
+        from export.router_model import save_router
+        from export.train_router import router_accuracy, train_router
+
+        def build(out: Path) -> dict:
+            dev_answers, router_answers = self.load_answers("dev"), self.load_answers("router")
+            dev_quality = quality_table(dev_answers, self.pools.flat("dev"))
+            bars = effective_bars(self.portfolio, dev_quality)
+            records = self.pools.flat("router")
+            quality, bar = quality_matrix(router_answers, records, bars)
+            prices = [t.price_per_1k_tokens for t in self.portfolio.ordered_tiers()]
+            model, stats = train_router(
+                records, quality, bar, self.tokenizer(), self.portfolio.router, prices,
+                epochs=self.profile.router_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress,
+            )
+            dev_records = self.pools.flat("dev")
+            dev_q, dev_bar = quality_matrix(dev_answers, dev_records, bars)
+            accuracy = router_accuracy(model, self.tokenizer(), dev_records, dev_q, dev_bar, self.profile.max_input_tokens)
+            save_router(model, out, {"train": stats, "dev_accuracy": accuracy, "bars": bars, "max_len": self.profile.max_input_tokens})
+            return {"dev_accuracy_vs_oracle": round(accuracy, 4), "bars": bars, "dev_quality": dev_quality, "train": stats}
+
+        inputs = self._inputs("router", settings=asdict(self.portfolio.router), answers=self.cache.key("answers"))
+        return self.cache.run("router", inputs, build, self.log)
+
+    def build_onnx(self) -> dict:
+        from export.onnx_export import export_onnx, latency_table, parity_check, spec_for_model
+        from export.router_model import encode_router_inputs, load_router
+        from export.t1 import T1_TASKS, load_t1
+
+        def build(out: Path) -> dict:
+            from export.encoder import encode_texts, pad_batch
+
+            summary = {"parity": {}, "latency": []}
+            router, meta = load_router(self.root / "router")
+            models = {"router": (router, encode_router_inputs(router, self.tokenizer(), self.pools.flat("dev"), meta["max_len"]))}
+            for task in T1_TASKS:
+                model, t1_meta = load_t1(self.root / "t1" / task)
+                ids, mask = pad_batch(encode_texts(self.tokenizer(), [r["text"] for r in self.pools.dev[task]], t1_meta["max_len"]), self.tokenizer().pad_token_id)
+                models[f"t1_{task}"] = (model, {"input_ids": ids, "attention_mask": mask})
+            for name, (model, sample) in models.items():
+                spec = spec_for_model(model)
+                path = export_onnx(model, spec, out / f"{name}.onnx")
+                summary["parity"][name] = parity_check(model, path, spec, sample)
+                summary["latency"] += latency_table(model, path, sample, spec=spec, name=name)
+            return summary
+
+        inputs = self._inputs("onnx", router=self.cache.key("router"), t1=self.cache.key("t1"))
+        return self.cache.run("onnx", inputs, build, self.log)
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        steps = {}
+        for name, step in (
+            ("tokenizer", self.build_tokenizer),
+            ("t1", self.build_t1),
+            ("decoders", self.build_decoders),
+            ("answers", self.build_answers),
+            ("router", self.build_router),
+            ("onnx", self.build_onnx),
+        ):
+            step_started = time.perf_counter()
+            steps[name] = step()
+            self.log(f"[{name}] {time.perf_counter() - step_started:.1f}s")
+        steps["seconds"] = round(time.perf_counter() - started, 1)
+        return steps

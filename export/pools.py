@@ -1,0 +1,43 @@
+"""Which benchmark records each build step sees, with fixed seeds.
+
+Tier training and router labelling use disjoint parts of the train split: the router must learn
+which tier succeeds on text the tiers have not memorised, or it would send everything to T1.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from routenlp.data import load_split
+from routenlp.portfolio import Profile
+from routenlp.tasks import TASK_NAMES
+
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Pools:
+    tier_train: dict[str, list[Record]]  # task -> records the tiers are trained on
+    router: dict[str, list[Record]]  # task -> held-out records every tier answers (router labels)
+    dev: dict[str, list[Record]]  # task -> dev records for the quality table
+
+    def flat(self, pool: str) -> list[Record]:
+        return [r for task in TASK_NAMES for r in getattr(self, pool)[task]]
+
+
+def make_pools(profile: Profile, seed: int = 0) -> Pools:
+    tier_train, router, dev = {}, {}, {}
+    for task in TASK_NAMES:
+        train = list(load_split(task, "train"))
+        random.Random(f"{seed}:{task}").shuffle(train)
+        # At most a quarter of the split goes to the router pool, so small tasks keep training data.
+        n_router = min(profile.router_pool_per_task, len(train) // 4)
+        router[task] = train[:n_router]
+        tier_train[task] = train[n_router : n_router + profile.max_train_per_task]
+        dev_split = list(load_split(task, "dev"))
+        random.Random(f"{seed}:{task}:dev").shuffle(dev_split)
+        dev[task] = dev_split[: profile.max_eval_per_task]
+    return Pools(tier_train, router, dev)
