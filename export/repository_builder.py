@@ -1,0 +1,101 @@
+"""Write a built portfolio into a Triton model repository as one new version of every model.
+
+Two targets from the same artefacts: `cpu` (this Triton build: ONNX models run by the
+onnxruntime python-backend runner, vLLM tiers by our python-backend engine) and `ngc` (stock NGC
+tritonserver + vLLM images: platform onnxruntime_onnx and the vllm backend). Every config is
+generated; a version folder is assembled beside its final place and renamed in (atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from export.onnx_export import router_spec, spec_for_model
+from export.repository import latest_version, write_model_version
+from export.triton_config import ModelSpec
+
+TARGETS = ("cpu", "ngc")
+MODELS_DIR = Path(__file__).resolve().parent.parent / "bls_router" / "triton_models"
+ONNX_RUNNER = MODELS_DIR / "onnx_runner.py"
+VLLM_TIER = MODELS_DIR / "vllm_tier.py"
+MANIFEST = "routenlp_repository.json"
+# Where NGC deployments mount the repository (docker -v ...:/models); vLLM needs absolute paths.
+NGC_MOUNT = "/models"
+
+
+def onnx_model_spec(io_spec, target: str) -> ModelSpec:
+    if target == "cpu":
+        # One intra-op thread per model: many small models share 2 cores, and the BLS calls them
+        # concurrently.
+        return io_spec.model_spec(backend="python", parameters={"intra_op_threads": "1"})
+    return io_spec.model_spec(backend=None, platform="onnxruntime_onnx")
+
+
+def _onnx_files(onnx_path: Path, target: str) -> dict[str, Path]:
+    files = {"model.onnx": onnx_path}
+    if target == "cpu":
+        files["model.py"] = ONNX_RUNNER
+    return files
+
+
+def _read_manifest(repository: Path) -> dict[str, Any]:
+    path = repository / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {"versions": []}
+
+
+def write_repository(build, repository: Path, target: str = "cpu", force: bool = False) -> dict[str, Any]:
+    """Write version N+1 of router, t1_<task>, t2 and t3 from `build` (export.pipeline.PortfolioBuild).
+    Returns {version, models, fresh}; when the newest version already holds these exact artefacts
+    (same build fingerprints and target) nothing is written."""
+    from export.router_model import load_router
+    from export.t1 import T1_TASKS, load_t1
+    from export.vllm_tier_config import vllm_model_json, vllm_tier_spec
+
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    fingerprint = {"target": target, "onnx": build.cache.key("onnx"), "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")}}
+    manifest = _read_manifest(repository)
+    if manifest["versions"] and manifest["versions"][-1]["fingerprint"] == fingerprint and not force:
+        last = manifest["versions"][-1]
+        return {"version": last["version"], "models": last["models"], "fresh": False}
+
+    names = ["router", *(f"t1_{task}" for task in T1_TASKS), "t2", "t3"]
+    version = 1 + max(latest_version(repository / name) for name in names)
+    models: dict[str, tuple[ModelSpec, dict]] = {}
+    onnx_dir = build.root / "onnx"
+    models["router"] = (onnx_model_spec(router_spec(), target), _onnx_files(onnx_dir / "router.onnx", target))
+    for task in T1_TASKS:
+        model, _ = load_t1(build.root / "t1" / task)
+        io_spec = spec_for_model(model, task)
+        models[io_spec.model] = (onnx_model_spec(io_spec, target), _onnx_files(onnx_dir / f"{io_spec.model}.onnx", target))
+    max_model_len = build.profile.max_input_tokens + build.profile.max_answer_tokens
+    for tier in ("t2", "t3"):
+        checkpoint = build.portfolio.tiers[tier].checkpoint
+        files: dict[str, Any] = {}
+        if checkpoint:  # a real checkpoint stays where it is; the version points at it
+            model_path = str(Path(checkpoint).resolve())
+        else:
+            files["hf"] = build.decoder_dir(tier)
+            # vLLM resolves relative paths from its working directory, so NGC gets the absolute
+            # path inside the container's mounted repository.
+            model_path = "hf" if target == "cpu" else f"{NGC_MOUNT}/{tier}/{version}/hf"
+        files["model.json"] = vllm_model_json(model_path, max_model_len=max_model_len, target=target)
+        if target == "cpu":
+            files["model.py"] = VLLM_TIER
+        models[tier] = (vllm_tier_spec(tier, target=target), files)
+    for name, (spec, files) in models.items():
+        write_model_version(repository, spec, files, version=version)
+    manifest["versions"].append({"version": version, "fingerprint": fingerprint, "models": sorted(models), "portfolio": build.portfolio.name, "profile": build.profile.name})
+    tmp = repository / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, repository / MANIFEST)
+    return {"version": version, "models": sorted(models), "fresh": True}
+
+
+def _stage_key(build, tier: str) -> str:
+    return "external" if build.portfolio.tiers[tier].checkpoint else build.cache.key(f"decoders/{tier}")

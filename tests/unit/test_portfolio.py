@@ -1,0 +1,63 @@
+import tomllib
+
+import pytest
+
+from routenlp.portfolio import DEFAULT_PORTFOLIO, PortfolioError, load_portfolio, parse_portfolio
+from routenlp.tasks import UnknownTaskError
+
+
+def _raw():
+    return tomllib.loads(DEFAULT_PORTFOLIO.read_text())
+
+
+def test_default_portfolio_has_four_priced_tiers_and_all_tasks():
+    portfolio = load_portfolio()
+    assert [t.name for t in portfolio.ordered_tiers()] == ["t1", "t2", "t3", "t4"]
+    assert [t.price_per_1k_tokens for t in portfolio.ordered_tiers()] == [0.01, 0.10, 0.80, 8.00]
+    assert [t.kind for t in portfolio.ordered_tiers()] == ["onnx", "vllm", "vllm", "openai"]
+    assert portfolio.tiers["t4"].api_key_env == "ROUTENLP_T4_API_KEY"
+    assert portfolio.tasks["fin_summary"].paper_bar == 0.42
+    assert portfolio.router.cost_weight == 0.3 and portfolio.router.quality_weight == 0.5
+
+
+def test_profile_overrides_merge_into_tiers_without_touching_the_rest():
+    tiny, default = load_portfolio(profile="tiny"), load_portfolio(profile="default")
+    assert tiny.tiers["t2"].arch["hidden"] < default.tiers["t2"].arch["hidden"]
+    assert tiny.tiers["t2"].arch["family"] == "mistral"  # kept from the base description
+    assert tiny.tiers["t2"].price_per_1k_tokens == default.tiers["t2"].price_per_1k_tokens
+    assert tiny.profile.max_train_per_task < default.profile.max_train_per_task
+
+
+def test_tier_cost_and_effective_bar():
+    portfolio = load_portfolio()
+    assert portfolio.tiers["t4"].cost(500) == pytest.approx(4.0)  # 500 tokens at $8 / 1K
+    policy = portfolio.tasks["cs_intent"]  # paper bar 0.92, relative 0.9
+    assert policy.effective_bar(0.95) == 0.92
+    assert policy.effective_bar(0.5) == pytest.approx(0.45)
+    assert policy.effective_bar(None) == 0.92
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda raw: raw["tiers"]["t2"].update(kind="triton"), "kind 'triton' is not one of onnx, vllm, openai"),
+        (lambda raw: raw["tiers"].pop("t3"), "tiers t3 missing"),
+        (lambda raw: raw["tasks"].pop("fin_ner"), "tasks fin_ner have no"),
+        (lambda raw: raw["tiers"]["t1"].update(colour="red"), "unknown field"),
+        (lambda raw: raw["tiers"]["t1"].update(price_per_1k_tokens=-1), "must be >= 0"),
+    ],
+)
+def test_bad_portfolios_name_the_problem(mutate, message, tmp_path):
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(PortfolioError, match=message):
+        parse_portfolio(raw, "default", tmp_path / "p.toml")
+
+
+def test_unknown_profile_and_task():
+    with pytest.raises(PortfolioError, match="valid profiles: tiny, default"):
+        load_portfolio(profile="huge")
+    raw = _raw()
+    raw["tasks"]["weather"] = raw["tasks"]["cs_intent"]
+    with pytest.raises(UnknownTaskError):
+        parse_portfolio(raw, "default", DEFAULT_PORTFOLIO)

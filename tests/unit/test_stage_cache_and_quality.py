@@ -1,0 +1,68 @@
+import numpy as np
+
+from export.quality import UNSERVABLE, quality_matrix, quality_table
+from export.report import ordering_issues
+from export.stage_cache import StageCache
+
+
+def test_stage_cache_rebuilds_only_when_inputs_change(tmp_path):
+    cache, calls = StageCache(tmp_path), []
+
+    def build(out):
+        calls.append(out)
+        (out / "artefact").write_text("x")
+        return {"n": len(calls)}
+
+    assert cache.run("step", {"a": 1}, build, log=lambda m: None) == {"n": 1}
+    assert cache.run("step", {"a": 1}, build, log=lambda m: None) == {"n": 1}  # cached
+    assert cache.run("step", {"a": 2}, build, log=lambda m: None) == {"n": 2}  # input changed
+    assert len(calls) == 2 and (tmp_path / "step" / "artefact").exists()
+
+
+def test_failed_step_leaves_no_stamp(tmp_path):
+    cache = StageCache(tmp_path)
+
+    def fail(out):
+        raise RuntimeError("boom")
+
+    try:
+        cache.run("step", {"a": 1}, fail, log=lambda m: None)
+    except RuntimeError:
+        pass
+    assert cache.stamp("step") is None
+
+
+def _answers():
+    # Two cs_intent records (T1 serves them), one cs_response record (no T1).
+    return {
+        "a": {"t1": {"prediction": "x", "quality": 1.0}, "t2": {"prediction": "y", "quality": 0.0}, "t3": {"prediction": "x", "quality": 1.0}, "t4": {"prediction": "x", "quality": 1.0}},
+        "b": {"t1": {"prediction": "x", "quality": 0.0}, "t2": {"prediction": "y", "quality": 1.0}, "t3": {"prediction": "y", "quality": 1.0}, "t4": {"prediction": "y", "quality": 1.0}},
+        "c": {"t2": {"prediction": "hello", "quality": 0.2}, "t3": {"prediction": "hello there", "quality": 0.5}, "t4": {"prediction": "hello there friend", "quality": 0.9}},
+    }
+
+
+RECORDS = [
+    {"id": "a", "task": "cs_intent", "target": "x"},
+    {"id": "b", "task": "cs_intent", "target": "y"},
+    {"id": "c", "task": "fin_summary", "target": "hello there friend"},
+]
+
+
+def test_quality_matrix_marks_unservable_tiers():
+    quality, bars = quality_matrix(_answers(), RECORDS, {"cs_intent": 0.9, "fin_summary": 0.4})
+    assert quality.shape == (3, 4)
+    assert quality[2, 0] == UNSERVABLE and quality[2, 3] == np.float32(0.9)
+    assert bars.tolist() == [np.float32(0.9), np.float32(0.9), np.float32(0.4)]
+
+
+def test_quality_table_uses_the_task_metric():
+    table = quality_table(_answers(), RECORDS)
+    # cs_intent macro-F1: t4 predicts x,y for refs x,y -> 1.0; t2 predicts y,y -> F1(x)=0, F1(y)=2/3 -> 1/3
+    assert table["cs_intent"]["t4"] == 1.0
+    assert abs(table["cs_intent"]["t2"] - 1 / 3) < 1e-3
+    assert "t1" not in table["fin_summary"] and table["fin_summary"]["t4"] == 1.0
+
+
+def test_ordering_issues_name_inverted_tiers():
+    assert ordering_issues({"cs_intent": {"t1": 0.5, "t2": 0.4, "t3": 0.6, "t4": 0.7}}) == ["cs_intent: t2 (0.400) < t1 (0.500)"]
+    assert ordering_issues({"fin_ner": {"t2": 0.1, "t3": 0.2, "t4": 0.3}}) == []
