@@ -1,0 +1,156 @@
+"""Triton python-backend model for the T2/T3 tiers: one vLLM engine built from `model.json`.
+
+The CPU counterpart of triton-inference-server/vllm_backend with the same tensor names (see
+bls_router/vllm_requests.py), but not decoupled: Triton's dynamic batcher groups requests,
+execute() generates the whole batch in one engine call (vLLM batches internally) and returns one
+response per request, in order. A bad request gets its own INVALID_ARG error and never fails the
+others; an engine failure answers the batch with UNAVAILABLE.
+
+Prompts longer than the engine allows are cut from the left, keeping BOS and the tail (where
+the 'answer:' cue is), exactly as the tiers were trained (fit_prompt_ids); num_input_tokens
+reports the length actually used.
+
+Config parameters whose names start with VLLM_ (VLLM_CPU_KVCACHE_SPACE, default 1 GiB) are
+exported as environment variables before vLLM is imported, because vLLM reads them at import.
+"""
+
+# The embedded interpreter starts in the C locale; torch then fails reading its UTF-8 templates.
+# This must run before anything imports torch or vllm (docs/STACK.md, trap 2).
+import locale
+
+locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from bls_router.vllm_requests import (  # noqa: E402
+    INPUT_NAMES,
+    RequestError,
+    build_output_arrays,
+    completion_from_vllm,
+    fit_prompt_ids,
+    parse_request,
+)
+from export.vllm_tier_config import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER, EngineArgsError, read_engine_args  # noqa: E402
+
+
+def _error(message: str, code) -> "pb_utils.InferenceResponse":
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.llm = None
+        # pb_utils.TritonError exists only once the stub runs the model, not at import time.
+        # UNAVAILABLE tells the router "tier down, fall back"; INTERNAL on builds that lack it.
+        self._unavailable = getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL)
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        if pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException(f"{self.name}: this adapter answers once per request; set decoupled false")
+        if int(config.get("max_batch_size", 0)) < 1:
+            raise pb_utils.TritonModelException(f"{self.name}: needs max_batch_size >= 1 (tensors carry a batch dimension)")
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        try:
+            engine_args = read_engine_args(version_dir)
+        except EngineArgsError as err:
+            raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
+
+        parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        os.environ.setdefault(KVCACHE_PARAMETER, KVCACHE_GIB_DEFAULT)
+        os.environ.update({key: value for key, value in parameters.items() if key.startswith("VLLM_")})
+        # Imported here, after the environment is set, because vLLM reads it at import time.
+        from vllm import LLM, SamplingParams
+        from vllm.exceptions import VLLMClientError
+
+        self._sampling_params = SamplingParams
+        self._client_errors = (ValueError, TypeError, VLLMClientError)
+        started = time.perf_counter()
+        try:
+            self.llm = LLM(**engine_args)
+            self.tokenizer = self.llm.get_tokenizer()
+            self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        except Exception as err:
+            self.finalize()
+            raise pb_utils.TritonModelException(
+                f"{self.name}: vLLM engine failed to start from {engine_args['model']} "
+                f"with {sorted(engine_args)}: {type(err).__name__}: {err}"
+            ) from None
+        pb_utils.Logger.log_info(
+            f"{self.name}: vLLM engine ready in {time.perf_counter() - started:.1f} s "
+            f"(model {engine_args['model']}, max_model_len {self.max_model_len})"
+        )
+
+    def _prepare(self, request):
+        """(engine prompt, SamplingParams, parsed request) or RequestError for a client mistake."""
+        inputs = {}
+        for name in INPUT_NAMES:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                inputs[name] = tensor.as_numpy()
+        parsed = parse_request(inputs)
+        try:
+            params = self._sampling_params(**parsed.sampling)
+        except self._client_errors as err:
+            raise RequestError(f"sampling_parameters rejected by vLLM: {err}") from None
+        ids = self.tokenizer.encode(parsed.prompt, add_special_tokens=True)
+        fitted = fit_prompt_ids(
+            ids, max_tokens=parsed.sampling["max_tokens"], max_model_len=self.max_model_len, bos_id=self.tokenizer.bos_token_id
+        )
+        if len(fitted) < len(ids):
+            pb_utils.Logger.log_verbose(f"{self.name}: prompt cut from {len(ids)} to {len(fitted)} tokens")
+        return {"prompt_token_ids": fitted}, params, parsed
+
+    def _generate(self, prepared):
+        """One engine call for all prepared requests -> one response per request."""
+        try:
+            outputs = self.llm.generate([p[0] for p in prepared], [p[1] for p in prepared], use_tqdm=False)
+        except self._client_errors as err:
+            if len(prepared) > 1:  # find the request the engine rejected; answer the others
+                return [response for item in prepared for response in self._generate([item])]
+            return [_error(f"{self.name}: request rejected by the engine: {err}", pb_utils.TritonError.INVALID_ARG)]
+        except Exception as err:  # engine down or broken: the router should fall back
+            pb_utils.Logger.log_error(f"{self.name}: engine failure: {type(err).__name__}: {err}")
+            message = f"{self.name}: vLLM engine unavailable: {type(err).__name__}: {err}"
+            return [_error(message, self._unavailable) for _ in prepared]
+        responses = []
+        for (_, _, parsed), output in zip(prepared, outputs):
+            try:
+                arrays = build_output_arrays(parsed, completion_from_vllm(output))
+                tensors = [pb_utils.Tensor(name, array) for name, array in arrays.items()]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except Exception as err:
+                responses.append(_error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
+        return responses
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        slots, prepared = [], []
+        for index, request in enumerate(requests):
+            try:
+                if request.is_cancelled():
+                    responses[index] = _error("request was cancelled", pb_utils.TritonError.CANCELLED)
+                    continue
+                prepared.append(self._prepare(request))
+                slots.append(index)
+            except RequestError as err:
+                responses[index] = _error(f"{self.name}: {err}", pb_utils.TritonError.INVALID_ARG)
+            except Exception as err:
+                responses[index] = _error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL)
+        if prepared:
+            for index, response in zip(slots, self._generate(prepared)):
+                responses[index] = response
+        return responses
+
+    def finalize(self):
+        # Stops the engine-core process and frees its KV cache before the stub exits.
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as err:
+            pb_utils.Logger.log_warn(f"{getattr(self, 'name', 'vllm tier')}: engine shutdown: {type(err).__name__}: {err}")

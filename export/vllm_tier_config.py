@@ -1,0 +1,115 @@
+"""Triton config and engine arguments (model.json) of the T2/T3 vLLM tiers, for both targets.
+
+  cpu  this Triton build: our python-backend adapter (bls_router/triton_models/vllm_tier.py),
+       not decoupled, max_batch_size > 0 with dynamic batching; one execute() hands the whole
+       batch to the engine, which batches internally.
+  ngc  stock NGC tritonserver + vLLM image: backend "vllm", decoupled, max_batch_size 0, as
+       vllm_backend requires.
+
+Both use vllm_backend's tensor names (see bls_router/vllm_requests.py); the cpu adapter adds
+`token_logprobs`. model.json holds engine arguments passed straight to vLLM, as in vllm_backend.
+Its "model" may be relative: our adapter resolves it from the version folder, while the stock
+backend resolves it from the server's working directory, so ngc needs the path as the container
+sees it (e.g. /models/t2/3/hf) or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from export.triton_config import ModelSpec, TensorSpec
+
+TARGETS = ("cpu", "ngc")
+MODEL_JSON = "model.json"
+# Config parameter the cpu adapter exports before importing vLLM (GiB of KV cache per engine).
+KVCACHE_PARAMETER = "VLLM_CPU_KVCACHE_SPACE"
+KVCACHE_GIB_DEFAULT = "1"
+# A generation takes 100+ ms on CPU, so waiting 1 ms to group concurrent requests is cheap.
+DYNAMIC_BATCHING_DELAY_US = 1000
+
+_FLAGS = ("exclude_input_in_output", "stream", "return_finish_reason", "return_cumulative_logprob",
+          "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")  # fmt: skip
+INPUTS = (
+    TensorSpec("text_input", "BYTES", (1,)),
+    TensorSpec("sampling_parameters", "BYTES", (1,), optional=True),
+    *(TensorSpec(flag, "BOOL", (1,), optional=True) for flag in _FLAGS),
+)
+OUTPUTS = (
+    TensorSpec("text_output", "BYTES", (-1,)),
+    TensorSpec("finish_reason", "BYTES", (-1,)),
+    TensorSpec("cumulative_logprob", "FP32", (-1,)),
+    TensorSpec("logprobs", "BYTES", (-1,)),
+    TensorSpec("num_input_tokens", "UINT32", (1,)),
+    TensorSpec("num_output_tokens", "UINT32", (-1,)),
+)
+# Chosen-token logprobs for the cascade's uncertainty; only the cpu adapter produces it.
+TOKEN_LOGPROBS = TensorSpec("token_logprobs", "FP32", (-1,))
+
+_CPU_ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "float32", "enforce_eager": True, "seed": 0}
+# T2 and T3 share one GPU by default; a site with a GPU per tier passes a larger value.
+_NGC_ENGINE_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.45, "dtype": "auto"}
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+
+
+def vllm_tier_spec(name: str, *, target: str, max_batch_size: int = 8) -> ModelSpec:
+    """The Triton model spec of one vLLM tier (max_batch_size only applies to cpu)."""
+    _check_target(target)
+    if target == "ngc":
+        return ModelSpec(name=name, inputs=INPUTS, outputs=OUTPUTS, backend="vllm", max_batch_size=0, decoupled=True)
+    if max_batch_size < 1:
+        raise ValueError(f"cpu tier {name!r} needs max_batch_size >= 1, got {max_batch_size}")
+    return ModelSpec(
+        name=name,
+        inputs=INPUTS,
+        outputs=(*OUTPUTS, TOKEN_LOGPROBS),
+        backend="python",
+        max_batch_size=max_batch_size,
+        dynamic_batching_delay_us=DYNAMIC_BATCHING_DELAY_US,
+        parameters={KVCACHE_PARAMETER: KVCACHE_GIB_DEFAULT},
+    )
+
+
+def vllm_model_json(model_path: str, *, max_model_len: int, target: str, **engine_args: Any) -> str:
+    """model.json text: vLLM engine arguments for `target`; engine_args override the defaults."""
+    _check_target(target)
+    if not model_path:
+        raise ValueError("model_path is empty")
+    if not isinstance(max_model_len, int) or max_model_len < 2:
+        raise ValueError(f"max_model_len must be an integer >= 2, got {max_model_len!r}")
+    defaults = _CPU_ENGINE_DEFAULTS if target == "cpu" else _NGC_ENGINE_DEFAULTS
+    args = {**defaults, "model": model_path, "max_model_len": max_model_len, **engine_args}
+    return json.dumps(args, indent=2, sort_keys=True) + "\n"
+
+
+class EngineArgsError(ValueError):
+    """model.json is missing, malformed, or points at no checkpoint."""
+
+
+def read_engine_args(version_dir: Path | str) -> dict[str, Any]:
+    """Engine arguments from `version_dir/model.json`, with "model" resolved to an existing
+    checkpoint folder (relative paths are relative to the version folder)."""
+    version_dir = Path(version_dir)
+    path = version_dir / MODEL_JSON
+    try:
+        args = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EngineArgsError(f"{path} not found: it holds the vLLM engine arguments") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EngineArgsError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(args, dict):
+        raise EngineArgsError(f"{path} must hold a JSON object of engine arguments, got {type(args).__name__}")
+    model = args.get("model")
+    if not isinstance(model, str) or not model:
+        raise EngineArgsError(f"{path} needs \"model\": the checkpoint folder (relative to {version_dir} or absolute)")
+    checkpoint = (version_dir / model).resolve()
+    if not checkpoint.is_dir():
+        raise EngineArgsError(f"checkpoint folder {checkpoint} (\"model\": {model!r} in {path}) does not exist")
+    if not (checkpoint / "config.json").is_file():
+        raise EngineArgsError(f"checkpoint folder {checkpoint} has no config.json; is it a Hugging Face checkpoint?")
+    return {**args, "model": str(checkpoint)}
