@@ -28,6 +28,8 @@ class ModelSpec:
     platform: str | None = None  # e.g. "onnxruntime_onnx" for stock NGC images
     max_batch_size: int = 0
     instance_count: int = 1
+    # KIND_CPU here; NGC vLLM models use KIND_MODEL (the engine places itself on the GPUs).
+    instance_kind: str = "KIND_CPU"
     dynamic_batching_delay_us: int | None = None
     decoupled: bool = False
     parameters: Mapping[str, str] = field(default_factory=dict)
@@ -52,7 +54,7 @@ def build_config(spec: ModelSpec) -> mc.ModelConfig:
         config.input.add(name=tensor.name, data_type=_data_type(tensor.dtype), dims=list(tensor.dims), optional=tensor.optional)
     for tensor in spec.outputs:
         config.output.add(name=tensor.name, data_type=_data_type(tensor.dtype), dims=list(tensor.dims))
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count)
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(spec.instance_kind), count=spec.instance_count)
     if spec.dynamic_batching_delay_us is not None:
         config.dynamic_batching.max_queue_delay_microseconds = spec.dynamic_batching_delay_us
     if spec.decoupled:

@@ -61,7 +61,7 @@ def vllm_tier_spec(name: str, *, target: str, max_batch_size: int = 8) -> ModelS
     """The Triton model spec of one vLLM tier (max_batch_size only applies to cpu)."""
     _check_target(target)
     if target == "ngc":
-        return ModelSpec(name=name, inputs=INPUTS, outputs=OUTPUTS, backend="vllm", max_batch_size=0, decoupled=True)
+        return ModelSpec(name=name, inputs=INPUTS, outputs=OUTPUTS, backend="vllm", max_batch_size=0, decoupled=True, instance_kind="KIND_MODEL")
     if max_batch_size < 1:
         raise ValueError(f"cpu tier {name!r} needs max_batch_size >= 1, got {max_batch_size}")
     return ModelSpec(

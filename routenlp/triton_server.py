@@ -76,8 +76,8 @@ class TritonServer:
             "--grpc-address=127.0.0.1",
             "--exit-on-error=true",
             "--strict-readiness=true",
-            # Open client connections otherwise hold shutdown for 30 s.
-            "--exit-timeout-secs=5",
+            # Open client connections otherwise hold shutdown for 30 s; vLLM tiers need ~4 s to stop.
+            "--exit-timeout-secs=15",
         ]
         cmd += [f"--load-model={name}" for name in self.load_models]
         return cmd + list(self.extra_args)
