@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from bls_router.uncertainty import generation_uncertainty
 from bls_router.cascade import TierResult, TierUnavailable
 from bls_router.circuit_breaker import CircuitBreaker
 
@@ -55,9 +56,6 @@ class T4Completion:
         return self.prompt_tokens + self.completion_tokens
 
     def to_tier_result(self) -> TierResult:
-        # Imported here: export.labeling pulls in sklearn (~2 s), which the client itself never needs.
-        from export.labeling import generation_uncertainty
-
         return TierResult(output=self.text, u=generation_uncertainty(self.token_logprobs), tokens=self.tokens)
 
 

@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import math
-
+from bls_router.uncertainty import generation_uncertainty
 from routenlp.answers import format_target, parse_output, prompt_text
 from routenlp.metrics import example_score
 from routenlp.tasks import get_task
@@ -31,13 +30,6 @@ class TierAnswer:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def generation_uncertainty(token_logprobs: Sequence[float]) -> float:
-    """mean(1 - p(token)); an empty answer is maximally uncertain."""
-    if not token_logprobs:
-        return 1.0
-    return sum(1.0 - math.exp(lp) for lp in token_logprobs) / len(token_logprobs)
 
 
 def label_decoder(tier: str, model, tokenizer, records: Sequence[Mapping], *, max_new_tokens: int, max_prompt_tokens: int, progress: bool = True) -> list[TierAnswer]:

@@ -24,10 +24,27 @@ from routenlp.portfolio import TIER_ORDER, Portfolio
 from routenlp.tasks import TASK_NAMES, get_task
 
 DECODER_TIERS = ("t2", "t3", "t4")
+# The modules whose code each step runs (part of its cache key).
+STEP_CODE = {
+    "tokenizer": ("export.tokenizer", "export.pools", "routenlp.answers"),
+    "t1": ("export.t1", "export.encoder"),
+    "decoder": ("export.decoder", "export.train_decoder", "routenlp.answers"),
+    "answers": ("export.labeling", "export.hf_generate", "export.t1", "bls_router.uncertainty", "routenlp.answers", "routenlp.metrics"),
+    "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder"),
+    "onnx": ("export.onnx_export", "export.router_model", "export.t1"),
+}
 SEED = 0
 # Per-tier training settings that are not architecture: small models learn fast at a high rate.
 DECODER_LR = 3e-3
 DECODER_BATCH = 16
+
+
+def _code_fingerprint(*modules: str) -> str:
+    """Hash of the source of the modules a step runs: editing them rebuilds the step."""
+    import importlib
+
+    sources = {m: Path(importlib.import_module(m).__file__).read_text() for m in modules}
+    return fingerprint(sources)
 
 
 def _benchmark_fingerprint() -> str:
@@ -63,7 +80,8 @@ class PortfolioBuild:
         return self._tokenizer
 
     def _inputs(self, step: str, **extra: Any) -> dict[str, Any]:
-        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), **extra}
+        code = _code_fingerprint(*STEP_CODE[step])
+        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), "code": code, **extra}
 
     # ------------------------------------------------------------------ steps
     def build_tokenizer(self) -> dict:

@@ -40,3 +40,23 @@ def write_broken_model(tmp_path) -> "callable":
         return repo
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_build():
+    """The tiny-profile portfolio, built (or taken from the step cache under artifacts/)."""
+    from export.pipeline import PortfolioBuild
+    from routenlp.portfolio import load_portfolio
+
+    build = PortfolioBuild(load_portfolio(profile="tiny"), progress=False)
+    build.steps = build.run()
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_build, tmp_path_factory) -> Path:
+    from export.repository_builder import write_repository
+
+    repo = tmp_path_factory.mktemp("tiny") / "model_repository"
+    write_repository(tiny_build, repo, target="cpu")
+    return repo
