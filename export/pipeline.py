@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +38,22 @@ SEED = 0
 # Per-tier training settings that are not architecture: small models learn fast at a high rate.
 DECODER_LR = 3e-3
 DECODER_BATCH = 16
+# Small from-scratch encoders gain from more optimizer steps, so small batches.
+T1_BATCH = 16
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run small-model training on `n` threads: tiny encoders gain nothing from a second thread,
+    and when another process holds a core, torch's spinning workers slow them several-fold."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _code_fingerprint(*modules: str) -> str:
@@ -89,7 +106,7 @@ class PortfolioBuild:
 
         def build(out: Path) -> dict:
             texts = []
-            for record in self.pools.flat("tier_train"):
+            for record in self.pools.flat("tier_train", self.profile.max_train_per_task):
                 texts += [prompt_text(record), format_target(record)]
             tokenizer = train_tokenizer(texts, self.profile.vocab_size, out)
             return {"vocab_size": len(tokenizer), "texts": len(texts)}
@@ -104,10 +121,12 @@ class PortfolioBuild:
         def build(out: Path) -> dict:
             summary = {}
             for task in T1_TASKS:
-                model, stats = train_t1(
-                    task, self.pools.tier_train[task], self.tokenizer(), tier.arch,
-                    epochs=self.profile.encoder_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress,
-                )
+                with torch_threads(1):
+                    model, stats = train_t1(
+                        task, self.pools.tier_train[task], self.tokenizer(), tier.arch,
+                        epochs=self.profile.encoder_epochs_for(task), max_len=self.profile.max_input_tokens,
+                        batch_size=T1_BATCH, seed=SEED, progress=self.progress,
+                    )
                 dev = evaluate_t1(model, self.tokenizer(), task, self.pools.dev[task], self.profile.max_input_tokens)
                 save_t1(model, self.tokenizer(), out / task, {"train": stats, "dev": dev, "max_len": self.profile.max_input_tokens})
                 summary[task] = {"train_seconds": stats.get("train_seconds"), "dev": dev["score"]}
@@ -126,7 +145,7 @@ class PortfolioBuild:
 
         from export.train_decoder import train_decoder
 
-        pairs = [(prompt_text(r), format_target(r)) for r in self.pools.flat("tier_train")]
+        pairs = [(prompt_text(r), format_target(r)) for r in self.pools.flat("tier_train", self.profile.max_train_per_task)]
         summary = {}
         for tier_name in DECODER_TIERS:
             tier = self.portfolio.tiers[tier_name]
@@ -151,7 +170,8 @@ class PortfolioBuild:
         return summary
 
     def build_answers(self) -> dict:
-        """Every tier answers the router pool and the dev pool (the all-pairs evaluation)."""
+        """Every tier answers the router, dev and calibration pools (the all-pairs evaluation);
+        calibration answers give the conformal thresholds (`routenlp calibrate`)."""
         from transformers import AutoModelForCausalLM
 
         from export.labeling import label_decoder, label_t1
@@ -159,7 +179,7 @@ class PortfolioBuild:
 
         def build(out: Path) -> dict:
             counts = {}
-            for pool in ("router", "dev"):
+            for pool in ("router", "dev", "calibration"):
                 rows = []
                 for task in T1_TASKS:
                     model, meta = load_t1(self.root / "t1" / task)
@@ -201,10 +221,11 @@ class PortfolioBuild:
             records = self.pools.flat("router")
             quality, bar = quality_matrix(router_answers, records, bars)
             prices = [t.price_per_1k_tokens for t in self.portfolio.ordered_tiers()]
-            model, stats = train_router(
-                records, quality, bar, self.tokenizer(), self.portfolio.router, prices,
-                epochs=self.profile.router_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress,
-            )
+            with torch_threads(1):
+                model, stats = train_router(
+                    records, quality, bar, self.tokenizer(), self.portfolio.router, prices,
+                    epochs=self.profile.router_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress,
+                )
             dev_records = self.pools.flat("dev")
             dev_q, dev_bar = quality_matrix(dev_answers, dev_records, bars)
             accuracy = router_accuracy(model, self.tokenizer(), dev_records, dev_q, dev_bar, self.profile.max_input_tokens)

@@ -20,24 +20,28 @@ Record = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Pools:
-    tier_train: dict[str, list[Record]]  # task -> records the tiers are trained on
+    tier_train: dict[str, list[Record]]  # task -> records the tiers may train on (all but the router pool)
     router: dict[str, list[Record]]  # task -> held-out records every tier answers (router labels)
     dev: dict[str, list[Record]]  # task -> dev records for the quality table
+    calibration: dict[str, list[Record]]  # task -> calibration records (conformal thresholds)
 
-    def flat(self, pool: str) -> list[Record]:
-        return [r for task in TASK_NAMES for r in getattr(self, pool)[task]]
+    def flat(self, pool: str, limit_per_task: int | None = None) -> list[Record]:
+        return [r for task in TASK_NAMES for r in getattr(self, pool)[task][:limit_per_task]]
 
 
 def make_pools(profile: Profile, seed: int = 0) -> Pools:
-    tier_train, router, dev = {}, {}, {}
+    tier_train, router, dev, calibration = {}, {}, {}, {}
     for task in TASK_NAMES:
         train = list(load_split(task, "train"))
         random.Random(f"{seed}:{task}").shuffle(train)
         # At most a quarter of the split goes to the router pool, so small tasks keep training data.
         n_router = min(profile.router_pool_per_task, len(train) // 4)
         router[task] = train[:n_router]
-        tier_train[task] = train[n_router : n_router + profile.max_train_per_task]
+        # The small T1 encoders train on everything left; the decoders, whose training dominates
+        # build time, take the first profile.max_train_per_task of it.
+        tier_train[task] = train[n_router:]
         dev_split = list(load_split(task, "dev"))
         random.Random(f"{seed}:{task}:dev").shuffle(dev_split)
         dev[task] = dev_split[: profile.max_eval_per_task]
-    return Pools(tier_train, router, dev)
+        calibration[task] = list(load_split(task, "calibration"))[: profile.max_eval_per_task]
+    return Pools(tier_train, router, dev, calibration)

@@ -18,7 +18,6 @@ post-processing (`predict_t1` accepts either).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -402,46 +401,3 @@ def load_t1(model_dir: Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     cls = DistilBertForTokenClassification if is_token_task(meta["task"]) else DistilBertForSequenceClassification
     model = cls.from_pretrained(str(model_dir), attn_implementation="eager").eval()
     return model, meta
-
-
-def train_all_t1(
-    portfolio,
-    tokenizer: PreTrainedTokenizerBase,
-    progress: bool = True,
-    *,
-    tasks: Sequence[str] = T1_TASKS,
-    seed: int = 0,
-    lr: float = DEFAULT_LR,
-    epochs: int | Mapping[str, int] | None = None,
-    max_train_per_task: int | None | str = "profile",
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Train and evaluate the T1 head of every structured task with the portfolio's profile.
-
-    Records come from export.pools.make_pools (so the router pool stays unseen by T1): arch =
-    tiers.t1.arch, epochs = profile.encoder_epochs, max_len = profile.max_input_tokens, at most
-    profile.max_train_per_task training and profile.max_eval_per_task dev records. `epochs` and
-    `max_train_per_task` override the profile (epochs may be {task: epochs}; tasks it leaves out
-    keep the profile's; max_train_per_task=None: every train record outside the router pool). Returns {"models": {task: model}, "stats": {task: train stats},
-    "dev": {task: metrics}, "total_seconds": train + eval}.
-    """
-    from export.pools import make_pools
-
-    profile = portfolio.profile
-    if max_train_per_task != "profile":
-        profile = dataclasses.replace(profile, max_train_per_task=max_train_per_task if max_train_per_task is not None else 10**9)
-    pools = make_pools(profile, seed)
-    arch = EncoderArch.from_dict(portfolio.tiers["t1"].arch)
-    per_task = dict(epochs) if isinstance(epochs, Mapping) else {}
-    default_epochs = profile.encoder_epochs if epochs is None or isinstance(epochs, Mapping) else int(epochs)
-    models, stats, dev = {}, {}, {}
-    started = time.perf_counter()
-    for task in tasks:
-        model, task_stats = train_t1(
-            task, pools.tier_train[task], tokenizer, arch,
-            epochs=per_task.get(task, default_epochs), max_len=profile.max_input_tokens,
-            batch_size=batch_size, lr=lr, seed=seed, progress=progress,
-        )
-        models[task], stats[task] = model, task_stats
-        dev[task] = evaluate_t1(model, tokenizer, task, pools.dev[task], profile.max_input_tokens)
-    return {"models": models, "stats": stats, "dev": dev, "total_seconds": round(time.perf_counter() - started, 2)}

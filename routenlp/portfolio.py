@@ -76,9 +76,17 @@ class Profile:
     max_eval_per_task: int
     max_input_tokens: int
     max_answer_tokens: int
-    encoder_epochs: int
+    # T1 epochs: one number, or per task (small from-scratch encoders need many steps; some
+    # tasks overfit early).
+    encoder_epochs: int | Mapping[str, int]
     decoder_epochs: int
     router_epochs: int
+
+
+    def encoder_epochs_for(self, task: str) -> int:
+        if isinstance(self.encoder_epochs, Mapping):
+            return int(self.encoder_epochs[task])
+        return int(self.encoder_epochs)
 
 
 @dataclass(frozen=True)
