@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -40,13 +41,14 @@ def check_numpy() -> Check:
     return Check("numpy<2", ok, numpy.__version__, "" if ok else "the Triton 2.51 stub needs numpy<2: " + INSTALL_FIX)
 
 
-def check_import(module: str, fix: str = INSTALL_FIX) -> Callable[[], Check]:
+def check_import(module: str, distribution: str | None = None, fix: str = INSTALL_FIX) -> Callable[[], Check]:
     def run() -> Check:
         try:
             mod = importlib.import_module(module)
         except Exception as err:  # any import failure is the finding
             return Check(module, False, f"{type(err).__name__}: {err}"[:200], fix)
-        return Check(module, True, str(getattr(mod, "__version__", "imported")))
+        version = importlib.metadata.version(distribution) if distribution else getattr(mod, "__version__", "imported")
+        return Check(module, True, str(version))
 
     return run
 
@@ -138,7 +140,7 @@ CHECKS: tuple[Callable[[], Check], ...] = (
     check_import("torch"),
     check_import("onnxruntime"),
     check_import("transformers"),
-    check_import("tritonclient.grpc"),
+    check_import("tritonclient.grpc", "tritonclient"),
     check_vllm,
     check_libb64,
     check_perf_analyzer,
