@@ -123,15 +123,3 @@ def length_bucketed_batches(
         chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def warmup_linear(total_steps: int, warmup_fraction: float = 0.06):
-    """LambdaLR factor: linear warm-up then linear decay to zero (stable from-scratch training)."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor

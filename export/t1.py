@@ -5,15 +5,13 @@ fin_ner gets DistilBertForTokenClassification over IO tags. Each model's config 
 (`routenlp_task`) and its labels (id2label / label2id from routenlp.data.task_labels), so a saved
 checkpoint or an ONNX export says what it predicts.
 
-NER alignment: the words are joined with single spaces, exactly the record's text, and each BPE
-piece is mapped back to its word through the character offsets. (`is_split_into_words` would
-encode every word without its leading-space byte, i.e. different ids from the running text a
-client sends.) The first piece of a word carries the word's label; the others, <s> and padding
-carry -100. A word cut off by `max_len` is predicted "O" with uniform (maximal) uncertainty.
+The torch-free encoding and decoding (NER word alignment, `predict_with`) lives in
+bls_router/t1_codec.py, so the routing BLS runs exactly the same code without torch; its names
+are re-exported here.
 
 Prediction is written once (`predict_with`) over a `logits_fn(input_ids, attention_mask) ->
-np.ndarray`, so the torch model and an onnxruntime session share every line of pre- and
-post-processing (`predict_t1` accepts either).
+np.ndarray`, so the torch model, an onnxruntime session and a Triton BLS call share every line of
+pre- and post-processing (`predict_t1` accepts the first two).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,18 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from bls_router.t1_codec import (  # noqa: F401  (re-exported: export.t1 is their historical home)
+    IGNORE_INDEX,
+    OUTSIDE,
+    LogitsFn,
+    encode_words,
+    first_piece_labels,
+    is_token_task,
+    predict_with,
+    record_words,
+    softmax,
+)
+from export.training import run_stats, warmup_linear
 from export.encoder import (
     EncoderArch,
     as_arch,
@@ -42,24 +52,15 @@ from export.encoder import (
     encode_texts,
     length_bucketed_batches,
     pad_batch,
-    warmup_linear,
 )
 from routenlp.data import task_labels
 from routenlp.metrics import corpus_score, metric_name, secondary_scores
 from routenlp.tasks import TASK_NAMES, get_task
 
-IGNORE_INDEX = -100
-OUTSIDE = "O"
 T1_TASKS: tuple[str, ...] = tuple(name for name in TASK_NAMES if get_task(name).structured)
 META_FILE = "routenlp_t1.json"
 DEFAULT_LR = 1e-3
 MAX_GRAD_NORM = 1.0
-
-LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def is_token_task(task: str) -> bool:
-    return get_task(task).kind == "ner"
 
 
 def labels_for(task: str) -> tuple[str, ...]:
@@ -87,43 +88,6 @@ def build_t1(task: str, tokenizer: PreTrainedTokenizerBase, arch: EncoderArch | 
 
 
 # ---------------------------------------------------------------- encoding
-
-
-def record_words(record: Mapping[str, Any]) -> list[str]:
-    """The words of a fin_ner record: its `tokens`, else its text split on whitespace."""
-    tokens = record.get("tokens")
-    return [str(t) for t in tokens] if tokens is not None else str(record["text"]).split()
-
-
-def encode_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], max_len: int) -> tuple[list[int], list[int]]:
-    """Ids of " ".join(words) (with <s>, first max_len pieces) and each piece's word index (-1: none)."""
-    text = " ".join(words)
-    owner = np.full(len(text) + 1, -1, dtype=np.int64)
-    position = 0
-    for index, word in enumerate(words):
-        owner[position : position + len(word)] = index
-        position += len(word) + 1
-    encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, word_of = [], []
-    for token_id, (start, end) in zip(encoded["input_ids"][:max_len], encoded["offset_mapping"][:max_len]):
-        span = owner[start:end]
-        hits = span[span >= 0]
-        ids.append(token_id)
-        # <s> has an empty span; a lone "Ġ" piece covers only the space between words.
-        word_of.append(int(hits[0]) if hits.size else -1)
-    return ids, word_of
-
-
-def first_piece_labels(word_of: Sequence[int], word_labels: Sequence[int]) -> list[int]:
-    """Label of the word on its first piece, -100 elsewhere (later pieces, <s>, spaces)."""
-    labels, seen = [], set()
-    for word in word_of:
-        if word >= 0 and word not in seen:
-            seen.add(word)
-            labels.append(int(word_labels[word]))
-        else:
-            labels.append(IGNORE_INDEX)
-    return labels
 
 
 def encode_examples(
@@ -226,24 +190,12 @@ def train_t1(
     bar.close()
     model.eval()
     seconds = time.perf_counter() - started
-    stats = {
-        "task": task,
-        "arch": arch.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "examples": len(examples),
-        "epochs": epochs,
-        "steps": total_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_len": max_len,
-        "seed": seed,
-        "epoch_losses": [round(x, 5) for x in epoch_losses],
-        "final_loss": round(epoch_losses[-1], 5),
-        "tokens_seen": tokens_seen,
-        "train_seconds": round(seconds, 2),
-        "examples_per_second": round(len(examples) * epochs / seconds, 1) if seconds > 0 else None,
-        "threads": torch.get_num_threads(),
-    }
+    stats = run_stats(
+        examples=len(examples), epochs=epochs, steps=total_steps, batch_size=batch_size, lr=lr, max_len=max_len,
+        seed=seed, epoch_losses=epoch_losses, seconds=seconds,
+        task=task, arch=arch.to_dict(), parameters=sum(p.numel() for p in model.parameters()), tokens_seen=tokens_seen,
+        examples_per_second=round(len(examples) * epochs / seconds, 1) if seconds > 0 else None,
+    )
     return model, stats
 
 
@@ -280,61 +232,6 @@ def logits_fn_for(model_or_session: Any) -> LogitsFn:
     if callable(model_or_session):
         return model_or_session
     raise TypeError(f"expected a torch module, an onnxruntime session or a logits function, got {type(model_or_session).__name__}")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def predict_with(
-    logits_fn: LogitsFn,
-    tokenizer: PreTrainedTokenizerBase,
-    task: str,
-    labels: Sequence[str],
-    records: Sequence[Mapping[str, Any]],
-    max_len: int,
-    batch_size: int = 64,
-) -> list[tuple[Any, float]]:
-    """(prediction, uncertainty) per record, in benchmark format.
-
-    Classification: (label, 1 - max softmax prob). NER: (one IO tag per word, mean over words of
-    1 - max prob); words past max_len get "O" and the uniform-distribution uncertainty 1 - 1/L.
-    """
-    labels = list(labels)
-    token_level = is_token_task(task)
-    results: list[tuple[Any, float]] = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        if token_level:
-            words = [record_words(r) for r in chunk]
-            encoded = [encode_words(tokenizer, w, max_len) for w in words]
-            ids = [e[0] for e in encoded]
-        else:
-            ids = encode_texts(tokenizer, [str(r["text"]) for r in chunk], max_len)
-        input_ids, attention = pad_batch(ids, tokenizer.pad_token_id)
-        logits = np.asarray(logits_fn(input_ids, attention), dtype=np.float32)
-        probs = softmax(logits)
-        if not token_level:
-            best = probs.argmax(axis=-1)
-            results.extend((labels[int(b)], float(1.0 - p[b])) for b, p in zip(best, probs))
-            continue
-        unseen = 1.0 - 1.0 / len(labels)
-        for row, (sentence, (_, word_of)) in enumerate(zip(words, encoded)):
-            tags = [OUTSIDE] * len(sentence)
-            doubt = [unseen] * len(sentence)
-            done = set()
-            for position, word in enumerate(word_of):
-                if word < 0 or word in done:
-                    continue
-                done.add(word)
-                p = probs[row, position]
-                best = int(p.argmax())
-                tags[word] = labels[best]
-                doubt[word] = float(1.0 - p[best])
-            results.append((tags, float(np.mean(doubt)) if doubt else 0.0))
-    return results
 
 
 def model_labels(model_or_session: Any, task: str) -> list[str]:

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from export.training import run_stats, warmup_linear
+
 IGNORE_INDEX = -100  # label value torch's cross-entropy skips
 WARMUP_FRACTION = 0.05
 MAX_GRAD_NORM = 1.0
@@ -59,17 +61,6 @@ def _collate(
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def _warmup_then_linear_decay(total_steps: int):
-    warmup = max(1, int(total_steps * WARMUP_FRACTION))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
-
-
 def train_decoder(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -100,7 +91,7 @@ def train_decoder(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     # Warm-up avoids the large first AdamW steps that destabilise a randomly initialised model;
     # decaying to zero lets short CPU runs settle instead of ending on a noisy step.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, WARMUP_FRACTION))
 
     model.train()
     epoch_losses: list[float] = []
@@ -132,19 +123,9 @@ def train_decoder(
     bar.close()
     model.eval()
     seconds = time.perf_counter() - started
-    return {
-        "examples": len(examples),
-        "epochs": epochs,
-        "steps": total_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_len": max_len,
-        "seed": seed,
-        "epoch_losses": [round(x, 5) for x in epoch_losses],
-        "final_loss": round(epoch_losses[-1], 5),
-        "tokens_seen": seen_tokens,
-        "answer_tokens": answer_tokens,
-        "train_seconds": round(seconds, 2),
-        "tokens_per_second": round(seen_tokens / seconds, 1) if seconds > 0 else None,
-        "threads": torch.get_num_threads(),
-    }
+    return run_stats(
+        examples=len(examples), epochs=epochs, steps=total_steps, batch_size=batch_size, lr=lr, max_len=max_len,
+        seed=seed, epoch_losses=epoch_losses, seconds=seconds,
+        tokens_seen=seen_tokens, answer_tokens=answer_tokens,
+        tokens_per_second=round(seen_tokens / seconds, 1) if seconds > 0 else None,
+    )

@@ -1,0 +1,38 @@
+"""Pieces every from-scratch training loop here shares (T1 heads, router, decoder tiers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def warmup_linear(total_steps: int, warmup_fraction: float = 0.06):
+    """LambdaLR factor: linear warm-up, then linear decay to zero. Warm-up avoids the large first
+    AdamW steps that destabilise a random model; decaying to zero lets short CPU runs settle."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def run_stats(*, examples: int, epochs: int, steps: int, batch_size: int, lr: float, max_len: int, seed: int, epoch_losses: list[float], seconds: float, **extra: Any) -> dict[str, Any]:
+    """The training record saved beside every checkpoint (self-describing artefacts)."""
+    return {
+        "examples": examples,
+        "epochs": epochs,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_len": max_len,
+        "seed": seed,
+        "epoch_losses": [round(x, 5) for x in epoch_losses],
+        "final_loss": round(epoch_losses[-1], 5),
+        "train_seconds": round(seconds, 2),
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
