@@ -28,9 +28,9 @@ DECODER_TIERS = ("t2", "t3", "t4")
 # The modules whose code each step runs (part of its cache key).
 STEP_CODE = {
     "tokenizer": ("export.tokenizer", "export.pools", "routenlp.answers"),
-    "t1": ("export.t1", "export.encoder", "export.training"),
+    "t1": ("export.t1", "bls_router.t1_codec", "export.encoder", "export.training"),
     "decoder": ("export.decoder", "export.train_decoder", "export.training", "routenlp.answers"),
-    "answers": ("export.labeling", "export.hf_generate", "export.t1", "bls_router.uncertainty", "routenlp.answers", "routenlp.metrics"),
+    "answers": ("export.labeling", "export.hf_generate", "export.t1", "bls_router.t1_codec", "bls_router.uncertainty", "routenlp.answers", "routenlp.metrics"),
     "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training"),
     "onnx": ("export.onnx_export", "export.router_model", "export.t1"),
 }
