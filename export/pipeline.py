@@ -32,7 +32,7 @@ STEP_CODE = {
     "decoder": ("export.decoder", "export.train_decoder", "export.training", "routenlp.answers"),
     "answers": ("export.labeling", "export.hf_generate", "export.t1", "bls_router.t1_codec", "bls_router.uncertainty", "routenlp.answers", "routenlp.metrics"),
     "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training"),
-    "onnx": ("export.onnx_export", "export.router_model", "export.t1"),
+    "onnx": ("export.onnx_export", "export.router_model", "export.t1", "bls_router.t1_codec"),
 }
 SEED = 0
 # Per-tier training settings that are not architecture: small models learn fast at a high rate.

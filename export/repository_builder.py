@@ -1,5 +1,8 @@
 """Write a built portfolio into a Triton model repository as one new version of every model.
 
+Models: router, t1_<task>, t2, t3 and the routing BLS `routenlp` (model.py + serving_config.json
+generated from the portfolio and build + the shared tokenizer), all with the same version number.
+
 Two targets from the same artefacts: `cpu` (this Triton build: ONNX models run by the
 onnxruntime python-backend runner, vLLM tiers by our python-backend engine) and `ngc` (stock NGC
 tritonserver + vLLM images: platform onnxruntime_onnx and the vllm backend). Every config is
@@ -15,12 +18,14 @@ from typing import Any
 
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
-from export.triton_config import ModelSpec
+from export.triton_config import ModelSpec, TensorSpec
 
 TARGETS = ("cpu", "ngc")
 MODELS_DIR = Path(__file__).resolve().parent.parent / "bls_router" / "triton_models"
 ONNX_RUNNER = MODELS_DIR / "onnx_runner.py"
 VLLM_TIER = MODELS_DIR / "vllm_tier.py"
+ROUTENLP_BLS = MODELS_DIR / "routenlp_bls.py"
+BLS_MODEL = "routenlp"
 MANIFEST = "routenlp_repository.json"
 # Where NGC deployments mount the repository (docker -v ...:/models); vLLM needs absolute paths.
 NGC_MOUNT = "/models"
@@ -41,30 +46,62 @@ def _onnx_files(onnx_path: Path, target: str) -> dict[str, Path]:
     return files
 
 
+def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
+    """The routing BLS: python backend on both targets (it needs the bls_router package).
+
+    One text per request ([1, 1] with the batch dimension); dynamic batching hands an instance
+    whatever is queued; two instances so a request waiting on a slow tier does not hold the next."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    return ModelSpec(
+        name=BLS_MODEL,
+        inputs=(
+            TensorSpec("TEXT", "BYTES", (1,)),
+            TensorSpec("TASK", "BYTES", (1,)),
+            TensorSpec("MAX_TIER", "BYTES", (1,), optional=True),
+            TensorSpec("REQUEST_ID", "BYTES", (1,), optional=True),
+        ),
+        outputs=(TensorSpec("OUTPUT", "BYTES", (1,)), TensorSpec("METADATA", "BYTES", (1,))),
+        backend="python",
+        max_batch_size=8,
+        instance_count=2,
+        dynamic_batching_delay_us=0,
+    )
+
+
 def _read_manifest(repository: Path) -> dict[str, Any]:
     path = repository / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {"versions": []}
 
 
 def write_repository(build, repository: Path, target: str = "cpu", force: bool = False) -> dict[str, Any]:
-    """Write version N+1 of router, t1_<task>, t2 and t3 from `build` (export.pipeline.PortfolioBuild).
+    """Write version N+1 of router, t1_<task>, t2, t3 and routenlp from `build` (export.pipeline.PortfolioBuild).
     Returns {version, models, fresh}; when the newest version already holds these exact artefacts
     (same build fingerprints and target) nothing is written."""
     from export.router_model import load_router
     from export.t1 import T1_TASKS, load_t1
+    from bls_router.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR, build_serving_config
+    from export.stage_cache import fingerprint as content_fingerprint
     from export.vllm_tier_config import vllm_model_json, vllm_tier_spec
 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
-    fingerprint = {"target": target, "onnx": build.cache.key("onnx"), "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")}}
+    # The serving config without its version number: new thresholds, prices or bars -> new version.
+    serving = build_serving_config(build, 0, target=target)
+    fingerprint = {
+        "target": target,
+        "onnx": build.cache.key("onnx"),
+        "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")},
+        BLS_MODEL: content_fingerprint({"serving_config": serving.dumps(), "tokenizer": build.cache.key("tokenizer")}),
+    }
     manifest = _read_manifest(repository)
     if manifest["versions"] and manifest["versions"][-1]["fingerprint"] == fingerprint and not force:
         last = manifest["versions"][-1]
         return {"version": last["version"], "models": last["models"], "fresh": False}
 
-    names = ["router", *(f"t1_{task}" for task in T1_TASKS), "t2", "t3"]
+    names = ["router", *(f"t1_{task}" for task in T1_TASKS), "t2", "t3", BLS_MODEL]
     version = 1 + max(latest_version(repository / name) for name in names)
     models: dict[str, tuple[ModelSpec, dict]] = {}
     onnx_dir = build.root / "onnx"
@@ -88,6 +125,11 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
         if target == "cpu":
             files["model.py"] = VLLM_TIER
         models[tier] = (vllm_tier_spec(tier, target=target), files)
+    serving = build_serving_config(build, version, target=target, thresholds=serving.thresholds, calibration=serving.calibration)
+    models[BLS_MODEL] = (
+        routenlp_model_spec(target),
+        {"model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: serving.dumps(), TOKENIZER_DIR: build.root / "tokenizer"},
+    )
     for name, (spec, files) in models.items():
         write_model_version(repository, spec, files, version=version)
     manifest["versions"].append({"version": version, "fingerprint": fingerprint, "models": sorted(models), "portfolio": build.portfolio.name, "profile": build.profile.name})

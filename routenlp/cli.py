@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routenlp.commands import data_cmd, demo_cmd, doctor_cmd, export_cmd
+from routenlp.commands import calibrate_cmd, data_cmd, demo_cmd, doctor_cmd, export_cmd
 
-COMMANDS = (doctor_cmd, data_cmd, export_cmd, demo_cmd)
+COMMANDS = (doctor_cmd, data_cmd, export_cmd, calibrate_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def test_repository_layout_and_generated_configs(tiny_build, tiny_repository, tmp_path):
     manifest = json.loads((tiny_repository / MANIFEST).read_text())
-    names = ["router", *(f"t1_{t}" for t in T1_TASKS), "t2", "t3"]
+    names = ["router", *(f"t1_{t}" for t in T1_TASKS), "t2", "t3", "routenlp"]
     assert manifest["versions"][-1]["models"] == sorted(names)
     for name in names:
         config = text_format.Parse((tiny_repository / name / "config.pbtxt").read_text(), mc.ModelConfig())

@@ -1,0 +1,153 @@
+"""Conformal thresholds for the cascade from a build's calibration answers, and their check on dev.
+
+delta[task][tier] = conformal_delta(u, correct, alpha) over the calibration pool, where an answer is
+correct when its per-example quality reaches the task's effective bar (the bar the router was
+trained against). Only tiers that can escalate (t1-t3) get a threshold: a T4 answer is final.
+
+The empirical violation rate Pr[wrong and accepted (u <= delta)] is then measured on the dev pool,
+with a Wilson 95% interval, per (task, tier). `routenlp calibrate` prints that table and writes the
+thresholds into a new version of the `routenlp` model (atomic: the version folder is assembled
+beside its final place and renamed in), which Triton loads with
+POST /v2/repository/models/routenlp/load while the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bls_router.cascade import TIERS
+from bls_router.conformal import conformal_delta, violation_rate
+
+ESCALATING_TIERS = TIERS[:-1]
+CALIBRATION_POOL = "calibration"
+BLS_MODEL = "routenlp"
+
+Answers = Mapping[str, Mapping[str, Mapping[str, Any]]]  # id -> tier -> {task, u, quality, ...}
+
+
+class CalibrationUnavailable(RuntimeError):
+    """The build has no calibration answers (or the repository no routenlp model) to work from."""
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    task: str
+    tier: str
+    delta: float
+    n_calibration: int
+    n_correct: int
+    n_dev: int
+    violation: float
+    wilson: tuple[float, float]
+    escalation_rate: float  # share of dev answers with u > delta
+
+    def status(self, alpha: float) -> str:
+        if self.n_dev == 0:
+            return "no dev data"
+        if self.wilson[0] > alpha:
+            return "VIOLATED"  # even the optimistic end of the interval exceeds alpha
+        return "ok" if self.violation <= alpha else "above alpha (within CI)"
+
+    def as_table_row(self, alpha: float) -> dict[str, str]:
+        return {
+            "task": self.task,
+            "tier": self.tier,
+            "n_cal": str(self.n_calibration),
+            "correct": str(self.n_correct),
+            "delta": "-inf" if math.isinf(self.delta) else f"{self.delta:.4f}",
+            "n_dev": str(self.n_dev),
+            "violation": f"{self.violation:.3f}",
+            "wilson95": f"[{self.wilson[0]:.3f}, {self.wilson[1]:.3f}]",
+            "escalate": f"{self.escalation_rate:.2f}",
+            "status": self.status(alpha),
+        }
+
+
+def scores_by_task_tier(answers: Answers, bars: Mapping[str, float]) -> dict[tuple[str, str], tuple[list[float], list[bool]]]:
+    """(task, tier) -> (uncertainties, correct flags), correct meaning quality >= the task's bar."""
+    table: dict[tuple[str, str], tuple[list[float], list[bool]]] = {}
+    for by_tier in answers.values():
+        for tier, row in by_tier.items():
+            task = row["task"]
+            if task not in bars:
+                continue
+            us, oks = table.setdefault((task, tier), ([], []))
+            us.append(float(row["u"]))
+            oks.append(float(row["quality"]) >= bars[task])
+    return table
+
+
+def thresholds_from_answers(
+    answers: Answers, bars: Mapping[str, float], alpha: float
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, int]]]]:
+    """delta[task][tier] for t1-t3 and the (n, correct) counts behind each."""
+    thresholds: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for (task, tier), (us, oks) in sorted(scores_by_task_tier(answers, bars).items()):
+        if tier not in ESCALATING_TIERS:
+            continue
+        threshold = conformal_delta(us, oks, alpha)
+        thresholds.setdefault(task, {})[tier] = threshold.delta
+        counts.setdefault(task, {})[tier] = {"n": threshold.n, "correct": threshold.n_correct}
+    return thresholds, counts
+
+
+def calibrate_build(build, alpha: float = 0.05, bars: Mapping[str, float] | None = None) -> tuple[dict, dict]:
+    """(thresholds, calibration record) from `build`'s calibration answers."""
+    from bls_router.serving_config import effective_bars
+
+    path = build.root / "answers" / f"{CALIBRATION_POOL}.jsonl"
+    if not path.exists():
+        raise CalibrationUnavailable(f"{path} not found: build the portfolio first (`routenlp export --profile {build.profile.name}`)")
+    bars = dict(bars) if bars is not None else effective_bars(build)
+    thresholds, counts = thresholds_from_answers(build.load_answers(CALIBRATION_POOL), bars, alpha)
+    if not thresholds:
+        raise CalibrationUnavailable(f"{path} holds no answers of tiers {', '.join(ESCALATING_TIERS)}")
+    record = {"status": "calibrated", "alpha": alpha, "pool": CALIBRATION_POOL, "correct_if": "quality >= effective bar", "counts": counts}
+    return thresholds, record
+
+
+def check_on(answers: Answers, thresholds: Mapping[str, Mapping[str, float]], bars: Mapping[str, float], counts=None) -> list[CheckRow]:
+    """Empirical violation (wrong and accepted) per (task, tier) of `answers` (e.g. the dev pool)."""
+    scores = scores_by_task_tier(answers, bars)
+    rows = []
+    for task in sorted(thresholds):
+        for tier in ESCALATING_TIERS:
+            if tier not in thresholds[task]:
+                continue
+            delta = thresholds[task][tier]
+            us, oks = scores.get((task, tier), ([], []))
+            rate, interval, n = violation_rate(us, oks, delta)
+            escalated = sum(1 for u in us if u > delta) / n if n else 0.0
+            count = (counts or {}).get(task, {}).get(tier, {})
+            rows.append(CheckRow(task, tier, delta, count.get("n", 0), count.get("correct", 0), n, rate, interval, escalated))
+    return rows
+
+
+def write_calibrated_version(repository: Path, thresholds: Mapping[str, Mapping[str, float]], calibration: Mapping[str, Any]) -> Path:
+    """A new version of the routenlp model: the latest version's files with the new thresholds.
+
+    The models it routes to are untouched (their version is in the config: repository_version)."""
+    from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config
+    from export.repository import latest_version, write_model_version
+    from export.repository_builder import routenlp_model_spec
+
+    repository = Path(repository)
+    model_dir = repository / BLS_MODEL
+    latest = latest_version(model_dir) if model_dir.is_dir() else 0
+    if latest == 0:
+        raise CalibrationUnavailable(f"{model_dir} has no version: write the repository first (`routenlp export`)")
+    source = model_dir / str(latest)
+    config = load_serving_config(source).with_thresholds(thresholds, calibration)
+    files: dict[str, Any] = {
+        name: source / name
+        for name in sorted(os.listdir(source))
+        if name != SERVING_CONFIG_FILE and not name.startswith(".") and name != "__pycache__"
+    }
+    files[SERVING_CONFIG_FILE] = config.dumps()
+    return write_model_version(repository, routenlp_model_spec(config.target), files, version=latest + 1)

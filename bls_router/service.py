@@ -1,0 +1,400 @@
+"""RoutingService: one routing request, end to end, in plain Python (no Triton).
+
+    validate (TEXT, TASK, MAX_TIER, REQUEST_ID) -> router logits -> cheapest servable tier predicted
+    to meet the bar -> run_cascade (escalation, fallbacks) -> OUTPUT + METADATA + a log record
+
+Two layers, both testable without a server:
+
+* RoutingService takes text-level callables: `call_router(text, task) -> logits` (one per tier, in
+  the config's router_tiers order) and `call_tier(tier, task, text) -> TierResult` (raising
+  TierUnavailable when the tier cannot answer). All decisions live here and in cascade.py.
+* TierCodec turns tensor-level calls (a TensorBackend: router logits, T1 logits, decoder
+  generations) into those callables: router/T1 encoding and T1 decoding (bls_router.t1_codec),
+  the decoder prompt, answer parsing (routenlp.answers), uncertainty and billed tokens, exactly as
+  the build labelled the tiers. The Triton adapter (triton_models/routenlp_bls.py) only implements
+  the TensorBackend with BLS calls and T4Client.
+
+Hooks for the escalation log / monitor: every routed request yields RouteResult.record (a flat
+JSON-able dict) and, if given, `sink(record)` is called after each request; a failing sink is
+logged and never fails the request. RouteResult.counters() says which metrics to increment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from bls_router.cascade import TIERS, CascadeOutcome, TierResult, TierUnavailable, run_cascade
+from bls_router.serving_config import ServingConfig
+from bls_router.uncertainty import generation_uncertainty
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_CHARS = 128
+
+
+class RequestError(ValueError):
+    """A client mistake in one request; the Triton adapter answers it with INVALID_ARG."""
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    text: str
+    task: str
+    max_tier: str
+    request_id: str
+    text_bytes: int
+
+
+@dataclass
+class RouteResult:
+    request: RouteRequest
+    output: str  # OUTPUT: JSON for structured tasks, the text for generation tasks
+    metadata: dict[str, Any]  # METADATA
+    outcome: CascadeOutcome
+    record: dict[str, Any] = field(default_factory=dict)  # for the escalation log
+
+    def metadata_json(self) -> str:
+        return json.dumps(self.metadata, sort_keys=True, allow_nan=False)
+
+    def counters(self) -> dict[str, list[tuple[str, str, float]]]:
+        """(task, tier, amount) to add to each metric family: requests by answering tier,
+        escalations and dollars by stage tier, fallbacks by the tier that was unavailable."""
+        task = self.request.task
+        stages = self.outcome.stages
+        return {
+            "requests": [(task, self.outcome.tier, 1.0)],
+            "escalations": [(task, s.tier, 1.0) for s in stages if s.u is not None and not s.accepted],
+            "fallbacks": [(task, s.tier, 1.0) for s in stages if s.error],
+            "dollars": [(task, s.tier, s.cost) for s in stages if s.cost > 0],
+        }
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def _decode(name: str, value: bytes | str | None, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise RequestError(f"{name} is required")
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(f"{name} is not valid UTF-8 (byte 0x{value[err.start]:02x} at offset {err.start})") from None
+    if isinstance(value, str):
+        return value
+    raise RequestError(f"{name} must be a string (BYTES), got {type(value).__name__}")
+
+
+def allowed_tiers(task: str, max_tier: str, config: ServingConfig) -> list[str]:
+    """Tiers that serve `task` (T1 only has heads for structured tasks), cheapest first, <= max_tier."""
+    servable = TIERS if task in config.structured_tasks else TIERS[1:]
+    return [t for t in servable if TIERS.index(t) <= TIERS.index(max_tier)]
+
+
+def choose_tier(logits: Sequence[float], router_tiers: Sequence[str], allowed: Sequence[str]) -> str:
+    """The router's pick: argmax of its logits over the allowed tiers (ties: the cheaper tier)."""
+    if not allowed:
+        raise ValueError("no allowed tier")
+    if len(logits) != len(router_tiers):
+        raise ValueError(f"router returned {len(logits)} logits for {len(router_tiers)} tiers")
+    score = {tier: float(value) for tier, value in zip(router_tiers, logits)}
+    return max(allowed, key=lambda t: (score[t], -TIERS.index(t)))
+
+
+def router_probabilities(logits: Sequence[float], router_tiers: Sequence[str]) -> dict[str, float]:
+    values = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(values - values.max())
+    return {tier: round(float(p), 4) for tier, p in zip(router_tiers, exp / exp.sum())}
+
+
+def format_output(task: str, prediction: Any, text: str) -> str:
+    """OUTPUT: {"label": ...} (classification), {"entities": [...], "tags": [...]} (NER, one tag per
+    whitespace-separated word of TEXT; entity start/end are word indices, end exclusive), else text."""
+    from routenlp.answers import ner_entities
+    from routenlp.tasks import get_task
+
+    kind = get_task(task).kind
+    if kind == "classification":
+        return json.dumps({"label": str(prediction)})
+    if kind == "ner":
+        words = text.split()
+        tags = [str(t) for t in prediction]
+        entities = [
+            {"type": kind_, "text": " ".join(words[start:end]), "start": start, "end": end}
+            for kind_, start, end in ner_entities(words, tags)
+        ]
+        return json.dumps({"entities": entities, "tags": tags})
+    return str(prediction)
+
+
+# ---------------------------------------------------------------- the service
+
+
+class RoutingService:
+    def __init__(
+        self,
+        config: ServingConfig,
+        call_router: Callable[[str, str], Sequence[float]],
+        call_tier: Callable[[str, str, str], TierResult],
+        *,
+        sink: Callable[[dict[str, Any]], None] | None = None,
+        bls_version: str | int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.policy = config.policy()
+        self.call_router = call_router
+        self.call_tier = call_tier
+        self.sink = sink
+        self.bls_version = None if bls_version is None else str(bls_version)
+        self.clock = clock
+        self.wall_clock = wall_clock
+
+    # ---- validation ---------------------------------------------------------------------------
+
+    def parse(
+        self,
+        text: bytes | str | None,
+        task: bytes | str | None,
+        max_tier: bytes | str | None = None,
+        request_id: bytes | str | None = None,
+    ) -> RouteRequest:
+        """Validate one request's inputs (raw BYTES or str); raises RequestError with the reason."""
+        limit = self.config.max_text_bytes
+        if isinstance(text, str):
+            size = len(text.encode("utf-8", errors="surrogatepass"))
+        elif isinstance(text, bytes):
+            size = len(text)
+        else:
+            size = 0
+        if size > limit:  # checked before decoding: an oversized body is refused without work
+            raise RequestError(f"TEXT is {size} bytes; the limit is {limit} bytes (serving config max_text_bytes)")
+        text_str = _decode("TEXT", text, required=True)
+        if not text_str.strip():
+            raise RequestError("TEXT is empty")
+        task_str = (_decode("TASK", task, required=True) or "").strip()
+        if not task_str:
+            raise RequestError(f"TASK is empty; valid tasks: {', '.join(self.config.tasks)}")
+        if task_str not in self.config.tasks:
+            raise RequestError(f"unknown TASK {task_str!r}; valid tasks: {', '.join(self.config.tasks)}")
+        tier = (_decode("MAX_TIER", max_tier, required=False) or "").strip().lower() or TIERS[-1]
+        if tier not in TIERS:
+            raise RequestError(f"MAX_TIER must be one of {', '.join(TIERS)}; got {tier!r}")
+        if not allowed_tiers(task_str, tier, self.config):
+            raise RequestError(f"MAX_TIER {tier} leaves no tier for {task_str}: generation tasks are served by t2-t4")
+        rid = (_decode("REQUEST_ID", request_id, required=False) or "").strip()
+        if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
+            raise RequestError(f"REQUEST_ID must be at most {MAX_REQUEST_ID_CHARS} printable characters")
+        return RouteRequest(text_str, task_str, tier, rid or uuid.uuid4().hex, size)
+
+    # ---- routing ------------------------------------------------------------------------------
+
+    def route(self, request: RouteRequest) -> RouteResult:
+        """Router pick, then the cascade. Raises TierUnavailable only if no tier could answer."""
+        started = self.clock()
+        allowed = allowed_tiers(request.task, request.max_tier, self.config)
+        notes: list[str] = []
+        router_info: dict[str, Any] = {}
+        try:
+            logits = self.call_router(request.text, request.task)
+            start = choose_tier(logits, self.config.router_tiers, allowed)
+            router_info = {"tier": start, "p": router_probabilities(logits, self.config.router_tiers)}
+        except (TierUnavailable, ValueError) as err:
+            start = allowed[0]
+            router_info = {"tier": None, "error": str(err)}
+            notes.append(f"router unavailable: started at {start}")
+        router_ms = (self.clock() - started) * 1e3
+
+        outcome = run_cascade(
+            request.task,
+            start,
+            lambda tier: self.call_tier(tier, request.task, request.text),
+            self.policy,
+            max_tier=request.max_tier,
+            clock=self.clock,
+        )
+        if outcome.fallback:
+            notes.append(outcome.fallback)
+        total_ms = (self.clock() - started) * 1e3
+        output = format_output(request.task, outcome.output, request.text)
+        metadata = self._metadata(request, outcome, start, router_info, router_ms, total_ms, notes)
+        result = RouteResult(request, output, metadata, outcome)
+        result.record = self._record(result)
+        self._emit(result.record)
+        return result
+
+    def handle(self, text, task, max_tier=None, request_id=None) -> RouteResult:
+        return self.route(self.parse(text, task, max_tier, request_id))
+
+    def _metadata(self, request, outcome, start, router_info, router_ms, total_ms, notes) -> dict[str, Any]:
+        meta = outcome.metadata()
+        stage_ms = sum(s.latency_ms for s in outcome.stages)
+        sla = self.config.latency_sla_ms.get(request.task)
+        meta.update(
+            request_id=request.request_id,
+            task=request.task,
+            start_tier=start,
+            max_tier=request.max_tier,
+            router=router_info,
+            latency_ms={"router": round(router_ms, 3), **meta["latency_ms"]},
+            total_ms=round(total_ms, 3),
+            # what routing itself cost: everything but the tier calls (router call included)
+            overhead_ms=round(max(0.0, total_ms - stage_ms), 3),
+            fallback="; ".join(notes) if notes else None,
+            sla_ms=sla,
+            sla_met=None if sla is None else total_ms <= sla,
+            repository_version=self.config.repository_version,
+            bls_version=self.bls_version,
+        )
+        meta["u"] = {tier: round(u, 6) for tier, u in meta["u"].items()}
+        return meta
+
+    def _record(self, result: RouteResult) -> dict[str, Any]:
+        """One flat line for the durable escalation log (monitor, coopt's failure clustering)."""
+        meta = result.metadata
+        return {
+            "ts": round(self.wall_clock(), 3),
+            **{k: meta[k] for k in ("request_id", "task", "tier", "start_tier", "max_tier", "path", "u", "escalations", "fallback", "errors", "cost_usd", "latency_ms", "total_ms", "repository_version", "bls_version")},
+            "thresholds": {tier: _finite(self.policy.delta(result.request.task, tier)) for tier in meta["path"]},
+            "text_bytes": result.request.text_bytes,
+            "text_sha256": hashlib.sha256(result.request.text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16],
+            # coopt distils the frontier tier's answers on escalated inputs, so the log keeps them
+            "text": result.request.text,
+            "output": result.output,
+        }
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self.sink is None:
+            return
+        try:
+            self.sink(record)
+        except Exception:  # the log must never fail a request
+            logger.exception("routing record sink failed for request %s", record.get("request_id"))
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+# ---------------------------------------------------------------- tensors <-> text
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A decoder tier's answer: text, chosen-token logprobs and billed token counts."""
+
+    text: str
+    token_logprobs: Sequence[float]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TensorBackend(Protocol):
+    def router_logits(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...  # [1, tiers]
+
+    def t1_logits(self, task: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+    def generate(self, tier: str, prompt: str, max_tokens: int) -> Generation: ...  # t2, t3, t4
+
+
+class TierCodec:
+    """call_router / call_tier for RoutingService over a TensorBackend and the shared tokenizer.
+
+    Any failure inside a tier call (the backend raising, or an answer that cannot be decoded)
+    becomes TierUnavailable naming the tier, so the cascade falls back instead of failing."""
+
+    def __init__(self, config: ServingConfig, tokenizer, backend: TensorBackend) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backend = backend
+
+    def router(self, text: str, task: str) -> list[float]:
+        from export.encoder import encode_texts, pad_batch
+
+        input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "task_id": np.array([[self.config.task_ids[task]]], dtype=np.int64),
+        }
+        try:
+            logits = np.asarray(self.backend.router_logits(inputs), dtype=np.float64).reshape(-1)
+        except TierUnavailable:
+            raise
+        except Exception as err:
+            raise TierUnavailable(f"router: {type(err).__name__}: {err}") from None
+        if logits.size != len(self.config.router_tiers) or not np.all(np.isfinite(logits)):
+            raise TierUnavailable(f"router: expected {len(self.config.router_tiers)} finite logits, got {logits.tolist()}")
+        return logits.tolist()
+
+    def tier(self, tier: str, task: str, text: str) -> TierResult:
+        try:
+            return self._t1(task, text) if tier == "t1" else self._decoder(tier, task, text)
+        except TierUnavailable:
+            raise
+        except Exception as err:
+            raise TierUnavailable(f"{tier}: {type(err).__name__}: {err}") from None
+
+    def _t1(self, task: str, text: str) -> TierResult:
+        from bls_router.t1_codec import predict_with
+
+        head = self.config.t1[task]
+        logits_fn = lambda ids, mask: self.backend.t1_logits(task, ids, mask)  # noqa: E731
+        (prediction, u), = predict_with(logits_fn, self.tokenizer, task, head.labels, [{"task": task, "text": text}], head.max_len)
+        # billed as the build labelled T1: the text's tokens, cut at the head's input length
+        tokens = min(len(self.tokenizer(text)["input_ids"]), head.max_len)
+        return TierResult(output=prediction, u=float(u), tokens=tokens)
+
+    def _decoder(self, tier: str, task: str, text: str) -> TierResult:
+        from routenlp.answers import parse_output, prompt_text
+
+        prompt = prompt_text({"task": task, "text": text})
+        if tier == "t4":
+            prompt = self.fit_prompt(prompt)
+        generation = self.backend.generate(tier, prompt, self.config.max_answer_tokens)
+        prediction = parse_output(task, generation.text, {"task": task, "text": text, "tokens": text.split()})
+        return TierResult(
+            output=prediction,
+            u=generation_uncertainty(list(generation.token_logprobs)),
+            tokens=int(generation.prompt_tokens) + int(generation.completion_tokens),
+        )
+
+    def fit_prompt(self, prompt: str) -> str:
+        """The prompt cut to max_input_tokens from the left (keeping <s> and the 'answer:' cue), as
+        the T2/T3 engines and the labelling do; only T4 needs it here (an HTTP API gets text)."""
+        from bls_router.vllm_requests import fit_prompt_ids
+
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        budget = self.config.max_input_tokens + self.config.max_answer_tokens
+        fitted = fit_prompt_ids(ids, max_tokens=self.config.max_answer_tokens, max_model_len=budget, bos_id=self.tokenizer.bos_token_id)
+        if len(fitted) == len(ids):
+            return prompt
+        return self.tokenizer.decode(fitted, skip_special_tokens=True)
+
+
+def token_logprobs_from_vllm_json(logprobs_json: str | bytes) -> list[float]:
+    """Chosen-token logprobs from vllm_backend's `logprobs` output (stock NGC backend), for greedy
+    decoding: per step {token_id: {"logprob", "rank", ...}}, the chosen token is the rank-1 one."""
+    steps = json.loads(logprobs_json) or []
+    chosen = []
+    for step in steps:
+        if not step:
+            continue
+        entries = list(step.values())
+        ranked = [e for e in entries if e.get("rank") == 1]
+        best = ranked[0] if ranked else max(entries, key=lambda e: e["logprob"])
+        chosen.append(min(0.0, float(best["logprob"])))
+    return chosen

@@ -1,0 +1,275 @@
+"""Triton python-backend model `routenlp`: the routing BLS (thin adapter over bls_router.service).
+
+Inputs (one request = one text, shape [1, 1] with the batch dimension):
+  TEXT BYTES, TASK BYTES, optional MAX_TIER BYTES ("t1".."t4"), optional REQUEST_ID BYTES
+Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured tasks, the text for
+generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
+
+The version folder holds serving_config.json (bls_router/serving_config.py) and the shared
+tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and HTTP calls to T4
+(T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key from the env variable the config
+names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
+RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, cancelled -> CANCELLED.
+
+Custom metrics (Triton /metrics, created once in initialize): routenlp_requests_total,
+routenlp_escalations_total, routenlp_fallbacks_total, routenlp_cost_dollars_total (labels task,
+tier), routenlp_request_failures_total (label code) and the routenlp_latency_ms histogram (task).
+Every series also carries `version` and `instance` (sum them away in queries): two instances, or
+two versions during a hot swap, must never share one series. Triton 2.51 counts references per
+MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
+the shared series is removed under the other: its counts vanish from /metrics and its next update
+touches freed memory (measured: a tritonserver SIGSEGV right after a hot swap of this model).
+"""
+
+# The embedded interpreter starts in the C locale; torch (pulled in through transformers by
+# export.encoder) then fails reading its UTF-8 templates. Must run before those imports.
+import locale
+
+locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+
+import json  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from bls_router.cascade import TIERS, TierUnavailable  # noqa: E402
+from bls_router.serving_config import TOKENIZER_DIR, ServingConfigError, load_serving_config  # noqa: E402
+from bls_router.service import (  # noqa: E402
+    Generation,
+    RequestError,
+    RoutingService,
+    TierCodec,
+    token_logprobs_from_vllm_json,
+)
+
+INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID")
+LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
+
+
+def _scalar(request, name):
+    """The one element of an optional input as bytes/str, or None; a batch is a client error."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    array = tensor.as_numpy()
+    if array.size != 1:
+        raise RequestError(
+            f"{name} must hold exactly one element per request (shape [1, 1]), got shape {list(array.shape)}; "
+            "send one text per request, Triton batches requests itself"
+        )
+    value = array.reshape(-1)[0]
+    if isinstance(value, (bytes, str)):
+        return value
+    raise RequestError(f"{name} must be BYTES, got {array.dtype}")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.t4 = None
+        self._codes = {
+            "invalid_arg": pb_utils.TritonError.INVALID_ARG,
+            "unavailable": getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL),
+            "cancelled": getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.INTERNAL),
+            "internal": pb_utils.TritonError.INTERNAL,
+        }
+        model_config = json.loads(args["model_config"])
+        self.name = model_config["name"]
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        try:
+            self.config = load_serving_config(version_dir)
+        except ServingConfigError as err:
+            raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
+        tokenizer_dir = os.path.join(version_dir, TOKENIZER_DIR)
+        try:
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+        except Exception as err:
+            raise pb_utils.TritonModelException(f"{self.name}: cannot load the tokenizer from {tokenizer_dir}: {err}") from None
+        self.timeout_us = int(self.config.tier_timeout_s * 1e6)
+        self.decoupled_tiers = self.config.target == "ngc"  # stock vllm backend: decoupled T2/T3
+        base_url = self.config.t4_base_url()
+        if base_url:
+            from bls_router.t4_client import T4Client
+
+            t4 = self.config.t4
+            self.t4 = T4Client(base_url, t4.model, t4.api_key_env, t4.timeout_s, t4.max_retries)
+        else:
+            pb_utils.Logger.log_warn(
+                f"{self.name}: no T4 endpoint (t4.base_url empty and ROUTENLP_T4_BASE_URL unset): "
+                "requests that need T4 fall back to T3"
+            )
+        # Import what the first request would otherwise import (encoders, answer parsing, labels).
+        import bls_router.t1_codec  # noqa: F401
+        from routenlp.answers import parse_output  # noqa: F401
+
+        self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
+        codec = TierCodec(self.config, tokenizer, self)
+        self.service = RoutingService(self.config, codec.router, codec.tier, bls_version=args["model_version"])
+        pb_utils.Logger.log_info(
+            f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
+            f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'})"
+        )
+
+    # ---- metrics ------------------------------------------------------------------------------
+
+    def _create_metrics(self, owner):
+        self._metrics_lock = threading.Lock()
+        counter = pb_utils.MetricFamily.COUNTER
+        families = {
+            "requests": ("routenlp_requests_total", "Requests answered, by task and answering tier"),
+            "escalations": ("routenlp_escalations_total", "Escalations out of a tier (u > delta), by task and tier"),
+            "fallbacks": ("routenlp_fallbacks_total", "Tier calls that failed and were routed around, by task and failed tier"),
+            "dollars": ("routenlp_cost_dollars_total", "Dollars spent, by task and tier"),
+        }
+        self.families, self.metrics = {}, {}
+        for key, (name, description) in families.items():
+            family = pb_utils.MetricFamily(name=name, description=description, kind=counter)
+            self.families[key] = family
+            self.metrics[key] = {
+                (task, tier): family.Metric(labels={"task": task, "tier": tier, **owner}) for task in self.config.tasks for tier in TIERS
+            }
+        failures = pb_utils.MetricFamily(name="routenlp_request_failures_total", description="Requests answered with an error, by code", kind=counter)
+        self.families["failures"] = failures
+        self.failures = {code: failures.Metric(labels={"code": code, **owner}) for code in self._codes}
+        self.latency = {}
+        histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
+        if histogram is not None:
+            family = pb_utils.MetricFamily(name="routenlp_latency_ms", description="End-to-end routing latency in ms, by task", kind=histogram)
+            self.families["latency"] = family
+            self.latency = {task: family.Metric(labels={"task": task, **owner}, buckets=LATENCY_BUCKETS_MS) for task in self.config.tasks}
+
+    def _observe(self, result):
+        with self._metrics_lock:
+            for key, rows in result.counters().items():
+                for task, tier, amount in rows:
+                    self.metrics[key][(task, tier)].increment(amount)
+            metric = self.latency.get(result.request.task)
+            if metric is not None:
+                metric.observe(result.metadata["total_ms"])
+
+    # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
+
+    def _infer(self, model, inputs, outputs):
+        request = pb_utils.InferenceRequest(
+            model_name=model,
+            requested_output_names=list(outputs),
+            inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+            timeout=self.timeout_us,
+        )
+        try:
+            response = request.exec()
+        except Exception as err:
+            raise TierUnavailable(f"{model}: BLS call failed: {err}") from None
+        if response.has_error():
+            raise TierUnavailable(f"{model}: {response.error().message()}")
+        found = {}
+        for name in outputs:
+            tensor = pb_utils.get_output_tensor_by_name(response, name)
+            if tensor is None:
+                raise TierUnavailable(f"{model}: response has no output {name}")
+            found[name] = tensor.as_numpy()
+        return found
+
+    def router_logits(self, inputs):
+        return self._infer("router", inputs, ["logits"])["logits"]
+
+    def t1_logits(self, task, input_ids, attention_mask):
+        return self._infer(f"t1_{task}", {"input_ids": input_ids, "attention_mask": attention_mask}, ["logits"])["logits"]
+
+    def generate(self, tier, prompt, max_tokens):
+        if tier == "t4":
+            if self.t4 is None:
+                raise TierUnavailable("t4: no endpoint configured (portfolio t4.base_url or ROUTENLP_T4_BASE_URL)")
+            completion = self.t4.complete(prompt, max_tokens)
+            return Generation(completion.text, completion.token_logprobs, completion.prompt_tokens, completion.completion_tokens)
+        sampling = json.dumps({"max_tokens": int(max_tokens), "temperature": 0})
+        inputs = {
+            "text_input": np.array([[prompt.encode("utf-8")]], dtype=np.object_),
+            "sampling_parameters": np.array([[sampling.encode("utf-8")]], dtype=np.object_),
+            "exclude_input_in_output": np.array([[True]], dtype=bool),
+            "return_num_input_tokens": np.array([[True]], dtype=bool),
+            "return_num_output_tokens": np.array([[True]], dtype=bool),
+        }
+        if self.decoupled_tiers:
+            return self._generate_decoupled(tier, inputs)
+        out = self._infer(tier, inputs, ["text_output", "token_logprobs", "num_input_tokens", "num_output_tokens"])
+        return Generation(
+            _text(out["text_output"]),
+            out["token_logprobs"].reshape(-1).astype(float).tolist(),
+            int(out["num_input_tokens"].reshape(-1)[0]),
+            int(out["num_output_tokens"].reshape(-1)[0]),
+        )
+
+    def _generate_decoupled(self, tier, inputs):
+        """Stock vllm_backend (NGC target): inputs without a batch dimension, decoupled responses,
+        logprobs from its `logprobs` JSON. Not exercised on this CPU build."""
+        inputs = {name: value.reshape(-1) for name, value in inputs.items()}
+        inputs["return_logprobs"] = np.array([True], dtype=bool)
+        outputs = ["text_output", "logprobs", "num_input_tokens", "num_output_tokens"]
+        request = pb_utils.InferenceRequest(
+            model_name=tier, requested_output_names=outputs, inputs=[pb_utils.Tensor(n, v) for n, v in inputs.items()], timeout=self.timeout_us
+        )
+        try:
+            responses = request.exec(decoupled=True)
+        except Exception as err:
+            raise TierUnavailable(f"{tier}: BLS call failed: {err}") from None
+        last = None
+        for response in responses:
+            if response.has_error():
+                raise TierUnavailable(f"{tier}: {response.error().message()}")
+            if pb_utils.get_output_tensor_by_name(response, "text_output") is not None:
+                last = response  # the final empty response carries no tensors
+        if last is None:
+            raise TierUnavailable(f"{tier}: no answer in the decoupled responses")
+        get = lambda name: pb_utils.get_output_tensor_by_name(last, name).as_numpy().reshape(-1)  # noqa: E731
+        return Generation(_text(get("text_output")), token_logprobs_from_vllm_json(get("logprobs")[0]), int(get("num_input_tokens")[0]), int(get("num_output_tokens")[0]))
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def _error(self, message, code):
+        with self._metrics_lock:
+            self.failures[code].increment(1)
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
+
+    def _answer(self, request):
+        if request.is_cancelled():
+            return self._error("request was cancelled", "cancelled")
+        try:
+            routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
+            result = self.service.route(routed)
+        except RequestError as err:
+            return self._error(str(err), "invalid_arg")
+        except TierUnavailable as err:
+            return self._error(f"no tier could answer: {err}", "unavailable")
+        except Exception as err:  # a bug: answer this request, keep serving the others
+            pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
+            return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+        try:
+            self._observe(result)
+        except Exception as err:  # metrics must never fail a request
+            pb_utils.Logger.log_warn(f"{self.name}: metrics update failed: {type(err).__name__}: {err}")
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("OUTPUT", np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor("METADATA", np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
+            ]
+        )
+
+    def execute(self, requests):
+        return [self._answer(request) for request in requests]
+
+    def finalize(self):
+        t4, self.t4 = getattr(self, "t4", None), None
+        if t4 is not None:
+            t4.close()
+        # Metric objects must go before their MetricFamily (python_backend's rule).
+        self.metrics, self.failures, self.latency = {}, {}, {}
+        self.families = {}
+
+
+def _text(array):
+    value = np.asarray(array).reshape(-1)[0]
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
