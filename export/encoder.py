@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import DistilBertConfig, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # the serving BLS imports this module; transformers' models would pull in torch
+    from transformers import DistilBertConfig, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ def build_encoder_config(
     arch = as_arch(arch)
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; train it with export.tokenizer.train_tokenizer")
+    from transformers import DistilBertConfig
+
     config = DistilBertConfig(
         vocab_size=len(tokenizer),
         dim=arch.dim,
