@@ -44,7 +44,7 @@ from bls_router.t1_codec import (  # noqa: F401  (re-exported: export.t1 is thei
     record_words,
     softmax,
 )
-from export.training import run_stats, warmup_linear
+from export.training import optimizer_step, run_stats, warmup_linear
 from export.encoder import (
     EncoderArch,
     as_arch,
@@ -177,11 +177,7 @@ def train_t1(
         for rows in length_bucketed_batches(lengths, batch_size, shuffler):
             batch = _collate([examples[i] for i in rows], tokenizer.pad_token_id, token_level)
             loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler, MAX_GRAD_NORM)
             loss_sum += loss.item()
             tokens_seen += int(batch["attention_mask"].sum())
             bar.update(1)

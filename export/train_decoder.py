@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from export.training import run_stats, warmup_linear
+from export.training import optimizer_step, run_stats, warmup_linear
 
 IGNORE_INDEX = -100  # label value torch's cross-entropy skips
 WARMUP_FRACTION = 0.05
@@ -107,11 +107,7 @@ def train_decoder(
             # For Mixtral configs with output_router_logits, .loss already includes the
             # load-balancing term.
             loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler, MAX_GRAD_NORM)
             loss_sum += loss.item()
             loss_batches += 1
             answer_tokens += int((batch["labels"] != IGNORE_INDEX).sum())

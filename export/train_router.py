@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from export.encoder import encode_texts, length_bucketed_batches, pad_batch
-from export.training import warmup_linear
+from export.training import optimizer_step, warmup_linear
 from export.router_loss import oracle_labels, router_loss
 from export.router_model import RouterNet, router_logits
 from routenlp.portfolio import TIER_ORDER, RouterSettings
@@ -136,11 +136,7 @@ def train_router(
         for batch_rows in length_bucketed_batches(lengths, batch_size, shuffler):
             inputs, targets = batch_tensors([int(train_idx[i]) for i in batch_rows])
             _, total, parts = loss_of(inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, total, optimizer, scheduler, MAX_GRAD_NORM)
             sums["total"] += total.item()
             for key, value in parts.items():
                 sums[key] += value.item()

@@ -20,6 +20,15 @@ def warmup_linear(total_steps: int, warmup_fraction: float = 0.06):
     return factor
 
 
+def optimizer_step(model: torch.nn.Module, loss: torch.Tensor, optimizer, scheduler, max_grad_norm: float) -> None:
+    """One AdamW step with gradient clipping and the schedule advanced."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 def run_stats(*, examples: int, epochs: int, steps: int, batch_size: int, lr: float, max_len: int, seed: int, epoch_losses: list[float], seconds: float, **extra: Any) -> dict[str, Any]:
     """The training record saved beside every checkpoint (self-describing artefacts)."""
     return {
