@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,20 +25,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.triton_server import free_port
+from routenlp.processes import free_port, log_tail, stop_process_group
 
 KVCACHE_GIB_DEFAULT = "1"  # vLLM's CPU default reserves far more than a tiny T4 needs
 
 
 class EndpointStartError(RuntimeError):
     """The vLLM server exited or did not become ready; the message carries the end of its log."""
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _model_len(checkpoint_dir: Path, requested: int) -> int:
@@ -143,31 +135,20 @@ class T4Endpoint:
             if self.process is not None and self.process.poll() is not None:
                 raise EndpointStartError(
                     f"vLLM server exited with code {self.process.returncode} before it was ready; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
                 )
             if self.is_ready():
                 return
             time.sleep(1.0)
         raise EndpointStartError(
-            f"vLLM server not ready after {timeout_s:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}"
+            f"vLLM server not ready after {timeout_s:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}"
         )
 
     def stop(self, grace_s: float = 30.0) -> None:
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        # SIGTERM to the group lets vLLM shut its engine core down; SIGKILL catches anything left.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            if sig == signal.SIGTERM:
-                try:
-                    proc.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    pass
-        proc.wait()
+        if proc is not None:
+            # SIGTERM to the group lets vLLM shut its engine core down.
+            stop_process_group(proc, grace_s, term_group=True)
 
     def __enter__(self) -> "T4Endpoint":
         return self if self.process else self.start()

@@ -7,9 +7,6 @@ them run the server the same way.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,24 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from routenlp.processes import free_port, log_tail, stop_process_group
 from routenlp.stack import StackPaths
 
 
 class ServerStartError(RuntimeError):
     """tritonserver exited or did not become ready; the message carries the end of its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass
@@ -121,12 +106,12 @@ class TritonServer:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerStartError(
                     f"tritonserver exited with code {self.process.returncode} before it was ready; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
                 )
             if self.is_ready():
                 return
             time.sleep(0.5)
-        raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f}s; log {self.log_path}:\n{_tail(self.log_path)}")
+        raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}")
 
     def metadata(self) -> dict:
         status, body = self._get("/v2")
@@ -136,19 +121,9 @@ class TritonServer:
 
     def stop(self, grace_s: float = 30.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        # SIGTERM lets Triton unload models (and their stubs) cleanly; SIGKILL the group if it hangs.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        if proc is not None:
+            # SIGTERM to Triton alone lets it unload models (and their stubs) cleanly.
+            stop_process_group(proc, grace_s, term_group=False)
 
     def __enter__(self) -> "TritonServer":
         return self if self.process else self.start()
