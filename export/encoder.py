@@ -108,22 +108,3 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
         input_ids[row, : len(seq)] = seq
         attention[row, : len(seq)] = 1
     return input_ids, attention
-
-
-def length_bucketed_batches(
-    lengths: Sequence[int], batch_size: int, generator, pool_batches: int = 50
-) -> list[list[int]]:
-    """Shuffled batches of similar-length examples (much less padding than plain shuffling).
-
-    Shuffle with the seeded torch `generator`, sort each pool of `pool_batches` batches by length,
-    cut it into batches and shuffle the batch order: still random, deterministic per seed.
-    """
-    import torch
-
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    pool = batch_size * pool_batches
-    batches: list[list[int]] = []
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

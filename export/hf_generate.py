@@ -36,7 +36,11 @@ def generate_greedy(
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "generate",
+    groups: Sequence[str] | None = None,
 ) -> list[Generation]:
+    """Greedy answers for `prompts`. `groups` (e.g. the task of each prompt) keeps prompts with
+    similar answer lengths in one batch: a batch decodes until its longest answer ends, so one
+    summary among label answers would hold the whole batch for max_new_tokens steps."""
     model.eval()
     # The MoE load-balancing loss is for training; during generation it breaks on padded batches.
     if getattr(model.config, "output_router_logits", False):
@@ -45,8 +49,9 @@ def generate_greedy(
         _truncate_prompt(tokenizer(p, add_special_tokens=True)["input_ids"], max_prompt_tokens, tokenizer.bos_token_id)
         for p in prompts
     ]
-    # Sorting by length keeps padding (wasted compute) small; results are put back in order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    # Sorting by (group, length) keeps padding and decode steps small; results go back in order.
+    group_of = list(groups) if groups is not None else [""] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: (group_of[i], len(encoded[i])))
     results: list[Generation | None] = [None] * len(encoded)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):

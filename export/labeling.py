@@ -38,6 +38,7 @@ def label_decoder(tier: str, model, tokenizer, records: Sequence[Mapping], *, ma
     generations = generate_greedy(
         model, tokenizer, [prompt_text(r) for r in records],
         max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"label {tier}",
+        groups=[r["task"] for r in records],
     )
     answers = []
     for record, gen in zip(records, generations):

@@ -35,7 +35,7 @@ STEP_CODE = {
     "onnx": ("export.onnx_export", "export.router_model", "export.t1", "bls_router.t1_codec"),
 }
 SEED = 0
-# Per-tier training settings that are not architecture: small models learn fast at a high rate.
+# Default learning rate for a decoder trained here; a tier's `train.lr` overrides it.
 DECODER_LR = 3e-3
 DECODER_BATCH = 16
 # Small from-scratch encoders gain from more optimizer steps, so small batches.
@@ -153,19 +153,22 @@ class PortfolioBuild:
                 summary[tier_name] = {"checkpoint": tier.checkpoint}
                 continue
 
-            def build(out: Path, tier=tier) -> dict:
+            lr = float(tier.train.get("lr", DECODER_LR))
+            epochs = int(tier.train.get("epochs", self.profile.decoder_epochs))
+
+            def build(out: Path, tier=tier, lr=lr, epochs=epochs) -> dict:
                 arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
                 torch.manual_seed(SEED)
                 model = build_decoder(arch, self.tokenizer())
                 self.log(f"  {tier.name}: {arch.family}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
                 stats = train_decoder(
-                    model, self.tokenizer(), pairs, epochs=self.profile.decoder_epochs, batch_size=DECODER_BATCH,
-                    lr=DECODER_LR, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
+                    model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
+                    lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
                 )
                 save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
                 return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
 
-            inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=DECODER_LR)
+            inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs)
             summary[tier_name] = self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
         return summary
 
@@ -262,7 +265,8 @@ class PortfolioBuild:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        steps = {}
+        steps: dict[str, Any] = {}
+        step_seconds = {}
         for name, step in (
             ("tokenizer", self.build_tokenizer),
             ("t1", self.build_t1),
@@ -273,6 +277,8 @@ class PortfolioBuild:
         ):
             step_started = time.perf_counter()
             steps[name] = step()
-            self.log(f"[{name}] {time.perf_counter() - step_started:.1f}s")
+            step_seconds[name] = round(time.perf_counter() - step_started, 1)
+            self.log(f"[{name}] {step_seconds[name]:.1f}s")
         steps["seconds"] = round(time.perf_counter() - started, 1)
+        steps["step_seconds"] = step_seconds  # this run's: a cached step takes ~0 s
         return steps

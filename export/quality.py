@@ -31,7 +31,7 @@ def quality_table(answers: Mapping[str, Mapping[str, Mapping[str, Any]]], record
 
 
 def effective_bars(portfolio: Portfolio, dev_quality: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    return {task: round(portfolio.tasks[task].effective_bar(dev_quality[task].get("t4")), 4) for task in TASK_NAMES}
+    return {task: round(portfolio.tasks[task].effective_bar(dev_quality[task]), 4) for task in TASK_NAMES}
 
 
 def quality_matrix(answers: Mapping[str, Mapping[str, Mapping[str, Any]]], records: Sequence[Mapping], bars: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:

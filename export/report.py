@@ -45,7 +45,7 @@ def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, A
             "tiers": dev_quality[task],
             "paper_bar": portfolio.tasks[task].paper_bar,
             "effective_bar": bars[task],
-            "bar_source": "paper" if bars[task] == portfolio.tasks[task].paper_bar else f"{portfolio.tasks[task].relative_bar} x T4 dev",
+            "bar_source": portfolio.tasks[task].bar_source(bars[task]),
         }
         for task in TASK_NAMES
     }
@@ -53,6 +53,7 @@ def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, A
         "portfolio": portfolio.name,
         "profile": build.profile.name,
         "build_seconds": steps.get("seconds"),
+        "step_seconds": steps.get("step_seconds"),
         "tiers": {
             t.name: {"kind": t.kind, "price_per_1k_tokens": t.price_per_1k_tokens, "checkpoint": t.checkpoint or "trained here", "arch": dict(t.arch), **({"parameters": steps["decoders"][t.name].get("parameters")} if t.name in steps["decoders"] else {})}
             for t in portfolio.ordered_tiers()

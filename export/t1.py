@@ -44,13 +44,12 @@ from bls_router.t1_codec import (  # noqa: F401  (re-exported: export.t1 is thei
     record_words,
     softmax,
 )
-from export.training import optimizer_step, run_stats, warmup_linear
+from export.training import length_bucketed_batches, optimizer_step, run_stats, warmup_linear
 from export.encoder import (
     EncoderArch,
     as_arch,
     build_encoder_config,
     encode_texts,
-    length_bucketed_batches,
     pad_batch,
 )
 from routenlp.data import task_labels

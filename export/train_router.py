@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from export.encoder import encode_texts, length_bucketed_batches, pad_batch
-from export.training import optimizer_step, warmup_linear
+from export.encoder import encode_texts, pad_batch
+from export.training import length_bucketed_batches, optimizer_step, warmup_linear
 from export.router_loss import oracle_labels, router_loss
 from export.router_model import RouterNet, router_logits
 from routenlp.portfolio import TIER_ORDER, RouterSettings

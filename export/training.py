@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,3 +46,27 @@ def run_stats(*, examples: int, epochs: int, steps: int, batch_size: int, lr: fl
         "threads": torch.get_num_threads(),
         **extra,
     }
+
+
+def length_bucketed_batches(
+    lengths: Sequence[int], batch_size: int, generator, pool_batches: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of similar-length examples (much less padding than plain shuffling).
+
+    Shuffle with the seeded torch `generator`, sort each pool of `pool_batches` batches by length,
+    cut it into batches and shuffle the batch order: still random, deterministic per seed.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = batch_size * pool_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def bucketed_batch_count(examples: int, batch_size: int, pool_batches: int = 50) -> int:
+    """How many batches length_bucketed_batches yields (for the schedule's total step count)."""
+    pool = batch_size * pool_batches
+    full, rest = divmod(examples, pool)
+    return full * pool_batches + -(-rest // batch_size)

@@ -33,6 +33,9 @@ class Tier:
     api_key_env: str = ""
     timeout_s: float = 10.0
     max_retries: int = 2
+    # Training settings for a tier trained here (ignored with a checkpoint): `lr`, `epochs`
+    # (default: the profile's decoder_epochs). Larger models want a lower rate.
+    train: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def index(self) -> int:
@@ -50,11 +53,17 @@ class TaskPolicy:
     relative_bar: float
     latency_sla_ms: float
 
-    def effective_bar(self, t4_quality: float | None) -> float:
-        """The paper's bar where T4 reaches it, else relative_bar x T4's quality."""
-        if t4_quality is None or t4_quality >= self.paper_bar:
+    def effective_bar(self, tier_quality: Mapping[str, float]) -> float:
+        """The paper's bar where the best tier reaches it, else relative_bar x the best tier's dev
+        quality. The best tier, not T4: a from-scratch T4 can fall below the cheaper tiers (even to
+        0 on a task), and a bar of 0 would call every answer good enough."""
+        best = max(tier_quality.values(), default=None)
+        if best is None or best >= self.paper_bar:
             return self.paper_bar
-        return self.relative_bar * t4_quality
+        return self.relative_bar * best
+
+    def bar_source(self, bar: float) -> str:
+        return "paper" if bar == self.paper_bar else f"{self.relative_bar} x best tier's dev quality"
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,11 @@ def _tier(name: str, raw: Mapping, where: str) -> Tier:
     unknown = set(raw) - known
     if unknown:
         raise PortfolioError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    return Tier(name=name, **{**raw, "price_per_1k_tokens": price, "arch": dict(raw.get("arch", {}))})
+    train = dict(raw.get("train", {}))
+    unknown_train = set(train) - {"lr", "epochs"}
+    if unknown_train:
+        raise PortfolioError(f"{where}: unknown train setting(s) {', '.join(sorted(unknown_train))} (known: lr, epochs)")
+    return Tier(name=name, **{**raw, "price_per_1k_tokens": price, "arch": dict(raw.get("arch", {})), "train": train})
 
 
 def parse_portfolio(raw: Mapping, profile: str, source: Path) -> Portfolio:

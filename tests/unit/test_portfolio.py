@@ -32,9 +32,18 @@ def test_tier_cost_and_effective_bar():
     portfolio = load_portfolio()
     assert portfolio.tiers["t4"].cost(500) == pytest.approx(4.0)  # 500 tokens at $8 / 1K
     policy = portfolio.tasks["cs_intent"]  # paper bar 0.92, relative 0.9
-    assert policy.effective_bar(0.95) == 0.92
-    assert policy.effective_bar(0.5) == pytest.approx(0.45)
-    assert policy.effective_bar(None) == 0.92
+    assert policy.effective_bar({"t1": 0.5, "t4": 0.95}) == 0.92
+    assert policy.effective_bar({"t1": 0.4, "t4": 0.5}) == pytest.approx(0.45)
+    # a from-scratch T4 below a cheaper tier: the bar follows the best tier, never drops to 0
+    assert policy.effective_bar({"t1": 0.6, "t2": 0.1, "t4": 0.0}) == pytest.approx(0.54)
+    assert policy.effective_bar({}) == 0.92
+    assert policy.bar_source(0.92) == "paper"
+    assert "best tier" in policy.bar_source(0.54)
+
+
+def test_tier_training_settings_merge_per_profile():
+    default = load_portfolio(profile="default")
+    assert default.tiers["t4"].train["lr"] < default.tiers["t2"].train.get("lr", 3e-3)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +52,7 @@ def test_tier_cost_and_effective_bar():
         (lambda raw: raw["tiers"]["t2"].update(kind="triton"), "kind 'triton' is not one of onnx, vllm, openai"),
         (lambda raw: raw["tiers"].pop("t3"), "tiers t3 missing"),
         (lambda raw: raw["tasks"].pop("fin_ner"), "tasks fin_ner have no"),
+        (lambda raw: raw["tiers"]["t4"].update(train={"momentum": 0.9}), r"unknown train setting\(s\) momentum"),
         (lambda raw: raw["tiers"]["t1"].update(colour="red"), "unknown field"),
         (lambda raw: raw["tiers"]["t1"].update(price_per_1k_tokens=-1), "must be >= 0"),
     ],
