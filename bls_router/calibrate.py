@@ -108,8 +108,45 @@ def calibrate_build(build, alpha: float = 0.05, bars: Mapping[str, float] | None
     thresholds, counts = thresholds_from_answers(build.load_answers(CALIBRATION_POOL), bars, alpha)
     if not thresholds:
         raise CalibrationUnavailable(f"{path} holds no answers of tiers {', '.join(ESCALATING_TIERS)}")
-    record = {"status": "calibrated", "alpha": alpha, "pool": CALIBRATION_POOL, "correct_if": "quality >= effective bar", "counts": counts}
+    answers = build.load_answers(CALIBRATION_POOL)
+    try:
+        baseline = baseline_escalation_rates(answers, router_start_tiers(build, build.pools.flat(CALIBRATION_POOL)), thresholds)
+    except FileNotFoundError:  # no router built (yet): the monitor stays silent rather than guess
+        baseline = {}
+    record = {
+        "status": "calibrated", "alpha": alpha, "pool": CALIBRATION_POOL, "correct_if": "quality >= effective bar", "counts": counts,
+        "escalation_baseline": baseline,  # the escalation monitor's reference (bls_router/escalation_monitor.py)
+    }
     return thresholds, record
+
+
+def baseline_escalation_rates(
+    answers: Answers, start_tiers: Mapping[str, str], thresholds: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """Per task, the share of requests whose first tier (the router's pick) escalates (u > delta):
+    the escalation monitor's baseline. T4 never escalates; a tier without a threshold accepts."""
+    escalated: dict[str, list[bool]] = {}
+    for record_id, tier in start_tiers.items():
+        row = answers.get(record_id, {}).get(tier)
+        if row is None:
+            continue
+        delta = thresholds.get(row["task"], {}).get(tier, math.inf) if tier in ESCALATING_TIERS else math.inf
+        escalated.setdefault(row["task"], []).append(float(row["u"]) > delta)
+    return {task: round(sum(flags) / len(flags), 4) for task, flags in sorted(escalated.items())}
+
+
+def router_start_tiers(build, records) -> dict[str, str]:
+    """record id -> the tier the build's router sends it to (T1 only for structured tasks)."""
+    from bls_router.service import choose_tier
+    from export.router_model import load_router, router_logits
+    from routenlp.tasks import get_task
+
+    model, meta = load_router(build.root / "router")
+    logits = router_logits(model, build.tokenizer(), records, meta["max_len"])
+    return {
+        record["id"]: choose_tier(row.tolist(), model.args["tier_names"], TIERS if get_task(record["task"]).structured else TIERS[1:])
+        for record, row in zip(records, logits)
+    }
 
 
 def check_on(answers: Answers, thresholds: Mapping[str, Mapping[str, float]], bars: Mapping[str, float], counts=None) -> list[CheckRow]:

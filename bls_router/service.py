@@ -40,6 +40,11 @@ from bls_router.uncertainty import generation_uncertainty
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_ID_CHARS = 128
+# POLICY input: the learned router + conformal cascade, or a fixed tier (the Always-tN baselines,
+# served over the same models; no router call, no escalation, the same fallbacks).
+ROUTED_POLICY = "routenlp"
+FIXED_TIER_POLICIES = {f"always-{tier}": tier for tier in TIERS}
+POLICIES = (ROUTED_POLICY, *FIXED_TIER_POLICIES)
 
 
 class RequestError(ValueError):
@@ -53,6 +58,7 @@ class RouteRequest:
     max_tier: str
     request_id: str
     text_bytes: int
+    policy: str = ROUTED_POLICY
 
 
 @dataclass
@@ -155,7 +161,7 @@ class RoutingService:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.policy = config.policy()
+        self.cascade_policy = config.policy()
         self.call_router = call_router
         self.call_tier = call_tier
         self.sink = sink
@@ -171,6 +177,7 @@ class RoutingService:
         task: bytes | str | None,
         max_tier: bytes | str | None = None,
         request_id: bytes | str | None = None,
+        policy: bytes | str | None = None,
     ) -> RouteRequest:
         """Validate one request's inputs (raw BYTES or str); raises RequestError with the reason."""
         limit = self.config.max_text_bytes
@@ -198,7 +205,17 @@ class RoutingService:
         rid = (_decode("REQUEST_ID", request_id, required=False) or "").strip()
         if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
             raise RequestError(f"REQUEST_ID must be at most {MAX_REQUEST_ID_CHARS} printable characters")
-        return RouteRequest(text_str, task_str, tier, rid or uuid.uuid4().hex, size)
+        policy_str = (_decode("POLICY", policy, required=False) or "").strip().lower() or ROUTED_POLICY
+        if policy_str not in POLICIES:
+            raise RequestError(f"POLICY must be one of {', '.join(POLICIES)}; got {policy_str!r}")
+        fixed = FIXED_TIER_POLICIES.get(policy_str)
+        if fixed is not None:
+            if fixed not in allowed_tiers(task_str, TIERS[-1], self.config):
+                raise RequestError(f"POLICY {policy_str}: {fixed} does not serve {task_str} (generation tasks are served by t2-t4)")
+            if TIERS.index(fixed) > TIERS.index(tier):
+                raise RequestError(f"POLICY {policy_str} is above MAX_TIER {tier}")
+            tier = fixed  # a fixed tier never escalates past itself
+        return RouteRequest(text_str, task_str, tier, rid or uuid.uuid4().hex, size, policy_str)
 
     # ---- routing ------------------------------------------------------------------------------
 
@@ -208,21 +225,25 @@ class RoutingService:
         allowed = allowed_tiers(request.task, request.max_tier, self.config)
         notes: list[str] = []
         router_info: dict[str, Any] = {}
-        try:
-            logits = self.call_router(request.text, request.task)
-            start = choose_tier(logits, self.config.router_tiers, allowed)
-            router_info = {"tier": start, "p": router_probabilities(logits, self.config.router_tiers)}
-        except (TierUnavailable, ValueError) as err:
-            start = allowed[0]
-            router_info = {"tier": None, "error": str(err)}
-            notes.append(f"router unavailable: started at {start}")
+        fixed = FIXED_TIER_POLICIES.get(request.policy)
+        if fixed is not None:
+            start, router_info = fixed, {"tier": None, "skipped": f"policy {request.policy}"}
+        else:
+            try:
+                logits = self.call_router(request.text, request.task)
+                start = choose_tier(logits, self.config.router_tiers, allowed)
+                router_info = {"tier": start, "p": router_probabilities(logits, self.config.router_tiers)}
+            except (TierUnavailable, ValueError) as err:
+                start = allowed[0]
+                router_info = {"tier": None, "error": str(err)}
+                notes.append(f"router unavailable: started at {start}")
         router_ms = (self.clock() - started) * 1e3
 
         outcome = run_cascade(
             request.task,
             start,
             lambda tier: self.call_tier(tier, request.task, request.text),
-            self.policy,
+            self.cascade_policy,
             max_tier=request.max_tier,
             clock=self.clock,
         )
@@ -236,8 +257,8 @@ class RoutingService:
         self._emit(result.record)
         return result
 
-    def handle(self, text, task, max_tier=None, request_id=None) -> RouteResult:
-        return self.route(self.parse(text, task, max_tier, request_id))
+    def handle(self, text, task, max_tier=None, request_id=None, policy=None) -> RouteResult:
+        return self.route(self.parse(text, task, max_tier, request_id, policy))
 
     def _metadata(self, request, outcome, start, router_info, router_ms, total_ms, notes) -> dict[str, Any]:
         meta = outcome.metadata()
@@ -246,6 +267,7 @@ class RoutingService:
         meta.update(
             request_id=request.request_id,
             task=request.task,
+            policy=request.policy,
             start_tier=start,
             max_tier=request.max_tier,
             router=router_info,
@@ -267,8 +289,8 @@ class RoutingService:
         meta = result.metadata
         return {
             "ts": round(self.wall_clock(), 3),
-            **{k: meta[k] for k in ("request_id", "task", "tier", "start_tier", "max_tier", "path", "u", "escalations", "fallback", "errors", "cost_usd", "latency_ms", "total_ms", "repository_version", "bls_version")},
-            "thresholds": {tier: _finite(self.policy.delta(result.request.task, tier)) for tier in meta["path"]},
+            **{k: meta[k] for k in ("request_id", "task", "policy", "tier", "start_tier", "max_tier", "path", "u", "escalations", "fallback", "errors", "cost_usd", "latency_ms", "total_ms", "repository_version", "bls_version")},
+            "thresholds": {tier: _finite(self.cascade_policy.delta(result.request.task, tier)) for tier in meta["path"]},
             "text_bytes": result.request.text_bytes,
             "text_sha256": hashlib.sha256(result.request.text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16],
             # coopt distils the frontier tier's answers on escalated inputs, so the log keeps them

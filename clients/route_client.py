@@ -37,13 +37,15 @@ class RouteClient:
         tensor.set_data_from_numpy(np.array([[value.encode() if isinstance(value, str) else value]], dtype=object))
         return tensor
 
-    def route(self, text: str | bytes, task: str, max_tier: str | None = None, request_id: str | None = None) -> RoutedAnswer:
+    def route(
+        self, text: str | bytes, task: str, max_tier: str | None = None, request_id: str | None = None, policy: str | None = None, timeout_s: float | None = None
+    ) -> RoutedAnswer:
         inputs = [self._tensor("TEXT", text), self._tensor("TASK", task)]
-        if max_tier:
-            inputs.append(self._tensor("MAX_TIER", max_tier))
-        if request_id:
-            inputs.append(self._tensor("REQUEST_ID", request_id))
-        result = self.client.infer(ENTRY_MODEL, inputs)
+        for name, value in (("MAX_TIER", max_tier), ("REQUEST_ID", request_id), ("POLICY", policy)):
+            if value:
+                inputs.append(self._tensor(name, value))
+        kwargs = {"client_timeout": timeout_s} if timeout_s and self.module.__name__.endswith("grpc") else {}
+        result = self.client.infer(ENTRY_MODEL, inputs, **kwargs)
         output = result.as_numpy("OUTPUT").ravel()[0].decode()
         metadata = json.loads(result.as_numpy("METADATA").ravel()[0])
         return RoutedAnswer(output, metadata)

@@ -31,6 +31,7 @@ class TritonServer:
     load_models: Sequence[str] = ("*",)
     extra_args: Sequence[str] = ()
     env: dict[str, str] | None = None
+    address: str = "127.0.0.1"  # "0.0.0.0" to serve other machines; clients here still use 127.0.0.1
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -57,8 +58,8 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
+            f"--http-address={self.address}",
+            f"--grpc-address={self.address}",
             "--exit-on-error=true",
             "--strict-readiness=true",
             # Open client connections otherwise hold shutdown for 30 s; vLLM tiers need ~4 s to stop.

@@ -1,7 +1,8 @@
 """Triton python-backend model `routenlp`: the routing BLS (thin adapter over bls_router.service).
 
 Inputs (one request = one text, shape [1, 1] with the batch dimension):
-  TEXT BYTES, TASK BYTES, optional MAX_TIER BYTES ("t1".."t4"), optional REQUEST_ID BYTES
+  TEXT BYTES, TASK BYTES, optional MAX_TIER BYTES ("t1".."t4"), optional REQUEST_ID BYTES,
+  optional POLICY BYTES ("routenlp" default, or "always-t1".."always-t4": fixed-tier baselines)
 Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured tasks, the text for
 generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
 
@@ -11,9 +12,15 @@ tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and 
 names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
 RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, cancelled -> CANCELLED.
 
+Every routed request is appended to the durable escalation log (bls_router/escalation_log.py;
+path from ROUTENLP_ESCALATION_LOG) before its response is sent, and fed to the escalation-rate
+monitor (bls_router/escalation_monitor.py), whose alerts are logged and exported as gauges.
+
 Custom metrics (Triton /metrics, created once in initialize): routenlp_requests_total,
 routenlp_escalations_total, routenlp_fallbacks_total, routenlp_cost_dollars_total (labels task,
-tier), routenlp_request_failures_total (label code) and the routenlp_latency_ms histogram (task).
+tier), routenlp_request_failures_total (label code), routenlp_log_failures_total, the
+routenlp_latency_ms histogram (task) and the gauges routenlp_escalation_rate,
+routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline).
 Every series also carries `version` and `instance` (sum them away in queries): two instances, or
 two versions during a hot swap, must never share one series. Triton 2.51 counts references per
 MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
@@ -35,8 +42,11 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from bls_router.cascade import TIERS, TierUnavailable  # noqa: E402
+from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
+from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
 from bls_router.serving_config import TOKENIZER_DIR, ServingConfigError, load_serving_config  # noqa: E402
 from bls_router.service import (  # noqa: E402
+    ROUTED_POLICY,
     Generation,
     RequestError,
     RoutingService,
@@ -44,7 +54,7 @@ from bls_router.service import (  # noqa: E402
     token_logprobs_from_vllm_json,
 )
 
-INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID")
+INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID", "POLICY")
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
 
 
@@ -106,11 +116,17 @@ class TritonPythonModel:
         from routenlp.answers import parse_output  # noqa: F401
 
         self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
+        path = log_path()
+        try:
+            self.escalation_log = EscalationLog(path, keep_text=keep_text_from_env())
+        except Exception as err:  # requests must not go unlogged: refuse to load instead
+            raise pb_utils.TritonModelException(f"{self.name}: cannot open the escalation log {path}: {err}") from None
+        self.monitor = EscalationMonitor(self.config.calibration.get("escalation_baseline", {}))
         codec = TierCodec(self.config, tokenizer, self)
-        self.service = RoutingService(self.config, codec.router, codec.tier, bls_version=args["model_version"])
+        self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
         pb_utils.Logger.log_info(
             f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
-            f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'})"
+            f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path})"
         )
 
     # ---- metrics ------------------------------------------------------------------------------
@@ -134,6 +150,17 @@ class TritonPythonModel:
         failures = pb_utils.MetricFamily(name="routenlp_request_failures_total", description="Requests answered with an error, by code", kind=counter)
         self.families["failures"] = failures
         self.failures = {code: failures.Metric(labels={"code": code, **owner}) for code in self._codes}
+        log_failures = pb_utils.MetricFamily(name="routenlp_log_failures_total", description="Routed requests whose escalation-log append failed", kind=counter)
+        self.families["log_failures"] = log_failures
+        self.log_failures = log_failures.Metric(labels=owner)
+        gauge = pb_utils.MetricFamily.GAUGE
+        for key, name, description in (
+            ("escalation_rate", "routenlp_escalation_rate", "Share of a task's recent requests that escalated (monitor window)"),
+            ("escalation_alert", "routenlp_escalation_alert", "1 while a task's escalation rate is >10% above its calibration baseline"),
+        ):
+            family = pb_utils.MetricFamily(name=name, description=description, kind=gauge)
+            self.families[key] = family
+            self.metrics[key] = {task: family.Metric(labels={"task": task, **owner}) for task in self.config.tasks}
         self.latency = {}
         histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
         if histogram is not None:
@@ -146,9 +173,25 @@ class TritonPythonModel:
             for key, rows in result.counters().items():
                 for task, tier, amount in rows:
                     self.metrics[key][(task, tier)].increment(amount)
-            metric = self.latency.get(result.request.task)
+            task = result.request.task
+            metric = self.latency.get(task)
             if metric is not None:
                 metric.observe(result.metadata["total_ms"])
+            if result.request.policy != ROUTED_POLICY:
+                return  # fixed-tier baselines never escalate: they would dilute the monitor's rate
+            change = self.monitor.observe(task, result.outcome.escalations > 0)
+            self.metrics["escalation_rate"][task].set(self.monitor.rate(task) or 0.0)
+            if change is not None:
+                self.metrics["escalation_alert"][task].set(1.0 if change.raised else 0.0)
+                (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
+
+    def _log_record(self, record):
+        try:
+            self.escalation_log.append(record)
+        except Exception as err:
+            with self._metrics_lock:
+                self.log_failures.increment(1)
+            pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
 
     # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
 
@@ -265,8 +308,11 @@ class TritonPythonModel:
         t4, self.t4 = getattr(self, "t4", None), None
         if t4 is not None:
             t4.close()
+        log, self.escalation_log = getattr(self, "escalation_log", None), None
+        if log is not None:
+            log.close()
         # Metric objects must go before their MetricFamily (python_backend's rule).
-        self.metrics, self.failures, self.latency = {}, {}, {}
+        self.metrics, self.failures, self.latency, self.log_failures = {}, {}, {}, None
         self.families = {}
 
 

@@ -1,63 +1,111 @@
 """`routenlp demo`: the main job on the embedded default portfolio.
 
 Builds (or takes from the step cache) the default portfolio and its model repository, starts the
-local T4 endpoint and tritonserver, and routes dev requests of every task through the `routenlp`
-entry model over gRPC, printing where each went, what it cost and how long it took.
+deployment (local T4 endpoint + tritonserver), and routes the dev split of all six tasks through
+the `routenlp` entry model over gRPC twice: with RouteNLP's routing and with the Always-T4 policy
+(same server, same models). Prints the routing mix, quality ratio and cost ratio vs Always-T4 and
+p50/p99 latency, and writes results/demo.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
+import json
 import time
+from pathlib import Path
 
 from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 from routenlp.table import format_table
 
+REFERENCE_POLICY = "always-t4"
+
 
 def register(sub) -> None:
-    parser = sub.add_parser("demo", help="build the default portfolio, serve it on Triton, route dev requests")
+    parser = sub.add_parser("demo", help="build the default portfolio, serve it on Triton, route the dev split")
     parser.add_argument("--profile", default="default")
-    parser.add_argument("--per-task", type=int, default=5, help="dev requests routed per task")
+    parser.add_argument("--per-task", type=int, default=None, help="dev requests per task (default: the whole dev split)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--results", default=str(RESULTS_DIR / "demo.json"))
     parser.set_defaults(handler=run)
 
 
-def run(args) -> int:
-    from clients.route_client import RouteClient
-    from routenlp.commands import export_cmd
+def _records(per_task: int | None) -> list[dict]:
     from routenlp.data import load_split
-    from routenlp.portfolio import load_portfolio
-    from routenlp.t4_endpoint import T4Endpoint
     from routenlp.tasks import TASK_NAMES
-    from routenlp.triton_server import TritonServer
-    from export.pipeline import PortfolioBuild
+
+    records = []
+    for task in TASK_NAMES:
+        records += load_split(task, "dev")[:per_task]
+    return records
+
+
+def summary_rows(systems: dict[str, dict], reference: str) -> list[dict[str, str]]:
+    from clients.served_eval import compare
+
+    rows = []
+    for name, summary in systems.items():
+        ratios = compare(summary, systems[reference])
+        rows.append({
+            "system": name,
+            "requests": str(summary["requests"]),
+            "errors": str(summary["errors"]),
+            "mean quality": f"{summary['mean_quality']:.4f}",
+            "quality ratio": f"{ratios['quality_ratio']:.3f}",
+            "cost $": f"{summary['dollars']:.4f}",
+            "cost ratio": f"{ratios['cost_ratio']:.3f}",
+            "p50 ms": f"{summary['p50_ms']:.1f}",
+            "p99 ms": f"{summary['p99_ms']:.1f}",
+            "escalated": f"{summary['escalation_rate']:.3f}",
+            "mix t1/t2/t3/t4": "/".join(f"{summary['mix'].get(t, 0):.2f}" for t in ("t1", "t2", "t3", "t4")),
+        })  # fmt: skip
+    return rows
+
+
+def task_rows(systems: dict[str, dict], bars: dict[str, float]) -> list[dict[str, str]]:
+    first = next(iter(systems.values()))
+    rows = []
+    for task in first["quality"]:
+        row = {"task": task, "bar": f"{bars.get(task, float('nan')):.3f}"}
+        row.update({name: f"{s['quality'][task]:.3f}" for name, s in systems.items()})
+        row["routenlp mix t1/t2/t3/t4"] = "/".join(str(n) for n in first["mix_by_task"][task].values())
+        rows.append(row)
+    return rows
+
+
+def run(args) -> int:
+    from clients.served_eval import compare, route_records, summarize
+    from routenlp.commands import export_cmd
+    from routenlp.deployment import Deployment, latest_serving_config
 
     export_cmd.run(argparse.Namespace(profile=args.profile, portfolio=None, repository=None, target="cpu", results=RESULTS_DIR / "portfolio.json", quiet=True))
-    build = PortfolioBuild(load_portfolio(profile=args.profile), progress=False)
-    t4 = build.portfolio.tiers["t4"]
-    print("\nstarting the local T4 endpoint and tritonserver (vLLM engines load in about a minute each) ...")
-    with T4Endpoint(build.decoder_dir("t4"), RESULTS_DIR / "demo_t4.log", api_key_env=t4.api_key_env) as endpoint:
-        env = {**os.environ, "ROUTENLP_T4_BASE_URL": endpoint.base_url}
-        with TritonServer(MODEL_REPOSITORY_DIR, RESULTS_DIR / "demo_tritonserver.log", env=env) as server:
-            print(f"Triton {server.metadata()['version']} ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}")
-            client = RouteClient(server.grpc_url)
-            rows = []
-            for task in TASK_NAMES:
-                for record in load_split(task, "dev")[: args.per_task]:
-                    started = time.perf_counter()
-                    answer = client.route(record["text"], task, request_id=f"demo-{record['id']}")
-                    meta = answer.metadata
-                    rows.append({
-                        "task": task,
-                        "path": ">".join(meta["path"]),
-                        "cost_usd": f"{meta['cost_usd']:.6f}",
-                        "latency_ms": f"{(time.perf_counter() - started) * 1e3:.1f}",
-                        "fallback": meta.get("fallback") or "",
-                        "answer": answer.output[:40].replace("\n", " "),
-                    })
-            client.close()
-    print(format_table(rows))
-    latencies = sorted(float(r["latency_ms"]) for r in rows)
-    print(f"\n{len(rows)} requests; p50 {statistics.median(latencies):.1f} ms, max {latencies[-1]:.1f} ms")
-    return 0
+    records = _records(args.per_task)
+    print(f"\nstarting the deployment (T4 endpoint + tritonserver; vLLM engines load in about a minute each) ...", flush=True)
+    with Deployment(MODEL_REPOSITORY_DIR, ports={}) as deployment:
+        print(format_table([{"endpoint": k, "value": v} for k, v in deployment.describe().items()]), flush=True)
+        url = deployment.server.grpc_url
+        route_records(url, records[:8], "routenlp", concurrency=2, progress=False)  # warm-up: first vLLM steps are slow
+        systems, seconds = {}, {}
+        for policy in ("routenlp", REFERENCE_POLICY):
+            started = time.perf_counter()
+            answers = route_records(url, records, policy, concurrency=args.concurrency, desc=f"route dev ({policy})")
+            seconds[policy] = round(time.perf_counter() - started, 1)
+            systems[policy] = summarize(answers)
+            print(f"{policy}: {len(answers)} requests in {seconds[policy]:.0f} s", flush=True)
+        bars = dict(latest_serving_config(MODEL_REPOSITORY_DIR).bars)
+    print(f"\nDev split of all six tasks through Triton over gRPC ({len(records)} requests per system, concurrency {args.concurrency}):")
+    print(format_table(summary_rows(systems, REFERENCE_POLICY)))
+    print("\nquality per task (task metric; bar = the router's effective bar):")
+    print(format_table(task_rows(systems, bars)))
+    ratios = compare(systems["routenlp"], systems[REFERENCE_POLICY])
+    print(
+        f"\nRouteNLP vs Always-T4: quality ratio {ratios['quality_ratio']:.3f}, cost ratio {ratios['cost_ratio']:.3f}; "
+        f"p50 {systems['routenlp']['p50_ms']:.0f} ms, p99 {systems['routenlp']['p99_ms']:.0f} ms"
+    )
+    out = {"records": len(records), "concurrency": args.concurrency, "seconds": seconds, "systems": systems, "ratios_vs_always_t4": ratios, "bars": bars}
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(out, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    print(f"wrote {path}; escalation log: {deployment.escalation_log} (`routenlp log tail`)")
+    return 0 if all(s["errors"] == 0 for s in systems.values()) else 1

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from bls_router.calibrate import write_calibrated_version
-from bls_router.serving_config import ENV_T4_BASE_URL, load_serving_config
+from bls_router.serving_config import load_serving_config
 from export.repository_builder import write_repository
+from routenlp.deployment import ADMIN_HEADER, Deployment, admin_key
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.tasks import TASK_NAMES, get_task
 from routenlp.triton_server import TritonServer
@@ -49,40 +49,26 @@ class Stack:
     server: TritonServer
     t4: T4Endpoint
     build: object
+    deployment: Deployment
 
 
 @pytest.fixture(scope="module")
 def stack(tiny_build, tmp_path_factory):
+    """What `routenlp serve` runs (routenlp.deployment.Deployment): T4 endpoint + tritonserver,
+    escalation log and logs in a temporary state folder, repository API behind the admin key."""
     root = tmp_path_factory.mktemp("bls_routing")
     repository = root / "model_repository"
     written = write_repository(tiny_build, repository, target="cpu")
     assert MODEL in written["models"]
-    t4 = T4Endpoint(tiny_build.decoder_dir("t4"), root / "t4.log")
-    server = TritonServer(repository, root / "server.log", env={**os.environ, ENV_T4_BASE_URL: t4.base_url})
-    failures: list[BaseException] = []
-
-    def start_t4():
-        try:
-            t4.start(timeout_s=START_TIMEOUT_S)
-        except BaseException as err:  # re-raised in the main thread below
-            failures.append(err)
-
-    started = time.perf_counter()
-    thread = threading.Thread(target=start_t4)
-    thread.start()
+    deployment = Deployment(repository, state_dir=root / "state")
     try:
-        server.start(timeout_s=START_TIMEOUT_S)
-        thread.join()
-        if failures:
-            raise failures[0]
-        print(f"\n[timing] tritonserver (router, 4 T1, T2, T3, BLS) + T4 endpoint ready in {time.perf_counter() - started:.0f} s "
-              f"(T4 alone {t4.startup_s or 0:.0f} s); logs {root}")  # fmt: skip
-        _warm_up(server)
-        yield Stack(repository, written["version"], server, t4, tiny_build)
+        deployment.start(timeout_s=START_TIMEOUT_S)
+        print(f"\n[timing] tritonserver (router, 4 T1, T2, T3, BLS) + T4 endpoint ready in {deployment.startup_s:.0f} s "
+              f"(T4 alone {deployment.t4.startup_s or 0:.0f} s); logs {root}")  # fmt: skip
+        _warm_up(deployment.server)
+        yield Stack(repository, written["version"], deployment.server, deployment.t4, tiny_build, deployment)
     finally:
-        thread.join()
-        server.stop()
-        t4.stop()
+        deployment.stop()
 
 
 def _warm_up(server: TritonServer) -> None:
@@ -107,18 +93,17 @@ def _tensor(name: str, value, dtype: str = "BYTES", shape=(1, 1)) -> grpcclient.
     return tensor
 
 
-def _inputs(text, task, max_tier=None, request_id=None) -> list:
+def _inputs(text, task, max_tier=None, request_id=None, policy=None) -> list:
     tensors = [_tensor("TEXT", text), _tensor("TASK", task)]
-    if max_tier is not None:
-        tensors.append(_tensor("MAX_TIER", max_tier))
-    if request_id is not None:
-        tensors.append(_tensor("REQUEST_ID", request_id))
+    for name, value in (("MAX_TIER", max_tier), ("REQUEST_ID", request_id), ("POLICY", policy)):
+        if value is not None:
+            tensors.append(_tensor(name, value))
     return tensors
 
 
-def route(client, text, task, max_tier=None, request_id=None) -> tuple[str, dict, float]:
+def route(client, text, task, max_tier=None, request_id=None, policy=None) -> tuple[str, dict, float]:
     started = time.perf_counter()
-    result = client.infer(MODEL, _inputs(text, task, max_tier, request_id), client_timeout=120)
+    result = client.infer(MODEL, _inputs(text, task, max_tier, request_id, policy), client_timeout=120)
     seconds = time.perf_counter() - started
     output = result.as_numpy("OUTPUT").reshape(-1)[0].decode()
     return output, json.loads(result.as_numpy("METADATA").reshape(-1)[0]), seconds
@@ -215,8 +200,10 @@ def test_routing_overhead_is_small(stack):
         (lambda: [_tensor("TEXT", 7, "INT32"), _tensor("TASK", "cs_intent")], "TEXT.*INT32|INT32.*TEXT"),
         (lambda: [_tensor("TEXT", ["a", "b"], shape=(2, 1)), _tensor("TASK", ["cs_intent"] * 2, shape=(2, 1))], "one text per request"),
         (lambda: [_tensor("TEXT", "hello")], "TASK"),
+        (lambda: _inputs("hello", "cs_intent", policy="cheapest"), "POLICY must be one of routenlp, always-t1"),
+        (lambda: _inputs("hello", "cs_response", policy="always-t1"), "t1 does not serve cs_response"),
     ],
-    ids=["empty", "unknown-task", "bad-utf8", "too-big", "bad-max-tier", "t1-for-generation", "int32-text", "client-batch", "no-task"],
+    ids=["empty", "unknown-task", "bad-utf8", "too-big", "bad-max-tier", "t1-for-generation", "int32-text", "client-batch", "no-task", "bad-policy", "always-t1-generation"],
 )
 def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(stack, make_inputs, match):
     client = grpcclient.InferenceServerClient(stack.server.grpc_url)
@@ -251,7 +238,9 @@ def test_custom_metrics_on_the_metrics_endpoint(stack):
     assert _total(metrics, "routenlp_cost_dollars_total") > 0
     assert _total(metrics, "routenlp_request_failures_total", code="invalid_arg") >= 6  # Triton itself refuses INT32 / no TASK
     assert _total(metrics, "routenlp_latency_ms_count") >= len(TASK_NAMES)
-    for family in ("routenlp_escalations_total", "routenlp_fallbacks_total"):
+    assert any(k.startswith("routenlp_escalation_rate{") for k in metrics)
+    assert all(v in (0.0, 1.0) for k, v in metrics.items() if k.startswith("routenlp_escalation_alert{"))
+    for family in ("routenlp_escalations_total", "routenlp_fallbacks_total", "routenlp_escalation_alert", "routenlp_log_failures_total"):
         assert any(k.startswith(family + "{") for k in metrics), f"{family} missing"
     served = {
         f"{task}/{tier}": total
@@ -262,14 +251,60 @@ def test_custom_metrics_on_the_metrics_endpoint(stack):
     print(f"\n[metrics] answered by task/tier (summed over instances): {served}")
 
 
+def test_every_routed_request_is_in_the_escalation_log_without_its_text(stack, capsys):
+    from bls_router.escalation_log import EscalationLogReader
+    from routenlp.cli import main
+
+    with EscalationLogReader(stack.deployment.escalation_log) as reader:
+        records = {r["request_id"]: r for r in reader.records()}
+    for task in TASK_NAMES:  # the requests of test_one_dev_request_per_task
+        for record in stack.build.pools.dev[task][:2]:
+            logged = records[f"dev-{record['id']}"]
+            assert logged["task"] == task and logged["path"] and logged["cost_usd"] >= 0 and logged["repository_version"] == stack.version
+            assert "text" not in logged and "output" not in logged and logged["text_bytes"] == len(record["text"].encode())
+    assert main(["log", "tail", "-n", "3", "--db", str(stack.deployment.escalation_log)]) == 0
+    shown = capsys.readouterr().out
+    assert "request_id" in shown and f"3 of {len(records)} records" in shown
+
+
+def test_always_t4_policy_skips_the_router_and_answers_at_t4(stack):
+    client = grpcclient.InferenceServerClient(stack.server.grpc_url)
+    for task in ("cs_intent", "fin_summary"):
+        output, meta, _ = route(client, stack.build.pools.dev[task][1]["text"], task, policy="always-t4")
+        assert meta["policy"] == "always-t4" and meta["path"] == ["t4"] and meta["tier"] == "t4", meta
+        assert meta["router"]["tier"] is None and meta["escalations"] == 0 and meta["cost_usd"] > 0
+        _check_answer(task, stack.build.pools.dev[task][1]["text"], output, meta)
+    client.close()
+
+
+def test_route_command_over_grpc_and_http(stack, tmp_path, capsys):
+    from routenlp.cli import main
+
+    assert main(["route", "--url", stack.server.grpc_url, "--task", "legal_risk", "--max-tier", "t1", "The tenant shall indemnify the landlord."]) == 0
+    printed = capsys.readouterr().out
+    label_line, metadata = printed.split("\n", 1)
+    assert json.loads(label_line)["label"] and json.loads(metadata)["path"] == ["t1"]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(json.dumps({"task": r["task"], "text": r["text"], "request_id": f"file-{i}"}) for i, r in enumerate(stack.build.pools.dev["cs_intent"][:3])) + "\n")
+    assert main(["route", "--file", str(requests), "--protocol", "http", "--url", stack.server.http_url, "--max-tier", "t2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["metadata"]["request_id"] for line in lines] == ["file-0", "file-1", "file-2"]
+    assert all(json.loads(line["output"])["label"] for line in lines)
+
+
 @pytest.fixture(scope="module")
 def always_escalate(stack):
     """routenlp version 2: every t1-t3 answer is untrusted, so each request climbs to T4.
     Written like `routenlp calibrate` does and hot-loaded while the server keeps running."""
     thresholds = {task: {tier: -math.inf for tier in ("t1", "t2", "t3")} for task in TASK_NAMES}
     version_dir = write_calibrated_version(stack.repository, thresholds, {"status": "test: always escalate"})
+    url = f"http://{stack.server.http_url}/v2/repository/models/{MODEL}/load"
+    # the repository API is restricted: without the admin key the load is refused
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, method="POST", data=b""), timeout=30)
+    assert refused.value.code in (401, 403)
     started = time.perf_counter()
-    request = urllib.request.Request(f"http://{stack.server.http_url}/v2/repository/models/{MODEL}/load", method="POST", data=b"")
+    request = urllib.request.Request(url, method="POST", data=b"", headers={ADMIN_HEADER: admin_key(stack.deployment.state_dir)})
     with urllib.request.urlopen(request, timeout=300) as response:
         assert response.status == 200
     print(f"\n[timing] routenlp version {version_dir.name} hot-loaded in {time.perf_counter() - started:.1f} s")

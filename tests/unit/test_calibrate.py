@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bls_router.calibrate import (
+    baseline_escalation_rates,
     CalibrationUnavailable,
     calibrate_build,
     check_on,
@@ -111,7 +112,7 @@ class FakeBuild:
         from routenlp.portfolio import load_portfolio
 
         real = PortfolioBuild(load_portfolio(profile="tiny"), root=root, progress=False)
-        self.root, self.profile, self.cache, self.load_answers = root, real.profile, real.cache, real.load_answers
+        self.root, self.profile, self.cache, self.load_answers, self.pools = root, real.profile, real.cache, real.load_answers, real.pools
         (root / "router").mkdir(parents=True, exist_ok=True)
         (root / "router" / ".stage.json").write_text(json.dumps({"key": "k", "summary": {"bars": bars}}))
 
@@ -131,6 +132,20 @@ def test_calibrate_build_reads_the_calibration_answers(tmp_path):
     thresholds, record = calibrate_build(build, alpha=0.1)
     assert record["status"] == "calibrated" and record["alpha"] == 0.1 and record["counts"]["cs_intent"]["t1"]["n"] == 40
     assert thresholds == thresholds_from_answers(build.load_answers("calibration"), BARS, 0.1)[0]
+    assert record["escalation_baseline"] == {}  # no router in this build: no baseline, no alerts
+
+
+def test_baseline_escalation_rate_is_the_share_of_first_tiers_above_their_threshold():
+    answers = {
+        "a": {"t1": {"task": "fin_ner", "u": 0.5}, "t4": {"task": "fin_ner", "u": 0.9}},
+        "b": {"t1": {"task": "fin_ner", "u": 0.1}},
+        "c": {"t2": {"task": "fin_ner", "u": 0.4}},
+        "d": {"t4": {"task": "fin_ner", "u": 0.99}},  # T4 is final: never escalates
+        "e": {"t2": {"task": "cs_response", "u": 0.3}},  # t2 has no threshold here: accepted
+    }
+    thresholds = {"fin_ner": {"t1": 0.2, "t2": 0.3}}
+    starts = {"a": "t1", "b": "t1", "c": "t2", "d": "t4", "e": "t2", "missing": "t1"}
+    assert baseline_escalation_rates(answers, starts, thresholds) == {"cs_response": 0.0, "fin_ner": 0.5}
 
 
 def make_repository(root: Path) -> Path:

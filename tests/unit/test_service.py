@@ -265,6 +265,34 @@ def test_sink_gets_a_log_record_and_a_failing_sink_does_not_fail_the_request():
     assert service(FakeTiers(), sink=broken).handle(b"my card", b"cs_intent").output
 
 
+def test_fixed_tier_policy_skips_the_router_and_never_escalates():
+    fake = FakeTiers(logits=(5.0, 0, 0, 0), u={"t2": 0.99})
+    result = service(fake).handle(b"my card", b"cs_intent", None, None, b" Always-T2 ")
+    meta = result.metadata
+    assert meta["policy"] == "always-t2" and meta["path"] == ["t2"] and meta["escalations"] == 0
+    assert meta["router"] == {"tier": None, "skipped": "policy always-t2"} and result.record["policy"] == "always-t2"
+    assert fake.calls == ["t2"]
+    # the same fallbacks as routed requests: Always-T4 with T4 down is answered by T3, visibly
+    down = service(FakeTiers(down={"t4"})).handle(b"summarise", b"fin_summary", None, None, b"always-t4")
+    assert down.metadata["path"] == ["t4", "t3"] and "t4 unavailable" in down.metadata["fallback"]
+    assert service(FakeTiers()).handle(b"x", b"cs_intent").metadata["policy"] == "routenlp"
+
+
+@pytest.mark.parametrize(
+    "task, max_tier, policy, message",
+    [
+        (b"cs_intent", None, b"cheapest", "POLICY must be one of routenlp, always-t1, always-t2, always-t3, always-t4; got 'cheapest'"),
+        (b"fin_summary", None, b"always-t1", "POLICY always-t1: t1 does not serve fin_summary"),
+        (b"cs_intent", b"t2", b"always-t3", "POLICY always-t3 is above MAX_TIER t2"),
+        (b"cs_intent", None, b"\xff", "POLICY is not valid UTF-8"),
+    ],
+)
+def test_bad_policies_are_request_errors(task, max_tier, policy, message):
+    with pytest.raises(RequestError) as caught:
+        service(FakeTiers()).parse(b"hello", task, max_tier, None, policy)
+    assert message in str(caught.value)
+
+
 def test_format_output_per_task_kind():
     assert format_output("cs_intent", "card_arrival", "x") == '{"label": "card_arrival"}'
     assert json.loads(format_output("fin_ner", ["O"], "word"))["entities"] == []

@@ -1,0 +1,136 @@
+"""The durable escalation log: one row per routed request, in SQLite (WAL mode).
+
+Written by the `routenlp` BLS before it answers (so every request that got a success response has
+its row, even if tritonserver is killed right after), read by `routenlp log tail`, the escalation
+monitor's reports and coopt's failure collection. WAL lets readers run while the server writes;
+synchronous=NORMAL in WAL mode keeps committed rows across a process crash (what a SIGKILL is).
+Several model instances (processes) may append at once: SQLite serialises the writers.
+
+Raw request text and answers are kept only when `keep_text` is set (ROUTENLP_LOG_TEXT=1): the
+default row holds a hash and the byte size of the text, never the text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_LOG_PATH = "ROUTENLP_ESCALATION_LOG"
+ENV_LOG_TEXT = "ROUTENLP_LOG_TEXT"
+DEFAULT_LOG_PATH = Path.home() / ".local" / "state" / "routenlp" / "escalation_log.sqlite"
+RAW_TEXT_FIELDS = ("text", "output")
+BUSY_TIMEOUT_MS = 5000
+
+# Columns queried by tail/coopt; the whole record is kept as JSON beside them.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS escalations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    path TEXT NOT NULL,
+    escalations INTEGER NOT NULL,
+    fallback TEXT,
+    cost_usd REAL NOT NULL,
+    total_ms REAL NOT NULL,
+    repository_version INTEGER,
+    bls_version TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS escalations_request ON escalations (request_id);
+CREATE INDEX IF NOT EXISTS escalations_task ON escalations (task, seq);
+"""
+
+
+def log_path(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get(ENV_LOG_PATH, "").strip() or DEFAULT_LOG_PATH)
+
+
+def keep_text_from_env(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(ENV_LOG_TEXT, "").strip().lower() in ("1", "true", "yes")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None)
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return connection
+
+
+class EscalationLog:
+    """Append-only store of routing records (RouteResult.record dicts)."""
+
+    def __init__(self, path: Path | str, *, keep_text: bool = False) -> None:
+        self.path = Path(path)
+        self.keep_text = keep_text
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one connection per log, shared by the model's threads
+        self._db = _connect(self.path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        row = {k: v for k, v in record.items() if self.keep_text or k not in RAW_TEXT_FIELDS}
+        values = (
+            float(row["ts"]), str(row["request_id"]), str(row["task"]), str(row["tier"]), json.dumps(list(row["path"])),
+            int(row.get("escalations") or 0), row.get("fallback"), float(row.get("cost_usd") or 0.0), float(row.get("total_ms") or 0.0),
+            row.get("repository_version"), None if row.get("bls_version") is None else str(row["bls_version"]),
+            json.dumps(row, sort_keys=True, default=str),
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO escalations (ts, request_id, task, tier, path, escalations, fallback, cost_usd, total_ms, "
+                "repository_version, bls_version, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "EscalationLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class EscalationLogReader:
+    """Read-only queries; works while a server appends (WAL readers never block the writer)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no escalation log at {self.path} (set {ENV_LOG_PATH} or --db to the server's log)")
+        self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+
+    def tail(self, n: int = 20, *, task: str | None = None) -> list[dict[str, Any]]:
+        """The latest `n` records, oldest first."""
+        where, params = ("WHERE task = ?", (task,)) if task else ("", ())
+        rows = self._db.execute(f"SELECT seq, record FROM escalations {where} ORDER BY seq DESC LIMIT ?", (*params, int(n))).fetchall()
+        return [{"seq": seq, **json.loads(record)} for seq, record in reversed(rows)]
+
+    def records(self, *, since_seq: int = 0) -> Iterator[dict[str, Any]]:
+        for seq, record in self._db.execute("SELECT seq, record FROM escalations WHERE seq > ? ORDER BY seq", (since_seq,)):
+            yield {"seq": seq, **json.loads(record)}
+
+    def request_ids(self) -> set[str]:
+        return {rid for (rid,) in self._db.execute("SELECT request_id FROM escalations")}
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM escalations").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "EscalationLogReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""Benchmark records through the running server, scored: the served side of every evaluation.
+
+route_records() sends records to the `routenlp` entry model under one POLICY ("routenlp" or a
+fixed tier such as "always-t4"), `concurrency` requests in flight (one tritonclient per worker
+thread), and keeps each answer's OUTPUT, METADATA and client-side latency. summarize() scores the
+answers with the task metrics and gives the routing mix, cost and latency percentiles;
+compare() puts a system beside the reference (Always-T4): quality ratio and cost ratio.
+
+Quality ratio = mean over tasks of the system's task metric / the same mean for the reference
+(a ratio of macro-averages: a task where the reference scores 0 cannot blow it up).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bls_router.cascade import TIERS
+
+
+@dataclass
+class ServedAnswer:
+    record: Mapping[str, Any]
+    output: str | None
+    metadata: dict[str, Any] | None
+    latency_ms: float
+    error: str | None = None
+
+
+def prediction_from_output(task: str, output: str) -> Any:
+    """The entry model's OUTPUT back into a prediction comparable with record["target"]."""
+    from routenlp.tasks import get_task
+
+    kind = get_task(task).kind
+    if kind == "classification":
+        return json.loads(output)["label"]
+    if kind == "ner":
+        return json.loads(output)["tags"]
+    return output
+
+
+def route_records(
+    url: str,
+    records: Sequence[Mapping[str, Any]],
+    policy: str = "routenlp",
+    *,
+    concurrency: int = 4,
+    protocol: str = "grpc",
+    timeout_s: float = 120.0,
+    progress: bool = True,
+    desc: str | None = None,
+) -> list[ServedAnswer]:
+    from tqdm.auto import tqdm
+    from tritonclient.utils import InferenceServerException
+
+    from clients.route_client import RouteClient
+
+    local = threading.local()
+    clients: list[RouteClient] = []
+    lock = threading.Lock()
+
+    def client() -> RouteClient:
+        if not hasattr(local, "client"):
+            local.client = RouteClient(url, protocol)
+            with lock:
+                clients.append(local.client)
+        return local.client
+
+    def one(record: Mapping[str, Any]) -> ServedAnswer:
+        started = time.perf_counter()
+        try:
+            answer = client().route(record["text"], record["task"], request_id=f"{policy}-{record['id']}", policy=policy, timeout_s=timeout_s)
+        except InferenceServerException as err:
+            return ServedAnswer(record, None, None, (time.perf_counter() - started) * 1e3, str(err))
+        return ServedAnswer(record, answer.output, answer.metadata, (time.perf_counter() - started) * 1e3)
+
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            iterator = pool.map(one, records)
+            return list(tqdm(iterator, total=len(records), desc=desc or policy, disable=not progress, leave=False))
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def summarize(answers: Sequence[ServedAnswer]) -> dict[str, Any]:
+    """Quality per task (task metric over all answered records), routing mix, dollars, latency."""
+    from routenlp.metrics import corpus_score
+
+    by_task: dict[str, list[ServedAnswer]] = {}
+    for answer in answers:
+        by_task.setdefault(answer.record["task"], []).append(answer)
+    quality = {}
+    for task, rows in sorted(by_task.items()):
+        # a failed request counts as a wrong answer (empty prediction), never silently dropped
+        predictions = [prediction_from_output(task, a.output) if a.error is None else _empty(task, a.record) for a in rows]
+        quality[task] = round(corpus_score(task, predictions, [a.record["target"] for a in rows]), 4)
+    served = [a for a in answers if a.error is None]
+    mix = Counter(a.metadata["tier"] for a in served)
+    latencies = [a.latency_ms for a in served]
+    sla = [a.metadata.get("sla_met") for a in served if a.metadata.get("sla_met") is not None]
+    return {
+        "requests": len(answers),
+        "errors": len(answers) - len(served),
+        "quality": quality,
+        "mean_quality": round(float(np.mean([q for q in quality.values() if q is not None])), 4) if quality else None,
+        "mix": {tier: round(mix[tier] / len(served), 4) for tier in TIERS} if served else {},
+        "mix_by_task": {
+            task: {tier: sum(1 for a in rows if a.error is None and a.metadata["tier"] == tier) for tier in TIERS} for task, rows in sorted(by_task.items())
+        },
+        "dollars": round(sum(a.metadata["cost_usd"] for a in served), 6),
+        "escalation_rate": round(sum(1 for a in served if a.metadata.get("escalations")) / len(served), 4) if served else None,
+        "fallbacks": sum(1 for a in served if a.metadata.get("fallback")),
+        "p50_ms": _percentile(latencies, 50),
+        "p99_ms": _percentile(latencies, 99),
+        "sla_violation": round(1 - sum(sla) / len(sla), 4) if sla else None,
+    }
+
+
+def _empty(task: str, record: Mapping[str, Any]) -> Any:
+    from routenlp.tasks import get_task
+
+    kind = get_task(task).kind
+    if kind == "ner":
+        return ["O"] * len(record["target"])
+    return ""
+
+
+def compare(system: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float | None]:
+    """Quality and cost ratios of `system` against `reference` (both from summarize())."""
+    quality = system["mean_quality"] / reference["mean_quality"] if reference.get("mean_quality") else None
+    cost = system["dollars"] / reference["dollars"] if reference.get("dollars") else None
+    return {"quality_ratio": None if quality is None else round(quality, 4), "cost_ratio": None if cost is None else round(cost, 4)}

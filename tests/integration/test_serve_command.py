@@ -1,0 +1,74 @@
+"""`routenlp serve` as a user runs it: a subprocess that prints its URLs, answers, and stops
+cleanly (every child process gone, exit 0) on SIGTERM. T4 is left out (--no-t4) to keep this short;
+the full deployment with T4 is exercised by test_bls_routing.py through the same Deployment class."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clients.route_client import RouteClient
+
+pytestmark = pytest.mark.integration
+
+READY_TIMEOUT_S = 480
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and "pytest" not in cmdline:
+            found.append(f"{pid}: {cmdline[:160]}")
+    return found
+
+
+def test_serve_prints_urls_answers_and_stops_cleanly_on_sigterm(tiny_repository, tmp_path):
+    state = tmp_path / "state"
+    command = [
+        sys.executable, "-m", "routenlp.cli", "serve", "--repository", str(tiny_repository), "--no-t4",
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--state-dir", str(state),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C or SIGTERM" in line:
+                break
+        printed = "".join(lines)
+        assert "Ctrl-C or SIGTERM" in printed, printed
+        grpc_url = re.search(r"gRPC\s+(\S+)", printed).group(1)
+        assert re.search(r"HTTP\s+http://127\.0\.0\.1:\d+", printed) and "restricted" in printed
+        client = RouteClient(grpc_url)
+        answer = client.route("The provider may terminate this agreement at any time.", "legal_risk", max_tier="t1", request_id="serve-test")
+        client.close()
+        assert json.loads(answer.output)["label"] and answer.metadata["path"] == ["t1"]
+        assert (state / "escalation_log.sqlite").exists() and (state / "admin_key").stat().st_mode & 0o077 == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = process.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            rest, _ = process.communicate()
+    assert process.returncode == 0, "".join(lines) + rest
+    assert "stopped" in rest
+    assert _processes_mentioning(str(tiny_repository)) == []  # tritonserver and its stubs are gone
