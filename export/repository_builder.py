@@ -60,6 +60,7 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
             TensorSpec("TASK", "BYTES", (1,)),
             TensorSpec("MAX_TIER", "BYTES", (1,), optional=True),
             TensorSpec("REQUEST_ID", "BYTES", (1,), optional=True),
+            TensorSpec("POLICY", "BYTES", (1,), optional=True),
         ),
         outputs=(TensorSpec("OUTPUT", "BYTES", (1,)), TensorSpec("METADATA", "BYTES", (1,))),
         backend="python",
