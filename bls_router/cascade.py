@@ -29,6 +29,7 @@ class TierResult:
 class Stage:
     tier: str
     u: float | None = None
+    tokens: int = 0  # billed tokens (prompt + completion)
     cost: float = 0.0
     latency_ms: float = 0.0
     accepted: bool = False
@@ -56,6 +57,7 @@ class CascadeOutcome:
             "path": [s.tier for s in self.stages],
             "u": {s.tier: s.u for s in self.stages if s.u is not None},
             "cost_usd": round(self.cost, 8),
+            "tokens": {s.tier: s.tokens for s in self.stages if s.u is not None},
             "latency_ms": {s.tier: round(s.latency_ms, 3) for s in self.stages},
             "escalations": self.escalations,
             "fallback": self.fallback,
@@ -119,6 +121,7 @@ def run_cascade(
             continue
         stage.latency_ms = (clock() - started) * 1e3
         stage.u = result.u
+        stage.tokens = int(result.tokens)
         stage.cost = result.tokens / 1000.0 * policy.prices[tier]
         answers[tier] = result
         higher = [t for t in servable if TIERS.index(t) > TIERS.index(tier) and t not in answers and not _failed(t, stages)]

@@ -27,9 +27,16 @@ class PerfPoint:
 
 
 def write_input_data(path: Path, rows: Sequence[Mapping[str, Sequence]]) -> Path:
-    """perf_analyzer --input-data JSON: one entry per request, each a mapping input name -> values.
+    """perf_analyzer --input-data JSON: one entry per request, each a mapping input name -> values
+    (shape [len(values)]) or -> {"content": flat values, "shape": [...]} for other shapes.
     String values go as-is (perf_analyzer encodes BYTES tensors itself)."""
-    payload = {"data": [{name: {"content": list(values), "shape": [len(values)]} for name, values in row.items()} for row in rows]}
+
+    def tensor(values):
+        if isinstance(values, Mapping):
+            return {"content": list(values["content"]), "shape": list(values["shape"])}
+        return {"content": list(values), "shape": [len(values)]}
+
+    payload = {"data": [{name: tensor(values) for name, values in row.items()} for row in rows]}
     path.write_text(json.dumps(payload))
     return path
 

@@ -129,6 +129,17 @@ def summarize(answers: Sequence[ServedAnswer]) -> dict[str, Any]:
     }
 
 
+def service_times(answers: Sequence[ServedAnswer]) -> dict[str, list[float]]:
+    """Per-tier stage latencies (ms) measured inside the BLS: the capacity model's service times."""
+    samples: dict[str, list[float]] = {tier: [] for tier in TIERS}
+    for answer in answers:
+        if answer.error is None:
+            for tier, ms in answer.metadata.get("latency_ms", {}).items():
+                if tier in samples:
+                    samples[tier].append(round(float(ms), 3))
+    return samples
+
+
 def _empty(task: str, record: Mapping[str, Any]) -> Any:
     from routenlp.tasks import get_task
 

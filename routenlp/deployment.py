@@ -87,7 +87,8 @@ class Deployment:
     def _triton_args(self) -> list[str]:
         args = []
         if not self.open_admin:
-            restricted = f"model-repository,model-config:{ADMIN_HEADER}={admin_key(self.state_dir)}"
+            # model-repository = load/unload/index; model-config stays open (perf_analyzer and clients read it)
+            restricted = f"model-repository:{ADMIN_HEADER}={admin_key(self.state_dir)}"
             args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         return args
 

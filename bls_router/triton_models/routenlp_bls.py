@@ -121,7 +121,9 @@ class TritonPythonModel:
             self.escalation_log = EscalationLog(path, keep_text=keep_text_from_env())
         except Exception as err:  # requests must not go unlogged: refuse to load instead
             raise pb_utils.TritonModelException(f"{self.name}: cannot open the escalation log {path}: {err}") from None
-        self.monitor = EscalationMonitor(self.config.calibration.get("escalation_baseline", {}))
+        calibration = self.config.calibration
+        # "monitor" (optional): window / min_requests / relative_rise overrides, e.g. for a short test
+        self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
         self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
         pb_utils.Logger.log_info(

@@ -73,7 +73,7 @@ def task_rows(systems: dict[str, dict], bars: dict[str, float]) -> list[dict[str
 
 
 def run(args) -> int:
-    from clients.served_eval import compare, route_records, summarize
+    from clients.served_eval import compare, route_records, service_times, summarize
     from routenlp.commands import export_cmd
     from routenlp.deployment import Deployment, latest_serving_config
 
@@ -84,12 +84,14 @@ def run(args) -> int:
         print(format_table([{"endpoint": k, "value": v} for k, v in deployment.describe().items()]), flush=True)
         url = deployment.server.grpc_url
         route_records(url, records[:8], "routenlp", concurrency=2, progress=False)  # warm-up: first vLLM steps are slow
-        systems, seconds = {}, {}
+        systems, seconds, service_ms = {}, {}, {}
         for policy in ("routenlp", REFERENCE_POLICY):
             started = time.perf_counter()
             answers = route_records(url, records, policy, concurrency=args.concurrency, desc=f"route dev ({policy})")
             seconds[policy] = round(time.perf_counter() - started, 1)
             systems[policy] = summarize(answers)
+            for tier, samples in service_times(answers).items():
+                service_ms.setdefault(tier, []).extend(samples)
             print(f"{policy}: {len(answers)} requests in {seconds[policy]:.0f} s", flush=True)
         bars = dict(latest_serving_config(MODEL_REPOSITORY_DIR).bars)
     print(f"\nDev split of all six tasks through Triton over gRPC ({len(records)} requests per system, concurrency {args.concurrency}):")
@@ -101,7 +103,11 @@ def run(args) -> int:
         f"\nRouteNLP vs Always-T4: quality ratio {ratios['quality_ratio']:.3f}, cost ratio {ratios['cost_ratio']:.3f}; "
         f"p50 {systems['routenlp']['p50_ms']:.0f} ms, p99 {systems['routenlp']['p99_ms']:.0f} ms"
     )
-    out = {"records": len(records), "concurrency": args.concurrency, "seconds": seconds, "systems": systems, "ratios_vs_always_t4": ratios, "bars": bars}
+    out = {
+        "records": len(records), "concurrency": args.concurrency, "seconds": seconds, "systems": systems, "ratios_vs_always_t4": ratios, "bars": bars,
+        # for `routenlp capacity`: RouteNLP's tier mix and per-tier service times measured in the BLS
+        "mix": systems["routenlp"]["mix"], "service_ms": service_ms,
+    }  # fmt: skip
     path = Path(args.results)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:

@@ -292,12 +292,36 @@ def test_route_command_over_grpc_and_http(stack, tmp_path, capsys):
     assert all(json.loads(line["output"])["label"] for line in lines)
 
 
+def test_bench_runs_every_system_through_the_server(stack, tmp_path):
+    from bls_router.serving_config import load_serving_config
+    from clients.bench import run_bench
+    from clients.bench_report import write_outputs
+
+    config = load_serving_config(stack.repository / MODEL / "1")
+    records = [r for task in TASK_NAMES for r in stack.build.pools.dev[task][:2]]
+    bench = run_bench(stack.server.grpc_url, stack.build, config, records, concurrency=2, n_boot=20, progress=False)
+    names = [s["name"] for s in bench["systems"]]
+    assert names == ["always-t1", "always-t2", "always-t3", "always-t4", "routenlp", "random (matched cost)", "rule-by-task",
+                     "routellm (T2/T4)", "hybridllm (T2/T4)", "frugalgpt", "automix", "oracle"]  # fmt: skip
+    by_name = {s["name"]: s for s in bench["systems"]}
+    assert all(s["errors"] == 0 and s["p50_ms"] > 0 for s in bench["systems"])
+    assert by_name["always-t4"]["cost_ratio"] == 1.0 and by_name["always-t4"]["mix"]["t4"] == 1.0
+    assert by_name["oracle"]["cost_ratio"] <= by_name["always-t4"]["cost_ratio"]
+    assert by_name["frugalgpt"]["requests_sent"] >= len(records)  # a cascade sends at least one request per record
+    outputs = write_outputs(bench, tmp_path, "test")
+    table = json.loads(Path(outputs["main_table"]).read_text())
+    assert {"name", "quality_ratio", "cost_ratio", "p50_ms", "p99_ms", "sla_violation"} <= set(table[0])
+    assert all(Path(outputs[k]).stat().st_size > 0 for k in ("pareto", "mix", "latency_cdf", "report"))
+
+
 @pytest.fixture(scope="module")
 def always_escalate(stack):
     """routenlp version 2: every t1-t3 answer is untrusted, so each request climbs to T4.
     Written like `routenlp calibrate` does and hot-loaded while the server keeps running."""
     thresholds = {task: {tier: -math.inf for tier in ("t1", "t2", "t3")} for task in TASK_NAMES}
-    version_dir = write_calibrated_version(stack.repository, thresholds, {"status": "test: always escalate"})
+    # a low escalation baseline and a short monitor window: the climb to T4 must raise the alert
+    calibration = {"status": "test: always escalate", "escalation_baseline": {task: 0.1 for task in TASK_NAMES}, "monitor": {"window": 4, "min_requests": 1}}
+    version_dir = write_calibrated_version(stack.repository, thresholds, calibration)
     url = f"http://{stack.server.http_url}/v2/repository/models/{MODEL}/load"
     # the repository API is restricted: without the admin key the load is refused
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -332,6 +356,9 @@ def test_escalation_reaches_t4_and_max_tier_t3_never_does(stack, always_escalate
     assert _total(after, "routenlp_requests_total", tier="t4", **v2) - _total(before, "routenlp_requests_total", tier="t4", **v2) == len(TASK_NAMES)
     assert _total(after, "routenlp_escalations_total", **v2) > _total(before, "routenlp_escalations_total", **v2)
     assert _total(after, "routenlp_cost_dollars_total", tier="t4", **v2) > _total(before, "routenlp_cost_dollars_total", tier="t4", **v2)
+    # every request escalated against a 10% baseline: the monitor's alert is up, in /metrics and the log
+    assert _total(after, "routenlp_escalation_alert", **v2) >= 1
+    assert "escalation-rate alert" in stack.server.log_path.read_text()
 
 
 def test_t4_down_requests_are_still_answered_with_the_fallback_visible(stack, always_escalate):

@@ -31,3 +31,22 @@ def test_parse_empty_csv_is_an_error(tmp_path: Path):
 def test_input_data_json_shape(tmp_path: Path):
     path = write_input_data(tmp_path / "in.json", [{"TEXT": ["hi"], "TASK": ["cs_intent"]}])
     assert json.loads(path.read_text()) == {"data": [{"TEXT": {"content": ["hi"], "shape": [1]}, "TASK": {"content": ["cs_intent"], "shape": [1]}}]}
+
+
+def test_input_data_rows_for_the_entry_model_and_direct_t1(tmp_path):
+    import json as _json
+
+    from clients.perf import write_input_data
+    from clients.perf_compare import entry_rows, t1_rows
+
+    class Tok:
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [[1] + [len(w) for w in t.split()] for t in texts]}
+
+    records = [{"task": "legal_risk", "text": "we may end it"}, {"task": "cs_intent", "text": "card"}]
+    rows = entry_rows(records, POLICY="always-t4")
+    assert rows[0] == {"TEXT": ["we may end it"], "TASK": ["legal_risk"], "POLICY": ["always-t4"]}
+    path = write_input_data(tmp_path / "d.json", rows + t1_rows(records[:1], Tok(), max_len=3))
+    data = _json.loads(path.read_text())["data"]
+    assert data[0]["TEXT"] == {"content": ["we may end it"], "shape": [1]}
+    assert data[2]["input_ids"] == {"content": [1, 2, 3], "shape": [1, 3]} and data[2]["attention_mask"]["content"] == [1, 1, 1]

@@ -59,3 +59,12 @@ def test_route_command_refuses_bad_arguments_before_connecting(argv, message, tm
 def test_log_tail_names_a_missing_log(tmp_path, capsys):
     assert main(["log", "tail", "--db", str(tmp_path / "none.sqlite")]) == 1
     assert "no escalation log" in capsys.readouterr().err
+
+
+def test_service_times_collect_stage_latencies_per_tier():
+    from clients.served_eval import service_times
+
+    ok = _answer("legal_risk", "low", json.dumps({"label": "low"}))
+    ok.metadata["latency_ms"] = {"t1": 1.5, "t2": 20.0}
+    failed = _answer("legal_risk", "low", None, error="UNAVAILABLE")
+    assert service_times([ok, failed]) == {"t1": [1.5], "t2": [20.0], "t3": [], "t4": []}
