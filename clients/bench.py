@@ -9,7 +9,6 @@ rate; per task quality against its bar; per (task, tier) conformal violation wit
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import numpy as np
 
 from bls_router.cascade import TIERS
 from clients import baselines as bl
-from clients.served_eval import ServedAnswer, prediction_from_output
+from clients.served_eval import ServedAnswer, ServedCaller, prediction_from_output
 
 REFERENCE = "always-t4"
 N_BOOT = 200
@@ -32,42 +31,6 @@ class SystemRun:
     routed: list[bl.Routed]  # in record order
     latency_ms: list[float]  # per record, all of its calls
     fitted: dict[str, Any] | None = None
-
-
-class ServedCaller:
-    """(record, tier) -> the served always-tier answer; one tritonclient per worker thread."""
-
-    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 120.0) -> None:
-        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
-        self._local = threading.local()
-        self._clients: list = []
-        self._lock = threading.Lock()
-
-    def _client(self):
-        from clients.route_client import RouteClient
-
-        if not hasattr(self._local, "client"):
-            self._local.client = RouteClient(self.url, self.protocol)
-            with self._lock:
-                self._clients.append(self._local.client)
-        return self._local.client
-
-    def send(self, record: Mapping[str, Any], policy: str) -> ServedAnswer:
-        from tritonclient.utils import InferenceServerException
-
-        started = time.perf_counter()
-        try:
-            answer = self._client().route(record["text"], record["task"], request_id=f"bench-{policy}-{record['id']}", policy=policy, timeout_s=self.timeout_s)
-        except InferenceServerException as err:
-            return ServedAnswer(record, None, None, (time.perf_counter() - started) * 1e3, str(err))
-        return ServedAnswer(record, answer.output, answer.metadata, (time.perf_counter() - started) * 1e3)
-
-    def __call__(self, record: Mapping[str, Any], tier: str) -> ServedAnswer:
-        return self.send(record, f"always-{tier}")
-
-    def close(self) -> None:
-        for client in self._clients:
-            client.close()
 
 
 class RouteNLPPolicy(bl.Policy):

@@ -47,6 +47,43 @@ def prediction_from_output(task: str, output: str) -> Any:
     return output
 
 
+class ServedCaller:
+    """Sends records to the entry model: `send(record, policy)`, or `(record, tier)` for the
+    fixed-tier policy; one tritonclient per worker thread (clients are not thread-safe)."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 120.0) -> None:
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self._local = threading.local()
+        self._clients: list = []
+        self._lock = threading.Lock()
+
+    def _client(self):
+        from clients.route_client import RouteClient
+
+        if not hasattr(self._local, "client"):
+            self._local.client = RouteClient(self.url, self.protocol)
+            with self._lock:
+                self._clients.append(self._local.client)
+        return self._local.client
+
+    def send(self, record: Mapping[str, Any], policy: str) -> ServedAnswer:
+        from tritonclient.utils import InferenceServerException
+
+        started = time.perf_counter()
+        try:
+            answer = self._client().route(record["text"], record["task"], request_id=f"{policy}-{record['id']}", policy=policy, timeout_s=self.timeout_s)
+        except InferenceServerException as err:
+            return ServedAnswer(record, None, None, (time.perf_counter() - started) * 1e3, str(err))
+        return ServedAnswer(record, answer.output, answer.metadata, (time.perf_counter() - started) * 1e3)
+
+    def __call__(self, record: Mapping[str, Any], tier: str) -> ServedAnswer:
+        return self.send(record, f"always-{tier}")
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
 def route_records(
     url: str,
     records: Sequence[Mapping[str, Any]],
@@ -59,36 +96,14 @@ def route_records(
     desc: str | None = None,
 ) -> list[ServedAnswer]:
     from tqdm.auto import tqdm
-    from tritonclient.utils import InferenceServerException
 
-    from clients.route_client import RouteClient
-
-    local = threading.local()
-    clients: list[RouteClient] = []
-    lock = threading.Lock()
-
-    def client() -> RouteClient:
-        if not hasattr(local, "client"):
-            local.client = RouteClient(url, protocol)
-            with lock:
-                clients.append(local.client)
-        return local.client
-
-    def one(record: Mapping[str, Any]) -> ServedAnswer:
-        started = time.perf_counter()
-        try:
-            answer = client().route(record["text"], record["task"], request_id=f"{policy}-{record['id']}", policy=policy, timeout_s=timeout_s)
-        except InferenceServerException as err:
-            return ServedAnswer(record, None, None, (time.perf_counter() - started) * 1e3, str(err))
-        return ServedAnswer(record, answer.output, answer.metadata, (time.perf_counter() - started) * 1e3)
-
+    caller = ServedCaller(url, protocol, timeout_s)
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            iterator = pool.map(one, records)
+            iterator = pool.map(lambda record: caller.send(record, policy), records)
             return list(tqdm(iterator, total=len(records), desc=desc or policy, disable=not progress, leave=False))
     finally:
-        for c in clients:
-            c.close()
+        caller.close()
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
