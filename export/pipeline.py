@@ -281,4 +281,8 @@ class PortfolioBuild:
             self.log(f"[{name}] {step_seconds[name]:.1f}s")
         steps["seconds"] = round(time.perf_counter() - started, 1)
         steps["step_seconds"] = step_seconds  # this run's: a cached step takes ~0 s
+        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), "answers", "router", "onnx"]
+        built = {stage: self.cache.build_seconds(stage) for stage in stages}
+        steps["stage_build_seconds"] = built  # what each cached artefact cost when it was built
+        steps["full_build_seconds"] = round(sum(built.values()), 1) if all(v is not None for v in built.values()) else None
         return steps

@@ -54,6 +54,8 @@ def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, A
         "profile": build.profile.name,
         "build_seconds": steps.get("seconds"),
         "step_seconds": steps.get("step_seconds"),
+        "stage_build_seconds": steps.get("stage_build_seconds"),
+        "full_build_seconds": steps.get("full_build_seconds"),
         "tiers": {
             t.name: {"kind": t.kind, "price_per_1k_tokens": t.price_per_1k_tokens, "checkpoint": t.checkpoint or "trained here", "arch": dict(t.arch), **({"parameters": steps["decoders"][t.name].get("parameters")} if t.name in steps["decoders"] else {})}
             for t in portfolio.ordered_tiers()
@@ -81,7 +83,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     cost_rows = [{"tier": t, **c} for t, c in report["cost"].items()]
     parity_rows = [{"model": m, **p} for m, p in report["onnx"]["parity"].items()]
     sections = [
-        f"portfolio {report['portfolio']} / profile {report['profile']}: built in {report['build_seconds']}s",
+        f"portfolio {report['portfolio']} / profile {report['profile']}: this run {report['build_seconds']}s; "
+        + (f"a build from scratch {report['full_build_seconds']}s (sum of each stage's build time)" if report.get("full_build_seconds") else "build time from scratch unknown (stages built before build times were recorded)"),
         "dev quality per task and tier\n" + format_table(quality_rows),
         "cost per tier (dev)\n" + format_table(cost_rows),
         f"router accuracy vs oracle tier (dev): {report['router']['dev_accuracy_vs_oracle']:.3f}",

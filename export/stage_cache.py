@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,9 +40,17 @@ class StageCache:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         log(f"[{name}] building ...")
+        started = time.perf_counter()
         summary = dict(build(out))
-        (out / STAMP).write_text(json.dumps({"key": key, "summary": summary}, indent=2, sort_keys=True, default=str))
+        # the build time travels with the stamp: reports of cached runs still say what a build costs
+        record = {"key": key, "summary": summary, "build_seconds": round(time.perf_counter() - started, 1)}
+        (out / STAMP).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         return summary
+
+    def build_seconds(self, name: str) -> float | None:
+        """How long the step took when it was last built (None: built before this was recorded)."""
+        stamp = self.stamp(name)
+        return None if stamp is None else stamp.get("build_seconds")
 
     def key(self, name: str) -> str:
         stamp = self.stamp(name)

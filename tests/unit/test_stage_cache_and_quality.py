@@ -17,6 +17,8 @@ def test_stage_cache_rebuilds_only_when_inputs_change(tmp_path):
     assert cache.run("step", {"a": 1}, build, log=lambda m: None) == {"n": 1}  # cached
     assert cache.run("step", {"a": 2}, build, log=lambda m: None) == {"n": 2}  # input changed
     assert len(calls) == 2 and (tmp_path / "step" / "artefact").exists()
+    assert cache.build_seconds("step") is not None and cache.build_seconds("step") >= 0  # kept for cached runs
+    assert cache.build_seconds("never-built") is None
 
 
 def test_failed_step_leaves_no_stamp(tmp_path):
