@@ -89,23 +89,43 @@ def mean_quality(task_idx: Mapping[str, np.ndarray], predictions: Sequence, targ
     return float(np.mean(list(per_task.values()))), per_task
 
 
-def quality_ratio_ci(task_idx, system_predictions, reference_predictions, targets, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
-    """Paired bootstrap (the same resampled records for both systems), stratified by task."""
-    rng = np.random.default_rng(seed)
-    ratios = []
-    for _ in range(n_boot):
-        resample = {task: rng.integers(0, len(idx), len(idx)) for task, idx in task_idx.items()}
-        reference, _ = mean_quality(task_idx, reference_predictions, targets, resample)
-        system, _ = mean_quality(task_idx, system_predictions, targets, resample)
-        if reference > 0:
-            ratios.append(system / reference)
-    if not ratios:
+class Bootstrap:
+    """Task-stratified resamples drawn once and shared by every system (a paired bootstrap).
+
+    For metrics that are a mean of per-example scores (ROUGE-L, ...) each system's example scores
+    are computed once and averaged per resample; corpus metrics (macro-F1, entity F1, chrF) are
+    recomputed on each resample."""
+
+    def __init__(self, task_idx: Mapping[str, np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.task_idx = task_idx
+        self.resamples = [{task: rng.integers(0, len(idx), len(idx)) for task, idx in task_idx.items()} for _ in range(n_boot)]
+
+    def qualities(self, predictions: Sequence, targets: Sequence) -> np.ndarray:
+        """[n_boot] macro-average quality of `predictions` on each resample."""
+        from routenlp.metrics import corpus_score, example_score, metric_for
+        from routenlp.metrics.base import Metric
+
+        per_task = np.zeros((len(self.resamples), len(self.task_idx)))
+        for column, (task, idx) in enumerate(self.task_idx.items()):
+            if type(metric_for(task)).corpus is Metric.corpus:  # a mean of example scores
+                scores = np.array([example_score(task, predictions[i], targets[i]) for i in idx])
+                per_task[:, column] = [scores[r[task]].mean() for r in self.resamples]
+            else:
+                per_task[:, column] = [corpus_score(task, [predictions[i] for i in idx[r[task]]], [targets[i] for i in idx[r[task]]]) for r in self.resamples]
+        return per_task.mean(axis=1)
+
+
+def quality_ratio_ci(system_boot: np.ndarray, reference_boot: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of system / reference over the shared resamples."""
+    valid = reference_boot > 0
+    if not valid.any():
         return float("nan"), float("nan")
-    low, high = np.percentile(ratios, [2.5, 97.5])
+    low, high = np.percentile(system_boot[valid] / reference_boot[valid], [2.5, 97.5])
     return round(float(low), 4), round(float(high), 4)
 
 
-def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla_ms: Mapping[str, float], n_boot: int) -> dict[str, Any]:
+def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla_ms: Mapping[str, float], bootstrap: Bootstrap) -> dict[str, Any]:
     targets = [r["target"] for r in records]
     predictions = [_prediction(routed.final) for routed in run.routed]
     quality, per_task = mean_quality(task_idx, predictions, targets)
@@ -122,7 +142,7 @@ def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla
         "name": run.name,
         "quality": round(quality, 4),
         "quality_ratio": round(quality / reference["quality"], 4) if reference["quality"] else None,
-        "quality_ratio_ci95": list(quality_ratio_ci(task_idx, predictions, reference["predictions"], targets, n_boot)) if run.name != REFERENCE else [1.0, 1.0],
+        "quality_ratio_ci95": list(quality_ratio_ci(bootstrap.qualities(predictions, targets), reference["boot"])) if run.name != REFERENCE else [1.0, 1.0],
         "dollars_per_request": round(dollars, 6),
         "cost_ratio": round(dollars / reference["dollars"], 6) if reference["dollars"] else None,
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
@@ -140,10 +160,12 @@ def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla
     return row
 
 
-def reference_stats(run: SystemRun, records, task_idx) -> dict[str, Any]:
+def reference_stats(run: SystemRun, records, task_idx, bootstrap: Bootstrap | None = None) -> dict[str, Any]:
     predictions = [_prediction(routed.final) for routed in run.routed]
-    quality, _ = mean_quality(task_idx, predictions, [r["target"] for r in records])
-    return {"quality": quality, "dollars": float(np.mean([_dollars(r) for r in run.routed])), "predictions": predictions}
+    targets = [r["target"] for r in records]
+    quality, _ = mean_quality(task_idx, predictions, targets)
+    boot = bootstrap.qualities(predictions, targets) if bootstrap is not None else None
+    return {"quality": quality, "dollars": float(np.mean([_dollars(r) for r in run.routed])), "predictions": predictions, "boot": boot}
 
 
 def oracle_run(fixed: Mapping[str, SystemRun], records, bars: Mapping[str, float]) -> SystemRun:
@@ -242,7 +264,9 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
     fixed = {name: run for name, run in runs.items() if name.startswith("always-")}
     runs["oracle"] = oracle_run(fixed, records, config.bars)
     sla = dict(config.latency_sla_ms)
-    systems = [system_row(run, records, task_idx, reference, sla, n_boot) for run in runs.values()]
+    bootstrap = Bootstrap(task_idx, n_boot)
+    reference["boot"] = reference_stats(runs[REFERENCE], records, task_idx, bootstrap)["boot"]
+    systems = [system_row(run, records, task_idx, reference, sla, bootstrap) for run in runs.values()]
     return {
         "records": len(records),
         "concurrency": concurrency,

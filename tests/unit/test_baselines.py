@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clients import baselines as bl
-from clients.bench import SystemRun, mean_quality, oracle_run, quality_ratio_ci, system_row, task_indices
+from clients.bench import Bootstrap, SystemRun, mean_quality, oracle_run, quality_ratio_ci, reference_stats, system_row, task_indices
 from clients.served_eval import ServedAnswer
 
 PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
@@ -86,12 +86,25 @@ def test_system_row_ratios_and_paired_bootstrap_interval():
     t4 = SystemRun("always-t4", [bl.FixedTier("t4").answer(r, server) for r in records], [10.0] * 40)
     t1 = SystemRun("always-t1", [bl.FixedTier("t1").answer(r, server) for r in records], [1.0] * 39 + [900.0])
     idx = task_indices(records)
-    ref_predictions = [json.loads(r.final.output)["label"] for r in t4.routed]
-    reference = {"quality": mean_quality(idx, ref_predictions, [r["target"] for r in records])[0], "dollars": 0.8, "predictions": ref_predictions}
-    row = system_row(t1, records, idx, reference, {"legal_risk": 500.0}, n_boot=100)
+    bootstrap = Bootstrap(idx, n_boot=100)
+    reference = {**reference_stats(t4, records, idx, bootstrap), "dollars": 0.8}
+    row = system_row(t1, records, idx, reference, {"legal_risk": 500.0}, bootstrap)
     assert row["quality_ratio"] == pytest.approx(0.75) and row["cost_ratio"] == pytest.approx(0.00125)
     low, high = row["quality_ratio_ci95"]
     assert low < 0.75 < high and high <= 1.0
     assert row["sla_violation"] == pytest.approx(1 / 40) and row["mix"]["t1"] == 1.0 and row["errors"] == 0
-    t1_predictions = [json.loads(r.final.output)["label"] for r in t1.routed]
-    assert quality_ratio_ci(idx, t1_predictions, t1_predictions, [r["target"] for r in records], n_boot=20) == (1.0, 1.0)
+    t1_boot = bootstrap.qualities([json.loads(r.final.output)["label"] for r in t1.routed], [r["target"] for r in records])
+    assert quality_ratio_ci(t1_boot, t1_boot) == (1.0, 1.0)
+    assert mean_quality(idx, ["high"] * 40, [r["target"] for r in records])[0] == 1.0
+
+
+def test_bootstrap_shortcut_for_mean_metrics_matches_the_corpus_metric():
+    records = [{"task": "fin_summary", "target": f"revenue rose {i} percent in the quarter"} for i in range(12)]
+    records += [{"task": "legal_risk", "target": "high" if i % 2 else "low"} for i in range(12)]
+    predictions = [f"revenue fell {i} percent" for i in range(12)] + ["high"] * 12
+    targets = [r["target"] for r in records]
+    idx = task_indices(records)
+    bootstrap = Bootstrap(idx, n_boot=5, seed=3)
+    fast = bootstrap.qualities(predictions, targets)
+    slow = [mean_quality(idx, predictions, targets, resample)[0] for resample in bootstrap.resamples]
+    assert fast == pytest.approx(slow, abs=1e-9)

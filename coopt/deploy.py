@@ -1,0 +1,124 @@
+"""Put a repository version live on a running tritonserver, without downtime, or roll back.
+
+Triton (explicit model-control mode) loads a model through POST /v2/repository/models/<m>/load;
+a config override with version_policy {specific: [N]} pins the version. Loading a new version
+keeps the old one serving until the new one is ready, then drains it, so clients see no gap.
+
+Order: the tier models (router, t1_*, t2, t3) first, then the `routenlp` BLS version that routes
+that repository version; then a smoke check (one request per task must be answered by the new
+BLS version). A version that fails its smoke check never stays live: the previous versions are
+loaded back. The repository API needs the admin key (routenlp serve restricts it).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config
+
+BLS_MODEL = "routenlp"
+ADMIN_HEADER = "admin-key"
+
+
+class DeployError(RuntimeError):
+    """A load was refused or the smoke check failed; the message says which model and why."""
+
+
+@dataclass
+class RepositoryAPI:
+    """Triton's HTTP model-repository and config endpoints."""
+
+    http_url: str  # host:port
+    admin_key: str = ""
+    timeout_s: float = 600.0
+
+    def _request(self, method: str, route: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **({ADMIN_HEADER: self.admin_key} if self.admin_key else {})}
+        request = urllib.request.Request(f"http://{self.http_url}{route}", data=data if data is not None else (b"" if method == "POST" else None), method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            raise DeployError(f"{method} {route}: HTTP {err.code}: {err.read().decode(errors='replace')[:300]}") from None
+        return json.loads(payload) if payload else None
+
+    def config(self, model: str) -> dict[str, Any]:
+        return self._request("GET", f"/v2/models/{model}/config")
+
+    def load(self, model: str, config: Mapping[str, Any] | None = None) -> None:
+        body = {"parameters": {"config": json.dumps(config)}} if config is not None else None
+        self._request("POST", f"/v2/repository/models/{model}/load", body)
+
+    def index(self) -> list[dict[str, Any]]:
+        return self._request("POST", "/v2/repository/index", {})
+
+
+def bls_version_for(repository: Path, repository_version: int) -> int:
+    """The newest `routenlp` version whose serving config routes `repository_version`."""
+    model_dir = Path(repository) / BLS_MODEL
+    candidates = []
+    for entry in model_dir.iterdir():
+        if entry.name.isdigit() and (entry / SERVING_CONFIG_FILE).exists():
+            if load_serving_config(entry).repository_version == repository_version:
+                candidates.append(int(entry.name))
+    if not candidates:
+        raise DeployError(f"no {BLS_MODEL} version routes repository version {repository_version}")
+    return max(candidates)
+
+
+def tier_models(repository: Path, repository_version: int) -> list[str]:
+    manifest = json.loads((Path(repository) / "routenlp_repository.json").read_text())
+    for entry in manifest["versions"]:
+        if entry["version"] == repository_version:
+            return [m for m in entry["models"] if m != BLS_MODEL]
+    raise DeployError(f"repository version {repository_version} is not in routenlp_repository.json (versions: {[e['version'] for e in manifest['versions']]})")
+
+
+def live_versions(api: RepositoryAPI, models: Sequence[str]) -> dict[str, int]:
+    """model -> the version Triton serves now (the highest READY one)."""
+    ready: dict[str, int] = {}
+    for row in api.index():
+        if row.get("name") in models and row.get("state") == "READY" and str(row.get("version", "")).isdigit():
+            ready[row["name"]] = max(ready.get(row["name"], 0), int(row["version"]))
+    return ready
+
+
+def pin_version(api: RepositoryAPI, model: str, version: int) -> None:
+    config = api.config(model)
+    config["version_policy"] = {"specific": {"versions": [int(version)]}}
+    api.load(model, config)
+
+
+def deploy(
+    api: RepositoryAPI,
+    repository: Path,
+    repository_version: int,
+    smoke: Callable[[int], None],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Load `repository_version` (tiers, then its BLS version), smoke-check it, roll back on failure.
+    `smoke(bls_version)` raises when the new deployment does not answer correctly."""
+    tiers = tier_models(repository, repository_version)
+    bls_version = bls_version_for(repository, repository_version)
+    before = live_versions(api, [*tiers, BLS_MODEL])
+    plan = [(model, repository_version) for model in tiers] + [(BLS_MODEL, bls_version)]
+    try:
+        for model, version in plan:
+            if before.get(model) != version:
+                log(f"  load {model} version {version} (was {before.get(model)})")
+                pin_version(api, model, version)
+        smoke(bls_version)
+    except Exception as err:
+        log(f"  version {repository_version} failed ({err}); rolling back to {before}")
+        for model, version in reversed(plan):
+            if model in before and before[model] != version:
+                pin_version(api, model, before[model])
+        raise DeployError(f"repository version {repository_version} not deployed: {err}") from None
+    return {"repository_version": repository_version, "bls_version": bls_version, "before": before, "models": dict(plan)}
