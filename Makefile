@@ -19,8 +19,11 @@ test: install
 test-unit: install
 	$(PY) -m pytest tests/unit
 
+# Long suites: slow-marked tests, then the reliability module at full size (5,000 fuzz cases per
+# protocol = 10,000, a 10-minute soak).
 test-slow: install
 	$(PY) -m pytest -m slow --durations=15
+	ROUTENLP_FUZZ_EXAMPLES=5000 ROUTENLP_SOAK_SECONDS=600 $(PY) -m pytest -s tests/integration/test_reliability.py
 
 doctor: install
 	$(VENV)/bin/routenlp doctor

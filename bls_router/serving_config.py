@@ -60,6 +60,21 @@ class T4Settings:
     api_key_env: str  # the variable's name; the key is read from the environment per request
     timeout_s: float = 10.0
     max_retries: int = 2
+    breaker_failures: int = 5  # consecutive failed calls that open the circuit breaker
+    breaker_reset_s: float = 30.0  # how long it stays open before a trial call
+
+    def with_env_overrides(self, environ: Mapping[str, str] = os.environ) -> "T4Settings":
+        """Operators tune T4's timeout, retries and breaker per deployment without a new version:
+        ROUTENLP_T4_TIMEOUT_S, ROUTENLP_T4_MAX_RETRIES, ROUTENLP_T4_BREAKER_FAILURES, ROUTENLP_T4_BREAKER_RESET_S."""
+        overrides: dict[str, Any] = {}
+        for field_name, cast in (("timeout_s", float), ("max_retries", int), ("breaker_failures", int), ("breaker_reset_s", float)):
+            raw = environ.get(f"ROUTENLP_T4_{field_name.upper()}", "").strip()
+            if raw:
+                try:
+                    overrides[field_name] = cast(raw)
+                except ValueError:
+                    raise ServingConfigError(f"ROUTENLP_T4_{field_name.upper()}={raw!r} is not a {cast.__name__}") from None
+        return replace(self, **overrides)
 
 
 @dataclass(frozen=True)

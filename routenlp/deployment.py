@@ -75,6 +75,7 @@ class Deployment:
     open_admin: bool = False  # True: model-control and repository APIs open to any client
     keep_text: bool = False
     escalation_log: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ROUTENLP_T4_TIMEOUT_S for the BLS
     server: TritonServer | None = None
     t4: T4Endpoint | None = None
     startup_s: float | None = None
@@ -95,7 +96,7 @@ class Deployment:
     def start(self, timeout_s: float = 420.0) -> "Deployment":
         config = latest_serving_config(self.repository)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, ENV_LOG_PATH: str(self.escalation_log), ENV_LOG_TEXT: "1" if self.keep_text else "0"}
+        env = {**os.environ, **self.extra_env, ENV_LOG_PATH: str(self.escalation_log), ENV_LOG_TEXT: "1" if self.keep_text else "0"}
         if self.local_t4 and not (self.t4_url or config.t4.base_url):
             t4 = config.t4
             self.t4 = T4Endpoint(local_t4_checkpoint(config), self.state_dir / "t4_endpoint.log", served_model_name=t4.model or "t4", api_key_env=t4.api_key_env)

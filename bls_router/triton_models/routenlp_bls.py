@@ -102,10 +102,15 @@ class TritonPythonModel:
         self.decoupled_tiers = self.config.target == "ngc"  # stock vllm backend: decoupled T2/T3
         base_url = self.config.t4_base_url()
         if base_url:
+            from bls_router.circuit_breaker import CircuitBreaker
             from bls_router.t4_client import T4Client
 
-            t4 = self.config.t4
-            self.t4 = T4Client(base_url, t4.model, t4.api_key_env, t4.timeout_s, t4.max_retries)
+            try:
+                t4 = self.config.t4.with_env_overrides()
+            except ServingConfigError as err:
+                raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
+            breaker = CircuitBreaker(failure_threshold=t4.breaker_failures, reset_timeout_s=t4.breaker_reset_s)
+            self.t4 = T4Client(base_url, t4.model, t4.api_key_env, t4.timeout_s, t4.max_retries, breaker)
         else:
             pb_utils.Logger.log_warn(
                 f"{self.name}: no T4 endpoint (t4.base_url empty and ROUTENLP_T4_BASE_URL unset): "

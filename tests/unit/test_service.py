@@ -457,3 +457,14 @@ def test_broken_serving_configs_are_refused_with_the_field_named(tmp_path, edit,
 def test_missing_serving_config_says_who_writes_it(tmp_path):
     with pytest.raises(ServingConfigError, match="written by `routenlp export`"):
         load_serving_config(tmp_path)
+
+
+def test_t4_settings_take_operator_overrides_from_the_environment():
+    from bls_router.serving_config import ServingConfigError, T4Settings
+
+    base = T4Settings("", "t4", "ROUTENLP_T4_API_KEY")
+    tuned = base.with_env_overrides({"ROUTENLP_T4_TIMEOUT_S": "0.5", "ROUTENLP_T4_BREAKER_FAILURES": "2", "ROUTENLP_T4_BREAKER_RESET_S": "3"})
+    assert (tuned.timeout_s, tuned.max_retries, tuned.breaker_failures, tuned.breaker_reset_s) == (0.5, 2, 2, 3.0)
+    assert base.with_env_overrides({}) == base
+    with pytest.raises(ServingConfigError, match="ROUTENLP_T4_MAX_RETRIES='many' is not a int"):
+        base.with_env_overrides({"ROUTENLP_T4_MAX_RETRIES": "many"})
