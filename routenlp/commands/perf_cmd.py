@@ -15,7 +15,7 @@ def register(sub) -> None:
     parser = sub.add_parser("perf", help="perf_analyzer: routed vs Always-T4 side by side, and the routing overhead")
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated concurrency levels")
     parser.add_argument("--per-task", type=int, default=20, help="dev records per task in the input data")
-    parser.add_argument("--measurement-ms", type=int, default=3000)
+    parser.add_argument("--measurement-ms", type=int, default=6000)
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR)
     parser.add_argument("--url", default=None, help="gRPC address of a running server (default: start one)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "perf.json")
