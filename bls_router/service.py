@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,7 +44,13 @@ MAX_REQUEST_ID_CHARS = 128
 # served over the same models; no router call, no escalation, the same fallbacks).
 ROUTED_POLICY = "routenlp"
 FIXED_TIER_POLICIES = {f"always-{tier}": tier for tier in TIERS}
-POLICIES = (ROUTED_POLICY, *FIXED_TIER_POLICIES)
+# Cascade ablations (paper 5): the same router, then no escalation at all, or one fixed
+# threshold on u for every (task, tier) instead of the conformal ones.
+NO_CASCADE_POLICY = "routenlp-no-cascade"
+FIXED_THRESHOLD_POLICY = "routenlp-fixed-threshold"
+FIXED_THRESHOLD = 0.3
+ROUTED_POLICIES = (ROUTED_POLICY, NO_CASCADE_POLICY, FIXED_THRESHOLD_POLICY)
+POLICIES = (*ROUTED_POLICIES, *FIXED_TIER_POLICIES)
 
 
 class RequestError(ValueError):
@@ -162,6 +168,12 @@ class RoutingService:
     ) -> None:
         self.config = config
         self.cascade_policy = config.policy()
+        every = {task: {tier: FIXED_THRESHOLD for tier in TIERS[:-1]} for task in config.tasks}
+        self.cascade_policies = {
+            ROUTED_POLICY: self.cascade_policy,
+            NO_CASCADE_POLICY: replace(self.cascade_policy, thresholds={}),  # no threshold: accept
+            FIXED_THRESHOLD_POLICY: replace(self.cascade_policy, thresholds=every),
+        }
         self.call_router = call_router
         self.call_tier = call_tier
         self.sink = sink
@@ -243,7 +255,7 @@ class RoutingService:
             request.task,
             start,
             lambda tier: self.call_tier(tier, request.task, request.text),
-            self.cascade_policy,
+            self.cascade_policies.get(request.policy, self.cascade_policy),
             max_tier=request.max_tier,
             clock=self.clock,
         )
@@ -290,7 +302,7 @@ class RoutingService:
         return {
             "ts": round(self.wall_clock(), 3),
             **{k: meta[k] for k in ("request_id", "task", "policy", "tier", "start_tier", "max_tier", "path", "u", "escalations", "fallback", "errors", "cost_usd", "latency_ms", "total_ms", "repository_version", "bls_version")},
-            "thresholds": {tier: _finite(self.cascade_policy.delta(result.request.task, tier)) for tier in meta["path"]},
+            "thresholds": {tier: _finite(self.cascade_policies.get(result.request.policy, self.cascade_policy).delta(result.request.task, tier)) for tier in meta["path"]},
             "text_bytes": result.request.text_bytes,
             "text_sha256": hashlib.sha256(result.request.text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16],
             # coopt distils the frontier tier's answers on escalated inputs, so the log keeps them

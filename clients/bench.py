@@ -33,14 +33,14 @@ class SystemRun:
     fitted: dict[str, Any] | None = None
 
 
-class RouteNLPPolicy(bl.Policy):
-    name = "routenlp"
+class ServedPolicy(bl.Policy):
+    """A policy the BLS itself runs (POLICY input): RouteNLP and its cascade ablations."""
 
-    def __init__(self, caller: ServedCaller) -> None:
-        self.caller = caller
+    def __init__(self, policy: str, caller: ServedCaller) -> None:
+        self.name, self.caller = policy, caller
 
     def answer(self, record, call):
-        return bl.Routed([self.caller.send(record, "routenlp")])
+        return bl.Routed([self.caller.send(record, self.name)])
 
 
 def run_policy(policy: bl.Policy, records: Sequence[Mapping[str, Any]], caller: ServedCaller, concurrency: int, progress: bool) -> SystemRun:
@@ -250,7 +250,10 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
     try:
         for tier in TIERS:
             runs[f"always-{tier}"] = timed(bl.FixedTier(tier))
-        runs["routenlp"] = timed(RouteNLPPolicy(caller))
+        from bls_router.service import ROUTED_POLICIES
+
+        for policy in ROUTED_POLICIES:  # routenlp, then its cascade ablations
+            runs[policy] = timed(ServedPolicy(policy, caller))
         task_idx = task_indices(records)
         reference = reference_stats(runs[REFERENCE], records, task_idx)
         budget = float(np.mean([_dollars(r) for r in runs["routenlp"].routed]))

@@ -2,7 +2,8 @@
 
 Inputs (one request = one text, shape [1, 1] with the batch dimension):
   TEXT BYTES, TASK BYTES, optional MAX_TIER BYTES ("t1".."t4"), optional REQUEST_ID BYTES,
-  optional POLICY BYTES ("routenlp" default, or "always-t1".."always-t4": fixed-tier baselines)
+  optional POLICY BYTES ("routenlp" default; "always-t1".."always-t4": fixed-tier baselines;
+  "routenlp-no-cascade", "routenlp-fixed-threshold": the cascade ablations)
 Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured tasks, the text for
 generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
 
@@ -185,7 +186,7 @@ class TritonPythonModel:
             if metric is not None:
                 metric.observe(result.metadata["total_ms"])
             if result.request.policy != ROUTED_POLICY:
-                return  # fixed-tier baselines never escalate: they would dilute the monitor's rate
+                return  # baselines and ablations would distort the monitor's rate
             change = self.monitor.observe(task, result.outcome.escalations > 0)
             self.metrics["escalation_rate"][task].set(self.monitor.rate(task) or 0.0)
             if change is not None:

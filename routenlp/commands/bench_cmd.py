@@ -83,6 +83,6 @@ def _best_baseline(systems: list[dict]) -> dict:
     """The baseline with the lowest cost ratio among those at least as good as RouteNLP's quality
     minus 0.02, else the highest-quality baseline."""
     ours = next(s for s in systems if s["name"] == "routenlp")
-    others = [s for s in systems if s["name"] not in ("routenlp", "oracle", "always-t4")]
+    others = [s for s in systems if not s["name"].startswith("routenlp") and s["name"] not in ("oracle", "always-t4")]  # ablations are not baselines
     close = [s for s in others if s["quality_ratio"] >= ours["quality_ratio"] - 0.02]
     return min(close, key=lambda s: s["cost_ratio"]) if close else max(others, key=lambda s: s["quality_ratio"])

@@ -200,7 +200,7 @@ def test_routing_overhead_is_small(stack):
         (lambda: [_tensor("TEXT", 7, "INT32"), _tensor("TASK", "cs_intent")], "TEXT.*INT32|INT32.*TEXT"),
         (lambda: [_tensor("TEXT", ["a", "b"], shape=(2, 1)), _tensor("TASK", ["cs_intent"] * 2, shape=(2, 1))], "one text per request"),
         (lambda: [_tensor("TEXT", "hello")], "TASK"),
-        (lambda: _inputs("hello", "cs_intent", policy="cheapest"), "POLICY must be one of routenlp, always-t1"),
+        (lambda: _inputs("hello", "cs_intent", policy="cheapest"), "POLICY must be one of routenlp, routenlp-no-cascade"),
         (lambda: _inputs("hello", "cs_response", policy="always-t1"), "t1 does not serve cs_response"),
     ],
     ids=["empty", "unknown-task", "bad-utf8", "too-big", "bad-max-tier", "t1-for-generation", "int32-text", "client-batch", "no-task", "bad-policy", "always-t1-generation"],
@@ -301,7 +301,7 @@ def test_bench_runs_every_system_through_the_server(stack, tmp_path):
     records = [r for task in TASK_NAMES for r in stack.build.pools.dev[task][:2]]
     bench = run_bench(stack.server.grpc_url, stack.build, config, records, concurrency=2, n_boot=20, progress=False)
     names = [s["name"] for s in bench["systems"]]
-    assert names == ["always-t1", "always-t2", "always-t3", "always-t4", "routenlp", "random (matched cost)", "rule-by-task",
+    assert names == ["always-t1", "always-t2", "always-t3", "always-t4", "routenlp", "routenlp-no-cascade", "routenlp-fixed-threshold", "random (matched cost)", "rule-by-task",
                      "routellm (T2/T4)", "hybridllm (T2/T4)", "frugalgpt", "automix", "oracle"]  # fmt: skip
     by_name = {s["name"]: s for s in bench["systems"]}
     assert all(s["errors"] == 0 and s["p50_ms"] > 0 for s in bench["systems"])

@@ -278,10 +278,20 @@ def test_fixed_tier_policy_skips_the_router_and_never_escalates():
     assert service(FakeTiers()).handle(b"x", b"cs_intent").metadata["policy"] == "routenlp"
 
 
+def test_cascade_ablations_use_the_router_with_no_or_one_fixed_threshold():
+    fake = FakeTiers(logits=(5.0, 0, 0, 0), u={"t1": 0.9, "t2": 0.25, "t3": 0.1})
+    routed = service(fake).handle(b"my card", b"cs_intent")  # conformal thresholds 0.3 in make_config
+    assert routed.metadata["path"] == ["t1", "t2"]
+    no_cascade = service(FakeTiers(logits=(5.0, 0, 0, 0), u={"t1": 0.9})).handle(b"my card", b"cs_intent", None, None, b"routenlp-no-cascade")
+    assert no_cascade.metadata["path"] == ["t1"] and no_cascade.metadata["router"]["tier"] == "t1"
+    fixed = service(FakeTiers(logits=(5.0, 0, 0, 0), u={"t1": 0.35, "t2": 0.29})).handle(b"my card", b"cs_intent", None, None, b"routenlp-fixed-threshold")
+    assert fixed.metadata["path"] == ["t1", "t2"] and fixed.record["thresholds"] == {"t1": 0.3, "t2": 0.3}
+
+
 @pytest.mark.parametrize(
     "task, max_tier, policy, message",
     [
-        (b"cs_intent", None, b"cheapest", "POLICY must be one of routenlp, always-t1, always-t2, always-t3, always-t4; got 'cheapest'"),
+        (b"cs_intent", None, b"cheapest", "POLICY must be one of routenlp, routenlp-no-cascade, routenlp-fixed-threshold, always-t1, always-t2, always-t3, always-t4; got 'cheapest'"),
         (b"fin_summary", None, b"always-t1", "POLICY always-t1: t1 does not serve fin_summary"),
         (b"cs_intent", b"t2", b"always-t3", "POLICY always-t3 is above MAX_TIER t2"),
         (b"cs_intent", None, b"\xff", "POLICY is not valid UTF-8"),
