@@ -72,6 +72,7 @@ def train_decoder(
     seed: int,
     weight_decay: float = 0.01,
     progress: bool = True,
+    bucket_pool_batches: int = 50,
 ) -> dict[str, Any]:
     """Train `model` in place with AdamW on (prompt, answer) pairs; returns training stats.
 
@@ -85,7 +86,9 @@ def train_decoder(
     torch.manual_seed(seed)
     shuffler = torch.Generator().manual_seed(seed)
     examples = [encode_pair(tokenizer, prompt, answer, max_len) for prompt, answer in pairs]
-    steps_per_epoch = bucketed_batch_count(len(examples), batch_size)
+    # Batches of similar length, sorted within pools of `bucket_pool_batches` batches (1 = plain
+    # shuffling). Big pools save padding but make batches single-task on small mixed sets.
+    steps_per_epoch = bucketed_batch_count(len(examples), batch_size, bucket_pool_batches)
     total_steps = steps_per_epoch * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     # Warm-up avoids the large first AdamW steps that destabilise a randomly initialised model;
@@ -102,7 +105,7 @@ def train_decoder(
         loss_sum, loss_batches = 0.0, 0
         # Similar lengths per batch: short classification answers no longer pad to the longest
         # summary in the batch (measured ~2x fewer tokens computed on the default pool).
-        for rows in length_bucketed_batches([len(ids) for ids, _ in examples], batch_size, shuffler):
+        for rows in length_bucketed_batches([len(ids) for ids, _ in examples], batch_size, shuffler, bucket_pool_batches):
             batch = _collate([examples[i] for i in rows], tokenizer.pad_token_id)
             # For Mixtral configs with output_router_logits, .loss already includes the
             # load-balancing term.
@@ -120,7 +123,7 @@ def train_decoder(
     model.eval()
     seconds = time.perf_counter() - started
     return run_stats(
-        examples=len(examples), epochs=epochs, steps=total_steps, batch_size=batch_size, lr=lr, max_len=max_len,
+        examples=len(examples), epochs=epochs, steps=total_steps, batch_size=batch_size, lr=lr, max_len=max_len, bucket_pool_batches=bucket_pool_batches,
         seed=seed, epoch_losses=epoch_losses, seconds=seconds,
         tokens_seen=seen_tokens, answer_tokens=answer_tokens,
         tokens_per_second=round(seen_tokens / seconds, 1) if seconds > 0 else None,
