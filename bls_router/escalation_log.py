@@ -48,8 +48,9 @@ CREATE INDEX IF NOT EXISTS escalations_task ON escalations (task, seq);
 """
 
 
-def log_path(environ: Mapping[str, str] = os.environ) -> Path:
-    return Path(environ.get(ENV_LOG_PATH, "").strip() or DEFAULT_LOG_PATH)
+def log_path(environ: Mapping[str, str] = os.environ, default: Path = DEFAULT_LOG_PATH) -> Path:
+    """ROUTENLP_ESCALATION_LOG, else `default` (`routenlp serve` sets the variable to var/)."""
+    return Path(environ.get(ENV_LOG_PATH, "").strip() or default)
 
 
 def keep_text_from_env(environ: Mapping[str, str] = os.environ) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bls_router.cascade import TIERS, CascadeOutcome, TierResult, TierUnavailable, run_cascade
+from bls_router.cascade import TIERS, CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
 from bls_router.serving_config import ServingConfig
 from bls_router.uncertainty import generation_uncertainty
 
@@ -167,12 +167,12 @@ class RoutingService:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.cascade_policy = config.policy()
+        conformal = config.policy()
         every = {task: {tier: FIXED_THRESHOLD for tier in TIERS[:-1]} for task in config.tasks}
         self.cascade_policies = {
-            ROUTED_POLICY: self.cascade_policy,
-            NO_CASCADE_POLICY: replace(self.cascade_policy, thresholds={}),  # no threshold: accept
-            FIXED_THRESHOLD_POLICY: replace(self.cascade_policy, thresholds=every),
+            ROUTED_POLICY: conformal,
+            NO_CASCADE_POLICY: replace(conformal, thresholds={}),  # no threshold: accept
+            FIXED_THRESHOLD_POLICY: replace(conformal, thresholds=every),
         }
         self.call_router = call_router
         self.call_tier = call_tier
@@ -255,7 +255,7 @@ class RoutingService:
             request.task,
             start,
             lambda tier: self.call_tier(tier, request.task, request.text),
-            self.cascade_policies.get(request.policy, self.cascade_policy),
+            self.cascade_policy_for(request),
             max_tier=request.max_tier,
             clock=self.clock,
         )
@@ -268,6 +268,11 @@ class RoutingService:
         result.record = self._record(result)
         self._emit(result.record)
         return result
+
+    def cascade_policy_for(self, request: RouteRequest) -> CascadePolicy:
+        """The thresholds the request's POLICY escalates by (fixed-tier policies never escalate
+        past their tier, so the conformal ones serve them)."""
+        return self.cascade_policies.get(request.policy, self.cascade_policies[ROUTED_POLICY])
 
     def handle(self, text, task, max_tier=None, request_id=None, policy=None) -> RouteResult:
         return self.route(self.parse(text, task, max_tier, request_id, policy))
@@ -302,7 +307,7 @@ class RoutingService:
         return {
             "ts": round(self.wall_clock(), 3),
             **{k: meta[k] for k in ("request_id", "task", "policy", "tier", "start_tier", "max_tier", "path", "u", "escalations", "fallback", "errors", "cost_usd", "latency_ms", "total_ms", "repository_version", "bls_version")},
-            "thresholds": {tier: _finite(self.cascade_policies.get(result.request.policy, self.cascade_policy).delta(result.request.task, tier)) for tier in meta["path"]},
+            "thresholds": {tier: _finite(self.cascade_policy_for(result.request).delta(result.request.task, tier)) for tier in meta["path"]},
             "text_bytes": result.request.text_bytes,
             "text_sha256": hashlib.sha256(result.request.text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16],
             # coopt distils the frontier tier's answers on escalated inputs, so the log keeps them

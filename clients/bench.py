@@ -19,7 +19,7 @@ import numpy as np
 
 from bls_router.cascade import TIERS
 from clients import baselines as bl
-from clients.served_eval import ServedAnswer, ServedCaller, prediction_from_output
+from clients.served_eval import ServedCaller, served_prediction
 
 REFERENCE = "always-t4"
 N_BOOT = 200
@@ -57,14 +57,6 @@ def run_policy(policy: bl.Policy, records: Sequence[Mapping[str, Any]], caller: 
 
 
 # ---------------------------------------------------------------- scoring
-
-
-def _prediction(served: ServedAnswer) -> Any:
-    from routenlp.tasks import get_task
-
-    if served.error is not None:  # a failed request is a wrong answer, never dropped
-        return ["O"] * len(served.record["target"]) if get_task(served.record["task"]).kind == "ner" else ""
-    return prediction_from_output(served.record["task"], served.output)
 
 
 def _dollars(routed: bl.Routed) -> float:
@@ -127,7 +119,7 @@ def quality_ratio_ci(system_boot: np.ndarray, reference_boot: np.ndarray) -> tup
 
 def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla_ms: Mapping[str, float], bootstrap: Bootstrap) -> dict[str, Any]:
     targets = [r["target"] for r in records]
-    predictions = [_prediction(routed.final) for routed in run.routed]
+    predictions = [served_prediction(routed.final) for routed in run.routed]
     quality, per_task = mean_quality(task_idx, predictions, targets)
     dollars = float(np.mean([_dollars(r) for r in run.routed]))
     latencies = np.asarray(run.latency_ms)
@@ -161,7 +153,7 @@ def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla
 
 
 def reference_stats(run: SystemRun, records, task_idx, bootstrap: Bootstrap | None = None) -> dict[str, Any]:
-    predictions = [_prediction(routed.final) for routed in run.routed]
+    predictions = [served_prediction(routed.final) for routed in run.routed]
     targets = [r["target"] for r in records]
     quality, _ = mean_quality(task_idx, predictions, targets)
     boot = bootstrap.qualities(predictions, targets) if bootstrap is not None else None
@@ -175,7 +167,7 @@ def oracle_run(fixed: Mapping[str, SystemRun], records, bars: Mapping[str, float
     routed, latency = [], []
     for i, record in enumerate(records):
         answers = {run.routed[i].final.metadata["tier"]: run.routed[i].final for run in fixed.values() if run.routed[i].final.error is None}
-        quality = {tier: example_score(record["task"], _prediction(a), record["target"]) for tier, a in answers.items()}
+        quality = {tier: example_score(record["task"], served_prediction(a), record["target"]) for tier, a in answers.items()}
         tier = bl.oracle_tier(record["task"], quality, bars[record["task"]])
         routed.append(bl.Routed([answers[tier]]))
         latency.append(answers[tier].latency_ms)
@@ -198,7 +190,7 @@ def conformal_rows(fixed: Mapping[str, SystemRun], records, thresholds: Mapping[
             if not served:
                 continue
             violations = sum(
-                1 for r, a in served if a.metadata["u"][tier] <= delta and example_score(task, _prediction(a), r["target"]) < bars[task]
+                1 for r, a in served if a.metadata["u"][tier] <= delta and example_score(task, served_prediction(a), r["target"]) < bars[task]
             )
             low, high = wilson_interval(violations, len(served))
             rows.append({"task": task, "tier": tier, "delta": delta, "n": len(served), "violation": round(violations / len(served), 4), "wilson95": [round(low, 4), round(high, 4)]})

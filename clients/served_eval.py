@@ -84,6 +84,15 @@ class ServedCaller:
             client.close()
 
 
+def served_prediction(answer: ServedAnswer) -> Any:
+    """The answer's prediction; a failed request counts as a wrong answer, never silently dropped."""
+    from routenlp.tasks import get_task
+
+    if answer.error is None:
+        return prediction_from_output(answer.record["task"], answer.output)
+    return ["O"] * len(answer.record["target"]) if get_task(answer.record["task"]).kind == "ner" else ""
+
+
 def route_records(
     url: str,
     records: Sequence[Mapping[str, Any]],
@@ -119,8 +128,7 @@ def summarize(answers: Sequence[ServedAnswer]) -> dict[str, Any]:
         by_task.setdefault(answer.record["task"], []).append(answer)
     quality = {}
     for task, rows in sorted(by_task.items()):
-        # a failed request counts as a wrong answer (empty prediction), never silently dropped
-        predictions = [prediction_from_output(task, a.output) if a.error is None else _empty(task, a.record) for a in rows]
+        predictions = [served_prediction(a) for a in rows]
         quality[task] = round(corpus_score(task, predictions, [a.record["target"] for a in rows]), 4)
     served = [a for a in answers if a.error is None]
     mix = Counter(a.metadata["tier"] for a in served)
@@ -153,15 +161,6 @@ def service_times(answers: Sequence[ServedAnswer]) -> dict[str, list[float]]:
                 if tier in samples:
                     samples[tier].append(round(float(ms), 3))
     return samples
-
-
-def _empty(task: str, record: Mapping[str, Any]) -> Any:
-    from routenlp.tasks import get_task
-
-    kind = get_task(task).kind
-    if kind == "ner":
-        return ["O"] * len(record["target"])
-    return ""
 
 
 def compare(system: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float | None]:

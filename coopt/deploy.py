@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bls_router.calibrate import BLS_MODEL
 from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config
-
-BLS_MODEL = "routenlp"
-ADMIN_HEADER = "admin-key"
+from routenlp.deployment import ADMIN_HEADER
 
 
 class DeployError(RuntimeError):

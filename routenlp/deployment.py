@@ -14,9 +14,12 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bls_router.calibrate import BLS_MODEL
 from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
 from bls_router.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 from routenlp.paths import REPO_ROOT
@@ -25,8 +28,8 @@ from routenlp.triton_server import TritonServer
 
 STATE_DIR = Path(os.environ.get("ROUTENLP_STATE", REPO_ROOT / "var"))
 ENV_ADMIN_KEY = "ROUTENLP_ADMIN_KEY"
+ESCALATION_LOG_FILE = "escalation_log.sqlite"  # in the state folder
 ADMIN_HEADER = "admin-key"
-BLS_MODEL = "routenlp"
 
 
 def latest_serving_config(repository: Path) -> ServingConfig:
@@ -83,7 +86,7 @@ class Deployment:
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
         self.state_dir = Path(self.state_dir)
-        self.escalation_log = Path(self.escalation_log or self.state_dir / "escalation_log.sqlite")
+        self.escalation_log = Path(self.escalation_log or self.state_dir / ESCALATION_LOG_FILE)
 
     def _triton_args(self) -> list[str]:
         args = []
@@ -157,3 +160,16 @@ class Deployment:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def grpc_url_of(repository: Path, url: str | None = None, log: Callable[[str], None] = print) -> Iterator[str]:
+    """The gRPC address to send requests to: `url` (a server already running), else a
+    Deployment of `repository` started for the block and stopped after it."""
+    if url:
+        yield url
+        return
+    with Deployment(repository) as deployment:
+        log(f"deployment ready in {deployment.startup_s:.0f} s (gRPC {deployment.server.grpc_url})")
+        yield deployment.server.grpc_url
+

@@ -47,7 +47,7 @@ def run(args) -> int:
     from clients.bench import run_bench
     from clients.bench_report import table_rows, task_rows, write_outputs
     from export.pipeline import PortfolioBuild
-    from routenlp.deployment import Deployment, latest_serving_config
+    from routenlp.deployment import grpc_url_of, latest_serving_config
     from routenlp.portfolio import load_portfolio
     from routenlp.table import format_table
 
@@ -59,12 +59,8 @@ def run(args) -> int:
         return 1
     build = PortfolioBuild(load_portfolio(profile=config.profile), progress=False)
     print(f"bench: {len(records)} records, portfolio {config.portfolio}/{config.profile}, repository version {config.repository_version}")
-    if args.url:
-        bench = run_bench(args.url, build, config, records, concurrency=args.concurrency, n_boot=args.bootstrap)
-    else:
-        with Deployment(args.repository) as deployment:
-            print(f"deployment ready in {deployment.startup_s:.0f} s (gRPC {deployment.server.grpc_url})", flush=True)
-            bench = run_bench(deployment.server.grpc_url, build, config, records, concurrency=args.concurrency, n_boot=args.bootstrap)
+    with grpc_url_of(args.repository, args.url, log=lambda m: print(m, flush=True)) as url:
+        bench = run_bench(url, build, config, records, concurrency=args.concurrency, n_boot=args.bootstrap)
     print("\n" + format_table(table_rows(bench)))
     print("\nquality per task (* below the bar):\n" + format_table(task_rows(bench)))
     outputs = write_outputs(bench, args.results, " ".join(["routenlp bench", *(shlex.quote(a) for a in sys.argv[2:])]))

@@ -19,12 +19,10 @@ def register(sub) -> None:
 
 
 def default_db() -> Path:
-    import os
+    from bls_router.escalation_log import log_path
+    from routenlp.deployment import ESCALATION_LOG_FILE, STATE_DIR
 
-    from bls_router.escalation_log import ENV_LOG_PATH
-    from routenlp.deployment import STATE_DIR
-
-    return Path(os.environ.get(ENV_LOG_PATH, "").strip() or STATE_DIR / "escalation_log.sqlite")
+    return log_path(default=STATE_DIR / ESCALATION_LOG_FILE)
 
 
 def _row(record: dict) -> dict[str, str]:

@@ -26,17 +26,21 @@ def run(args) -> int:
     from clients.perf import PerfAnalyzerError
     from clients.perf_compare import compare_policies, routing_overhead
     from routenlp.data import load_split
-    from routenlp.deployment import Deployment, latest_serving_config
+    from routenlp.deployment import grpc_url_of, latest_serving_config
     from routenlp.table import format_table
     from routenlp.tasks import TASK_NAMES
 
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     config = latest_serving_config(args.repository)
     records = [r for task in TASK_NAMES for r in load_split(task, "dev")[: args.per_task]]
-    version_dir = max((p for p in (args.repository / "routenlp").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(version_dir / "tokenizer"))
+    from bls_router.calibrate import BLS_MODEL
+    from bls_router.serving_config import TOKENIZER_DIR
+    from export.repository import latest_version
+
+    bls_dir = args.repository / BLS_MODEL
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(bls_dir / str(latest_version(bls_dir)) / TOKENIZER_DIR))
     t1_len = config.t1["legal_risk"].max_len
 
     def measure(url: str) -> dict:
@@ -47,11 +51,8 @@ def run(args) -> int:
         return {"policies": policies, "overhead": overhead}
 
     try:
-        if args.url:
-            out = measure(args.url)
-        else:
-            with Deployment(args.repository) as deployment:
-                out = measure(deployment.server.grpc_url)
+        with grpc_url_of(args.repository, args.url) as url:
+            out = measure(url)
     except PerfAnalyzerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
