@@ -2,7 +2,8 @@
 
     L = L_route + cost_weight * L_cost + quality_weight * L_quality
 
-L_route    cross-entropy against the oracle tier (cheapest tier meeting the task's bar)
+L_route    cross-entropy against the oracle tier (cheapest tier meeting the task's bar, else the
+           cheapest tier with the best answer)
 L_cost     expected normalised cost under the router's distribution: sum_k p_k * cost_k / max_k cost_k
 L_quality  hinge on probability mass placed on tiers below the bar: sum_k p_k * relu(bar - q_k)
 (both per example, averaged over the batch). Tiers are indexed cheapest first (T1..T4).
@@ -17,18 +18,19 @@ import torch.nn.functional as F
 def oracle_labels(quality: torch.Tensor, bar: torch.Tensor) -> torch.Tensor:
     """[N, K] per-tier quality, [N] bars -> [N] index of the cheapest tier with q >= bar.
 
-    Tiers are ordered cheapest first, so ties go to the cheaper tier; when no tier meets the bar
-    the label is the last (most capable) tier.
+    Tiers are ordered cheapest first, so ties go to the cheaper tier. When no tier meets the bar
+    the label is the tier with the best answer (the cheapest of equals): paying for the priciest
+    tier buys nothing when its answer is no better, e.g. every tier wrong on a classification.
     """
     quality = torch.as_tensor(quality, dtype=torch.float32)
     bar = torch.as_tensor(bar, dtype=torch.float32)
     if quality.ndim != 2 or bar.shape != quality.shape[:1]:
         raise ValueError(f"quality must be [N, K] and bar [N]; got {tuple(quality.shape)} and {tuple(bar.shape)}")
     passing = quality >= bar[:, None]
-    last = quality.shape[1] - 1
-    # argmax over a bool tensor returns the first True; rows with none fall back to the last tier.
+    # argmax returns the first maximal index: the cheapest passing tier, or the cheapest best one.
     first = passing.to(torch.int64).argmax(dim=1)
-    return torch.where(passing.any(dim=1), first, torch.full_like(first, last))
+    best = (quality == quality.max(dim=1, keepdim=True).values).to(torch.int64).argmax(dim=1)
+    return torch.where(passing.any(dim=1), first, best)
 
 
 def router_loss(

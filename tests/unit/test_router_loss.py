@@ -14,12 +14,14 @@ def test_oracle_label_is_the_cheapest_tier_meeting_the_bar():
             [0.95, 0.99, 1.00, 1.00],  # T1 already meets the bar
             [0.50, 0.90, 0.90, 1.00],  # exactly at the bar counts; the T2/T3 tie goes to the cheaper T2
             [0.10, 0.20, 0.88, 0.70],  # T3 passes, T4 does not: still T3
-            [0.10, 0.20, 0.30, 0.40],  # nothing passes: T4
+            [0.10, 0.20, 0.30, 0.40],  # nothing passes: the best answer, T4's
             [0.90, 0.90, 0.90, 0.90],  # all tie at the bar: T1
+            [0.00, 0.00, 0.00, 0.00],  # every tier wrong: the cheapest of equals, T1
+            [-1.0, 0.30, 0.60, 0.50],  # nothing passes, T1 cannot serve: T3 answered best
         ]
     )
-    bar = torch.tensor([0.9, 0.9, 0.88, 0.9, 0.9])
-    assert oracle_labels(quality, bar).tolist() == [0, 1, 2, 3, 0]
+    bar = torch.tensor([0.9, 0.9, 0.88, 0.9, 0.9, 0.5, 0.7])
+    assert oracle_labels(quality, bar).tolist() == [0, 1, 2, 3, 0, 0, 2]
 
 
 def test_oracle_labels_reject_mismatched_shapes():
