@@ -109,29 +109,61 @@ def calibrate_build(build, alpha: float = 0.05, bars: Mapping[str, float] | None
     if not thresholds:
         raise CalibrationUnavailable(f"{path} holds no answers of tiers {', '.join(ESCALATING_TIERS)}")
     answers = build.load_answers(CALIBRATION_POOL)
+    quality = tier_quality(answers)
+    escalate_to = escalation_targets(quality)
     try:
-        baseline = baseline_escalation_rates(answers, router_start_tiers(build, build.pools.flat(CALIBRATION_POOL)), thresholds)
+        starts = router_start_tiers(build, build.pools.flat(CALIBRATION_POOL))
+        baseline = baseline_escalation_rates(answers, starts, thresholds, escalate_to)
     except FileNotFoundError:  # no router built (yet): the monitor stays silent rather than guess
         baseline = {}
     record = {
         "status": "calibrated", "alpha": alpha, "pool": CALIBRATION_POOL, "correct_if": "quality >= effective bar", "counts": counts,
         "escalation_baseline": baseline,  # the escalation monitor's reference (bls_router/escalation_monitor.py)
+        "tier_quality": quality,  # mean per-example quality per tier on the pool, behind escalate_to
+        "escalate_to": escalate_to,  # the cascade's next tier per (task, tier) (CascadePolicy.next_tier)
     }
     return thresholds, record
 
 
+def tier_quality(answers: Answers) -> dict[str, dict[str, float]]:
+    """task -> tier -> mean per-example quality (the score the router's labels come from)."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for by_tier in answers.values():
+        for tier, row in by_tier.items():
+            sums.setdefault(row["task"], {}).setdefault(tier, []).append(float(row["quality"]))
+    return {task: {tier: round(sum(v) / len(v), 4) for tier, v in sorted(by_tier.items())} for task, by_tier in sorted(sums.items())}
+
+
+def escalation_targets(quality: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, str | None]]:
+    """Per task and tier, the cheapest pricier tier whose calibration quality is higher (None: no
+    tier improves on it, so escalating would pay more for a worse answer). On a portfolio whose
+    quality rises with price this is the next tier up, the paper's rule."""
+    targets: dict[str, dict[str, str | None]] = {}
+    for task, by_tier in sorted(quality.items()):
+        tiers = [t for t in TIERS if t in by_tier]
+        targets[task] = {
+            tier: next((up for up in tiers[i + 1 :] if by_tier[up] > by_tier[tier]), None) for i, tier in enumerate(tiers[:-1])
+        }
+    return targets
+
+
 def baseline_escalation_rates(
-    answers: Answers, start_tiers: Mapping[str, str], thresholds: Mapping[str, Mapping[str, float]]
+    answers: Answers,
+    start_tiers: Mapping[str, str],
+    thresholds: Mapping[str, Mapping[str, float]],
+    escalate_to: Mapping[str, Mapping[str, str | None]] | None = None,
 ) -> dict[str, float]:
-    """Per task, the share of requests whose first tier (the router's pick) escalates (u > delta):
-    the escalation monitor's baseline. T4 never escalates; a tier without a threshold accepts."""
+    """Per task, the share of requests whose first tier (the router's pick) escalates (u > delta
+    and a tier to escalate to): the escalation monitor's baseline. T4 never escalates; a tier
+    without a threshold accepts."""
     escalated: dict[str, list[bool]] = {}
     for record_id, tier in start_tiers.items():
         row = answers.get(record_id, {}).get(tier)
         if row is None:
             continue
         delta = thresholds.get(row["task"], {}).get(tier, math.inf) if tier in ESCALATING_TIERS else math.inf
-        escalated.setdefault(row["task"], []).append(float(row["u"]) > delta)
+        nowhere = escalate_to is not None and tier in escalate_to.get(row["task"], {}) and escalate_to[row["task"]][tier] is None
+        escalated.setdefault(row["task"], []).append(float(row["u"]) > delta and not nowhere)
     return {task: round(sum(flags) / len(flags), 4) for task, flags in sorted(escalated.items())}
 
 

@@ -7,7 +7,7 @@ TierResult or raises TierUnavailable. Everything a client sees in METADATA is bu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,12 +73,28 @@ class CascadePolicy:
     prices: Mapping[str, float]
     # Tiers that can answer each kind of task: T1 only has heads for structured tasks.
     structured_tasks: frozenset[str]
+    # escalate_to[task][tier]: where an uncertain answer goes, the cheapest tier that is better on
+    # the task than `tier` (None: no better tier, accept). A missing entry means the next tier up,
+    # the paper's rule, which assumes quality rises with price; calibration writes the table.
+    escalate_to: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
 
     def servable(self, task: str) -> tuple[str, ...]:
         return TIERS if task in self.structured_tasks else TIERS[1:]
 
     def delta(self, task: str, tier: str) -> float:
         return self.thresholds.get(task, {}).get(tier, float("inf"))
+
+    def next_tier(self, task: str, tier: str, candidates: Sequence[str]) -> str | None:
+        """The tier an uncertain `tier` answer escalates to, among `candidates` (untried tiers above
+        it, cheapest first): the configured target or the first candidate past it; None: accept."""
+        by_tier = self.escalate_to.get(task, {})
+        if tier not in by_tier:
+            return candidates[0] if candidates else None
+        target = by_tier[tier]
+        if target is None:
+            return None
+        later = [t for t in candidates if TIERS.index(t) >= TIERS.index(target)]
+        return later[0] if later else None
 
 
 def run_cascade(
@@ -89,7 +105,8 @@ def run_cascade(
     max_tier: str = "t4",
     clock: Callable[[], float] = time.perf_counter,
 ) -> CascadeOutcome:
-    """Answer from `start_tier` upward; escalate while u > delta[task][tier], up to `max_tier`.
+    """Answer from `start_tier` upward; escalate while u > delta[task][tier], up to `max_tier`, to
+    the policy's next tier (the cheapest one better on the task, or the next one up).
 
     Fallbacks (paper 3.2 and appendix K), each named in the outcome:
     - T4 unreachable: T3 is the ceiling and its answer is accepted with a relaxed threshold
@@ -125,9 +142,10 @@ def run_cascade(
         stage.cost = result.tokens / 1000.0 * policy.prices[tier]
         answers[tier] = result
         higher = [t for t in servable if TIERS.index(t) > TIERS.index(tier) and t not in answers and not _failed(t, stages)]
-        if relaxed or result.u <= policy.delta(task, tier) or not higher:
+        target = policy.next_tier(task, tier, higher)
+        if relaxed or result.u <= policy.delta(task, tier) or target is None:
             return _accept(result, tier, stages, fallback)
-        tier = higher[0]
+        tier = target
     raise TierUnavailable(f"no tier could answer {task}: " + "; ".join(f"{s.tier}: {s.error}" for s in stages if s.error))
 
 

@@ -101,7 +101,8 @@ class ServingConfig:
     calibration: Mapping[str, Any] = field(default_factory=dict)  # alpha, pool, counts per (task, tier)
 
     def policy(self) -> CascadePolicy:
-        return CascadePolicy(thresholds=self.thresholds, prices=self.prices, structured_tasks=frozenset(self.structured_tasks))
+        escalate_to = self.calibration.get("escalate_to") or {}
+        return CascadePolicy(thresholds=self.thresholds, prices=self.prices, structured_tasks=frozenset(self.structured_tasks), escalate_to=escalate_to)
 
     def with_thresholds(self, thresholds: Mapping[str, Mapping[str, float]], calibration: Mapping[str, Any]) -> "ServingConfig":
         updated = replace(self, thresholds={t: dict(d) for t, d in thresholds.items()}, calibration=dict(calibration))
@@ -219,6 +220,12 @@ def validate(config: ServingConfig, where: str = SERVING_CONFIG_FILE) -> None:
                 fail(f"thresholds.{task} has unknown tier {tier!r}")
             if math.isnan(delta):
                 fail(f"thresholds.{task}.{tier} is NaN")
+    for task, by_tier in (config.calibration.get("escalate_to") or {}).items():
+        if task not in config.tasks:
+            fail(f"calibration.escalate_to names unknown task {task!r}")
+        for tier, target in by_tier.items():
+            if tier not in TIERS or (target is not None and (target not in TIERS or TIERS.index(target) <= TIERS.index(tier))):
+                fail(f"calibration.escalate_to.{task}.{tier} = {target!r}: escalation goes from a tier to a pricier one")
     for name in ("router_max_len", "max_input_tokens", "max_answer_tokens", "max_text_bytes"):
         if getattr(config, name) < 1:
             fail(f"{name} must be >= 1")

@@ -13,6 +13,8 @@ from bls_router.calibrate import (
     baseline_escalation_rates,
     CalibrationUnavailable,
     calibrate_build,
+    escalation_targets,
+    tier_quality,
     check_on,
     scores_by_task_tier,
     thresholds_from_answers,
@@ -146,6 +148,32 @@ def test_baseline_escalation_rate_is_the_share_of_first_tiers_above_their_thresh
     thresholds = {"fin_ner": {"t1": 0.2, "t2": 0.3}}
     starts = {"a": "t1", "b": "t1", "c": "t2", "d": "t4", "e": "t2", "missing": "t1"}
     assert baseline_escalation_rates(answers, starts, thresholds) == {"cs_response": 0.0, "fin_ner": 0.5}
+
+
+def test_escalation_targets_are_the_cheapest_pricier_tier_that_is_better_on_the_task():
+    quality = {
+        "cs_intent": {"t1": 0.54, "t2": 0.01, "t3": 0.07, "t4": 0.41},  # T1 best: never escalate it
+        "legal_clause": {"t1": 0.29, "t2": 0.12, "t3": 0.28, "t4": 0.54},  # T1 skips T2/T3
+        "fin_summary": {"t2": 0.23, "t3": 0.24, "t4": 0.27},  # quality rises with price: next tier up
+    }
+    assert escalation_targets(quality) == {
+        "cs_intent": {"t1": None, "t2": "t3", "t3": "t4"},
+        "fin_summary": {"t2": "t3", "t3": "t4"},
+        "legal_clause": {"t1": "t4", "t2": "t3", "t3": "t4"},
+    }
+
+
+def test_tier_quality_is_the_mean_example_quality_per_task_and_tier():
+    answers = {"a": {"t1": {"task": "legal_risk", "quality": 1.0}, "t2": {"task": "legal_risk", "quality": 0.0}},
+               "b": {"t1": {"task": "legal_risk", "quality": 0.0}, "t2": {"task": "legal_risk", "quality": 0.0}}}  # fmt: skip
+    assert tier_quality(answers) == {"legal_risk": {"t1": 0.5, "t2": 0.0}}
+
+
+def test_baseline_escalation_rate_counts_no_escalation_where_no_tier_is_better():
+    answers = {"a": {"t1": {"task": "fin_ner", "u": 0.5}}, "b": {"t1": {"task": "fin_ner", "u": 0.1}}}
+    thresholds = {"fin_ner": {"t1": 0.2}}
+    assert baseline_escalation_rates(answers, {"a": "t1", "b": "t1"}, thresholds, {"fin_ner": {"t1": None}}) == {"fin_ner": 0.0}
+    assert baseline_escalation_rates(answers, {"a": "t1", "b": "t1"}, thresholds, {"fin_ner": {"t1": "t4"}}) == {"fin_ner": 0.5}
 
 
 def make_repository(root: Path) -> Path:

@@ -112,3 +112,37 @@ def test_violation_rate_counts_accepted_wrong_answers():
     rate, (lo, hi), n = violation_rate([0.1, 0.2, 0.9, 0.1], [True, False, False, False], delta=0.5)
     # wrong and accepted: u=0.2 and u=0.1 -> 2 of 4
     assert (rate, n) == (0.5, 4) and lo < 0.5 < hi
+
+
+LADDER = CascadePolicy(
+    thresholds={"cs_intent": {"t1": 0.2, "t2": 0.3, "t3": 0.3}, "fin_summary": {"t2": 0.4, "t3": 0.4}},
+    prices=PRICES,
+    structured_tasks=frozenset({"cs_intent"}),
+    # cs_intent: T1 is the best tier (nothing to escalate to); T2 skips T3, which is worse on the task
+    escalate_to={"cs_intent": {"t1": None, "t2": "t4", "t3": "t4"}, "fin_summary": {"t2": "t3", "t3": "t4"}},
+)
+
+
+def test_an_uncertain_answer_is_accepted_when_no_pricier_tier_is_better_on_the_task():
+    call, calls = tiers({"t1": 0.9})
+    out = run_cascade("cs_intent", "t1", call, LADDER)
+    assert calls == ["t1"] and out.tier == "t1" and out.escalations == 0
+
+
+def test_escalation_skips_tiers_that_are_worse_on_the_task():
+    call, calls = tiers({"t2": 0.9, "t4": 0.1})
+    out = run_cascade("cs_intent", "t2", call, LADDER)
+    assert calls == ["t2", "t4"] and out.tier == "t4" and out.escalations == 1
+
+
+def test_an_escalation_target_above_max_tier_accepts_the_answer_in_hand():
+    call, calls = tiers({"t2": 0.9})
+    out = run_cascade("cs_intent", "t2", call, LADDER, max_tier="t3")
+    assert calls == ["t2"] and out.tier == "t2"
+
+
+def test_without_a_ladder_entry_the_next_tier_up_is_the_target():
+    assert LADDER.next_tier("fin_ner", "t1", ["t2", "t3", "t4"]) == "t2"
+    assert LADDER.next_tier("fin_summary", "t2", ["t3", "t4"]) == "t3"
+    assert LADDER.next_tier("fin_summary", "t2", ["t4"]) == "t4"  # T3 already failed: the first past it
+    assert LADDER.next_tier("cs_intent", "t1", ["t2", "t3", "t4"]) is None

@@ -438,6 +438,10 @@ def test_serving_config_round_trips_through_json(tmp_path, monkeypatch):
     loaded = load_serving_config(tmp_path)
     assert loaded == config
     assert loaded.policy().delta("cs_intent", "t1") == -math.inf and loaded.policy().delta("fin_ner", "t1") == math.inf
+    ladder = make_config(calibration={"escalate_to": {"cs_intent": {"t1": None, "t2": "t4"}}}).dumps()
+    write_serving_config(ServingConfig.from_json(json.loads(ladder)), tmp_path / "serving_config.json")
+    policy = load_serving_config(tmp_path).policy()  # the cascade reads calibration's escalation targets
+    assert policy.next_tier("cs_intent", "t1", ["t2", "t3", "t4"]) is None and policy.next_tier("cs_intent", "t2", ["t3", "t4"]) == "t4"
     monkeypatch.setenv(ENV_T4_BASE_URL, "http://127.0.0.1:9/v1")
     assert loaded.t4_base_url() == "http://127.0.0.1:9/v1"
     monkeypatch.delenv(ENV_T4_BASE_URL)
@@ -453,6 +457,8 @@ def test_serving_config_round_trips_through_json(tmp_path, monkeypatch):
         (lambda d: d["thresholds"].update(cs_intent={"t9": 0.1}), "thresholds.cs_intent has unknown tier 't9'"),
         (lambda d: d.update(format=0), "format 0 is not 1"),
         (lambda d: d.update(router_tiers=["t1", "t2", "t3"]), "router_tiers"),
+        (lambda d: d.update(calibration={"escalate_to": {"cs_intent": {"t3": "t2"}}}), "calibration.escalate_to.cs_intent.t3 = 't2'"),
+        (lambda d: d.update(calibration={"escalate_to": {"nope": {"t1": "t2"}}}), "escalate_to names unknown task 'nope'"),
     ],
 )
 def test_broken_serving_configs_are_refused_with_the_field_named(tmp_path, edit, message):
