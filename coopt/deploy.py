@@ -4,8 +4,9 @@ Triton (explicit model-control mode) loads a model through POST /v2/repository/m
 a config override with version_policy {specific: [N]} pins the version. Loading a new version
 keeps the old one serving until the new one is ready, then drains it, so clients see no gap.
 
-Order: the tier models (router, t1_*, t2, t3) first, then the `routenlp` BLS version that routes
-that repository version; then a smoke check (one request per task must be answered by the new
+Order: the tier models (router, t1_*, t2, t3; each at the version the repository version names,
+and only those not already live) first, then the `routenlp` BLS version that routes that
+repository version; then a smoke check (one request per task must be answered by the new
 BLS version). A version that fails its smoke check never stays live: the previous versions are
 loaded back. The repository API needs the admin key (routenlp serve restricts it).
 """
@@ -72,12 +73,17 @@ def bls_version_for(repository: Path, repository_version: int) -> int:
     return max(candidates)
 
 
-def tier_models(repository: Path, repository_version: int) -> list[str]:
-    manifest = json.loads((Path(repository) / "routenlp_repository.json").read_text())
-    for entry in manifest["versions"]:
-        if entry["version"] == repository_version:
-            return [m for m in entry["models"] if m != BLS_MODEL]
-    raise DeployError(f"repository version {repository_version} is not in routenlp_repository.json (versions: {[e['version'] for e in manifest['versions']]})")
+def tier_models(repository: Path, repository_version: int) -> dict[str, int]:
+    """The tier models of repository version N and the version of each it serves (a model left
+    unchanged by the writer keeps its older version)."""
+    from export.repository_builder import MANIFEST, model_versions
+
+    try:
+        versions = model_versions(repository, repository_version)
+    except KeyError:
+        manifest = json.loads((Path(repository) / MANIFEST).read_text())
+        raise DeployError(f"repository version {repository_version} is not in {MANIFEST} (versions: {[e['version'] for e in manifest['versions']]})") from None
+    return {model: version for model, version in versions.items() if model != BLS_MODEL}
 
 
 def live_versions(api: RepositoryAPI, models: Sequence[str]) -> dict[str, int]:
@@ -95,6 +101,24 @@ def pin_version(api: RepositoryAPI, model: str, version: int) -> None:
     api.load(model, config)
 
 
+def smoke_check(grpc_url: str, tasks: Sequence[str], text_for: Callable[[str], str]) -> Callable[[int], None]:
+    """One request per task must be answered by the expected BLS version."""
+
+    def check(bls_version: int) -> None:
+        from clients.route_client import RouteClient
+
+        client = RouteClient(grpc_url)
+        try:
+            for task in tasks:
+                meta = client.route(text_for(task), task, max_tier="t2", timeout_s=120).metadata
+                if meta["bls_version"] != str(bls_version):
+                    raise RuntimeError(f"{task} answered by routenlp version {meta['bls_version']}, expected {bls_version}")
+        finally:
+            client.close()
+
+    return check
+
+
 def deploy(
     api: RepositoryAPI,
     repository: Path,
@@ -107,7 +131,7 @@ def deploy(
     tiers = tier_models(repository, repository_version)
     bls_version = bls_version_for(repository, repository_version)
     before = live_versions(api, [*tiers, BLS_MODEL])
-    plan = [(model, repository_version) for model in tiers] + [(BLS_MODEL, bls_version)]
+    plan = [*tiers.items(), (BLS_MODEL, bls_version)]
     try:
         for model, version in plan:
             if before.get(model) != version:

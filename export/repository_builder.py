@@ -131,13 +131,65 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
         routenlp_model_spec(target),
         {"model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: serving.dumps(), TOKENIZER_DIR: build.root / "tokenizer"},
     )
+    # A model whose newest version already holds exactly these files keeps it (not force): a swap
+    # then reloads only what changed (coopt leaves T3 alone), and the newest folder of every model
+    # is still this repository version's, so a restarted server loads the same models.
+    previous = newest_model_fingerprints(repository, manifest)
+    model_versions, contents = {}, {}
     for name, (spec, files) in models.items():
+        contents[name] = model_content_fingerprint(spec, files)
+        if not force and previous.get(name, (None, None))[1] == contents[name]:
+            model_versions[name] = previous[name][0]
+            continue
         write_model_version(repository, spec, files, version=version)
-    manifest["versions"].append({"version": version, "fingerprint": fingerprint, "models": sorted(models), "portfolio": build.portfolio.name, "profile": build.profile.name})
+        model_versions[name] = version
+    manifest["versions"].append({
+        "version": version, "fingerprint": fingerprint, "models": sorted(models), "model_versions": model_versions,
+        "model_fingerprints": contents, "portfolio": build.portfolio.name, "profile": build.profile.name,
+    })  # fmt: skip
     tmp = repository / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     os.replace(tmp, repository / MANIFEST)
-    return {"version": version, "models": sorted(models), "fresh": True}
+    return {"version": version, "models": sorted(models), "model_versions": model_versions, "fresh": True}
+
+
+def model_content_fingerprint(spec: ModelSpec, files: dict[str, Any]) -> str:
+    """Hash of a model version's generated config and every file it would hold."""
+    import hashlib
+
+    from export.triton_config import render_config
+
+    digest = hashlib.sha256(render_config(spec).encode())
+    for name in sorted(files):
+        source = files[name]
+        digest.update(f"\0{name}\0".encode())
+        if isinstance(source, Path):
+            paths = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+            for path in paths:
+                digest.update(str(path.relative_to(source) if source.is_dir() else "").encode())
+                digest.update(path.read_bytes())
+        else:
+            digest.update(source.encode() if isinstance(source, str) else source)
+    return digest.hexdigest()[:16]
+
+
+def newest_model_fingerprints(repository: Path, manifest: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    """model -> (its newest version on disk, that version's content fingerprint), where the
+    manifest recorded one (repositories written before fingerprints were kept have none)."""
+    newest: dict[str, tuple[int, str]] = {}
+    for entry in manifest["versions"]:
+        for name, version in (entry.get("model_versions") or {}).items():
+            if version == latest_version(repository / name) and name in (entry.get("model_fingerprints") or {}):
+                newest[name] = (version, entry["model_fingerprints"][name])
+    return newest
+
+
+def model_versions(repository: Path, repository_version: int) -> dict[str, int]:
+    """model -> the version of it that repository version N serves (all N before sparse writes)."""
+    for entry in _read_manifest(Path(repository))["versions"]:
+        if entry["version"] == repository_version:
+            return dict(entry.get("model_versions") or {name: repository_version for name in entry["models"]})
+    raise KeyError(repository_version)
 
 
 def _stage_key(build, tier: str) -> str:

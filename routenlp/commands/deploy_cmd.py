@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from coopt.deploy import smoke_check  # noqa: F401  (re-exported for callers of the command module)
 from routenlp.paths import MODEL_REPOSITORY_DIR
 
 
@@ -17,24 +18,6 @@ def register(sub) -> None:
     parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="Triton gRPC address (smoke check)")
     parser.add_argument("--state-dir", type=Path, default=None, help="where `routenlp serve` keeps admin_key (default var/)")
     parser.set_defaults(handler=run)
-
-
-def smoke_check(grpc_url: str, tasks, text_for) -> callable:
-    """One request per task must be answered by the expected BLS version."""
-
-    def check(bls_version: int) -> None:
-        from clients.route_client import RouteClient
-
-        client = RouteClient(grpc_url)
-        try:
-            for task in tasks:
-                meta = client.route(text_for(task), task, max_tier="t2", timeout_s=120).metadata
-                if meta["bls_version"] != str(bls_version):
-                    raise RuntimeError(f"{task} answered by routenlp version {meta['bls_version']}, expected {bls_version}")
-        finally:
-            client.close()
-
-    return check
 
 
 def run(args) -> int:
