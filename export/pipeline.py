@@ -212,15 +212,21 @@ class PortfolioBuild:
                 table.setdefault(row["id"], {})[row["tier"]] = row
         return table
 
+    def bars_for(self, dev_quality: dict[str, dict[str, float]]) -> dict[str, float]:
+        """The quality bar per task the router learns against (coopt iterations keep the base's)."""
+        from export.quality import effective_bars
+
+        return effective_bars(self.portfolio, dev_quality)
+
     def build_router(self) -> dict:
-        from export.quality import effective_bars, quality_matrix, quality_table
+        from export.quality import quality_matrix, quality_table
         from export.router_model import save_router
         from export.train_router import router_accuracy, train_router
 
         def build(out: Path) -> dict:
             dev_answers, router_answers = self.load_answers("dev"), self.load_answers("router")
             dev_quality = quality_table(dev_answers, self.pools.flat("dev"))
-            bars = effective_bars(self.portfolio, dev_quality)
+            bars = self.bars_for(dev_quality)
             records = self.pools.flat("router")
             quality, bar = quality_matrix(router_answers, records, bars)
             prices = [t.price_per_1k_tokens for t in self.portfolio.ordered_tiers()]

@@ -114,9 +114,15 @@ class RouterNet(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask [B, T]; task_id [B] or [B, 1] (the ONNX spec's shape) -> [B, tiers]."""
+        return self.head(self._joint(input_ids, attention_mask, task_id))
+
+    def penultimate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
+        """[B, mlp_hidden]: the activations the tier logits are read from (what coopt clusters)."""
+        return self.head[:2](self._joint(input_ids, attention_mask, task_id))
+
+    def _joint(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        features = torch.cat([hidden[:, 0], self.task_embedding(task_id.reshape(-1))], dim=-1)
-        return self.head(features)
+        return torch.cat([hidden[:, 0], self.task_embedding(task_id.reshape(-1))], dim=-1)
 
 
 def encode_router_inputs(
@@ -132,13 +138,24 @@ def router_logits(
     model: RouterNet, tokenizer: PreTrainedTokenizerBase, records: Sequence[Mapping[str, Any]], max_len: int, batch_size: int = 128
 ) -> np.ndarray:
     """[N, tiers] logits in eval mode."""
+    return _batched(model, model.forward, model.num_tiers, tokenizer, records, max_len, batch_size)
+
+
+def router_embeddings(
+    model: RouterNet, tokenizer: PreTrainedTokenizerBase, records: Sequence[Mapping[str, Any]], max_len: int, batch_size: int = 128
+) -> np.ndarray:
+    """[N, mlp_hidden] penultimate-layer representations in eval mode (paper appendix G)."""
+    return _batched(model, model.penultimate, model.args["mlp_hidden"], tokenizer, records, max_len, batch_size)
+
+
+def _batched(model: RouterNet, function, width: int, tokenizer, records, max_len: int, batch_size: int) -> np.ndarray:
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(records), batch_size):
             inputs = encode_router_inputs(model, tokenizer, records[start : start + batch_size], max_len)
-            out.append(model(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.num_tiers), dtype=np.float32)
+            out.append(function(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy())
+    return np.concatenate(out) if out else np.zeros((0, width), dtype=np.float32)
 
 
 def save_router(model: RouterNet, out_dir: Path, meta: Mapping[str, Any] | None = None) -> Path:

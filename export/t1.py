@@ -150,13 +150,34 @@ def train_t1(
 
     Same seed, same data -> same model (initialisation and shuffling are both seeded).
     """
+    arch = as_arch(arch)
+    torch.manual_seed(seed)
+    model = build_t1(task, tokenizer, arch)
+    stats = fit_t1(model, task, train_records, tokenizer, epochs=epochs, max_len=max_len, batch_size=batch_size, lr=lr, seed=seed, weight_decay=weight_decay, progress=progress)
+    stats["arch"] = arch.to_dict()
+    return model, stats
+
+
+def fit_t1(
+    model: PreTrainedModel,
+    task: str,
+    train_records: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    epochs: int,
+    max_len: int,
+    batch_size: int = 32,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    weight_decay: float = 0.01,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `model` (a new head, or a trained one being fine-tuned, e.g. by coopt) in place on
+    records whose `target` is the label (tag list for NER); returns the training stats."""
     if not train_records:
         raise ValueError(f"no training records for {task}")
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
-    arch = as_arch(arch)
-    torch.manual_seed(seed)
-    model = build_t1(task, tokenizer, arch)
     token_level = is_token_task(task)
     examples = encode_examples(task, train_records, tokenizer, max_len, model.config.label2id)
     shuffler = torch.Generator().manual_seed(seed)
@@ -185,13 +206,12 @@ def train_t1(
     bar.close()
     model.eval()
     seconds = time.perf_counter() - started
-    stats = run_stats(
+    return run_stats(
         examples=len(examples), epochs=epochs, steps=total_steps, batch_size=batch_size, lr=lr, max_len=max_len,
         seed=seed, epoch_losses=epoch_losses, seconds=seconds,
-        task=task, arch=arch.to_dict(), parameters=sum(p.numel() for p in model.parameters()), tokens_seen=tokens_seen,
+        task=task, parameters=sum(p.numel() for p in model.parameters()), tokens_seen=tokens_seen,
         examples_per_second=round(len(examples) * epochs / seconds, 1) if seconds > 0 else None,
     )
-    return model, stats
 
 
 # ---------------------------------------------------------------- prediction
