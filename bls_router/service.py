@@ -5,8 +5,8 @@
 
 Two layers, both testable without a server:
 
-* RoutingService takes text-level callables: `call_router(text, task) -> logits` (one per tier, in
-  the config's router_tiers order) and `call_tier(tier, task, text) -> TierResult` (raising
+* RoutingService takes text-level callables: `call_router(text, task, model) -> logits` (one per
+  tier, in the config's router_tiers order; model: "router" or a router ablation) and `call_tier(tier, task, text) -> TierResult` (raising
   TierUnavailable when the tier cannot answer). All decisions live here and in cascade.py.
 * TierCodec turns tensor-level calls (a TensorBackend: router logits, T1 logits, decoder
   generations) into those callables: router/T1 encoding and T1 decoding (bls_router.t1_codec),
@@ -49,7 +49,12 @@ FIXED_TIER_POLICIES = {f"always-{tier}": tier for tier in TIERS}
 NO_CASCADE_POLICY = "routenlp-no-cascade"
 FIXED_THRESHOLD_POLICY = "routenlp-fixed-threshold"
 FIXED_THRESHOLD = 0.3
-ROUTED_POLICIES = (ROUTED_POLICY, NO_CASCADE_POLICY, FIXED_THRESHOLD_POLICY)
+# Router ablations (paper 5): the conformal cascade behind a router trained without the cost term
+# or without the quality term of its loss, each served as its own ONNX model.
+ROUTER_MODEL = "router"
+ROUTER_ABLATIONS = {"router_no_cost": {"cost_weight": 0.0}, "router_no_quality": {"quality_weight": 0.0}}  # model -> loss weights
+ROUTER_ABLATION_POLICIES = {"routenlp-" + model.replace("_", "-"): model for model in ROUTER_ABLATIONS}
+ROUTED_POLICIES = (ROUTED_POLICY, NO_CASCADE_POLICY, FIXED_THRESHOLD_POLICY, *ROUTER_ABLATION_POLICIES)
 POLICIES = (*ROUTED_POLICIES, *FIXED_TIER_POLICIES)
 
 
@@ -158,7 +163,7 @@ class RoutingService:
     def __init__(
         self,
         config: ServingConfig,
-        call_router: Callable[[str, str], Sequence[float]],
+        call_router: Callable[[str, str, str], Sequence[float]],
         call_tier: Callable[[str, str, str], TierResult],
         *,
         sink: Callable[[dict[str, Any]], None] | None = None,
@@ -220,6 +225,9 @@ class RoutingService:
         policy_str = (_decode("POLICY", policy, required=False) or "").strip().lower() or ROUTED_POLICY
         if policy_str not in POLICIES:
             raise RequestError(f"POLICY must be one of {', '.join(POLICIES)}; got {policy_str!r}")
+        ablation_router = ROUTER_ABLATION_POLICIES.get(policy_str)
+        if ablation_router is not None and ablation_router not in self.config.router_models:
+            raise RequestError(f"POLICY {policy_str} needs the {ablation_router} model, which repository version {self.config.repository_version} does not have")
         fixed = FIXED_TIER_POLICIES.get(policy_str)
         if fixed is not None:
             if fixed not in allowed_tiers(task_str, TIERS[-1], self.config):
@@ -242,7 +250,7 @@ class RoutingService:
             start, router_info = fixed, {"tier": None, "skipped": f"policy {request.policy}"}
         else:
             try:
-                logits = self.call_router(request.text, request.task)
+                logits = self.call_router(request.text, request.task, ROUTER_ABLATION_POLICIES.get(request.policy, ROUTER_MODEL))
                 start = choose_tier(logits, self.config.router_tiers, allowed)
                 router_info = {"tier": start, "p": router_probabilities(logits, self.config.router_tiers)}
             except (TierUnavailable, ValueError) as err:
@@ -342,7 +350,7 @@ class Generation:
 
 
 class TensorBackend(Protocol):
-    def router_logits(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray: ...  # [1, tiers]
+    def router_logits(self, inputs: Mapping[str, np.ndarray], model: str) -> np.ndarray: ...  # [1, tiers]
 
     def t1_logits(self, task: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 
@@ -360,7 +368,7 @@ class TierCodec:
         self.tokenizer = tokenizer
         self.backend = backend
 
-    def router(self, text: str, task: str) -> list[float]:
+    def router(self, text: str, task: str, model: str = ROUTER_MODEL) -> list[float]:
         from export.encoder import encode_texts, pad_batch
 
         input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
@@ -370,13 +378,13 @@ class TierCodec:
             "task_id": np.array([[self.config.task_ids[task]]], dtype=np.int64),
         }
         try:
-            logits = np.asarray(self.backend.router_logits(inputs), dtype=np.float64).reshape(-1)
+            logits = np.asarray(self.backend.router_logits(inputs, model), dtype=np.float64).reshape(-1)
         except TierUnavailable:
             raise
         except Exception as err:
-            raise TierUnavailable(f"router: {type(err).__name__}: {err}") from None
+            raise TierUnavailable(f"{model}: {type(err).__name__}: {err}") from None
         if logits.size != len(self.config.router_tiers) or not np.all(np.isfinite(logits)):
-            raise TierUnavailable(f"router: expected {len(self.config.router_tiers)} finite logits, got {logits.tolist()}")
+            raise TierUnavailable(f"{model}: expected {len(self.config.router_tiers)} finite logits, got {logits.tolist()}")
         return logits.tolist()
 
     def tier(self, tier: str, task: str, text: str) -> TierResult:

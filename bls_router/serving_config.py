@@ -99,6 +99,7 @@ class ServingConfig:
     t4: T4Settings
     tier_timeout_s: float = DEFAULT_TIER_TIMEOUT_S
     calibration: Mapping[str, Any] = field(default_factory=dict)  # alpha, pool, counts per (task, tier)
+    router_models: tuple[str, ...] = ()  # router ablations in this repository version (their POLICY)
 
     def policy(self) -> CascadePolicy:
         escalate_to = self.calibration.get("escalate_to") or {}
@@ -168,6 +169,7 @@ class ServingConfig:
                 t4=T4Settings(**data["t4"]),
                 tier_timeout_s=float(data.get("tier_timeout_s", DEFAULT_TIER_TIMEOUT_S)),
                 calibration=dict(data.get("calibration") or {}),
+                router_models=tuple(data.get("router_models") or ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ServingConfigError(f"{where}: malformed field ({type(err).__name__}: {err})") from None
@@ -284,6 +286,7 @@ def build_serving_config(
     Without `thresholds`, they are calibrated here from the build's calibration answers
     (bls_router.calibrate); a build without them gets none (every answer accepted) and says so
     in `calibration`."""
+    from export.repository_builder import ablation_routers
     from routenlp.tasks import get_task
 
     portfolio, profile = build.portfolio, build.profile
@@ -327,6 +330,7 @@ def build_serving_config(
         max_text_bytes=int(max_text_bytes),
         t4=T4Settings(t4.base_url, t4.model, t4.api_key_env, float(t4.timeout_s), int(t4.max_retries)),
         calibration=dict(calibration or {}),
+        router_models=tuple(ablation_routers(build)),
     )
     validate(config)
     return config

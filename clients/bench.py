@@ -242,10 +242,11 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
     try:
         for tier in TIERS:
             runs[f"always-{tier}"] = timed(bl.FixedTier(tier))
-        from bls_router.service import ROUTED_POLICIES
+        from bls_router.service import ROUTED_POLICIES, ROUTER_ABLATION_POLICIES
 
-        for policy in ROUTED_POLICIES:  # routenlp, then its cascade ablations
-            runs[policy] = timed(ServedPolicy(policy, caller))
+        for policy in ROUTED_POLICIES:  # routenlp, then its cascade and router ablations
+            if ROUTER_ABLATION_POLICIES.get(policy, "router") in ("router", *config.router_models):
+                runs[policy] = timed(ServedPolicy(policy, caller))
         task_idx = task_indices(records)
         reference = reference_stats(runs[REFERENCE], records, task_idx)
         budget = float(np.mean([_dollars(r) for r in runs["routenlp"].routed]))

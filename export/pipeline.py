@@ -1,7 +1,8 @@
 """`routenlp export`: build the whole portfolio from the portfolio description, step by step.
 
 tokenizer -> T1 heads -> decoder tiers (T2, T3, T4) -> all-pairs answers on the router pool and
-dev pool -> router -> ONNX export (parity + latency) -> model repository version -> results.
+dev pool -> router (+ its loss-term ablations) -> ONNX export (parity + latency) -> model
+repository version -> results.
 Each step is cached (export/stage_cache.py), so a second run with nothing changed is instant.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bls_router.service import ROUTER_ABLATIONS  # the router's loss-term ablations (paper 5), served by POLICY
 from export.pools import Pools, make_pools
 from export.stage_cache import StageCache, fingerprint
 from routenlp.answers import format_target, prompt_text
@@ -33,7 +35,9 @@ STEP_CODE = {
     "answers": ("export.labeling", "export.hf_generate", "export.t1", "bls_router.t1_codec", "bls_router.uncertainty", "routenlp.answers", "routenlp.metrics"),
     "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training"),
     "onnx": ("export.onnx_export", "export.router_model", "export.t1", "bls_router.t1_codec"),
+    "router_ablations": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training", "export.onnx_export"),
 }
+
 SEED = 0
 # Default learning rate for a decoder trained here; a tier's `train.lr` overrides it.
 DECODER_LR = 3e-3
@@ -219,30 +223,58 @@ class PortfolioBuild:
         return effective_bars(self.portfolio, dev_quality)
 
     def build_router(self) -> dict:
-        from export.quality import quality_matrix, quality_table
+        from export.quality import quality_table
         from export.router_model import save_router
-        from export.train_router import router_accuracy, train_router
 
         def build(out: Path) -> dict:
-            dev_answers, router_answers = self.load_answers("dev"), self.load_answers("router")
-            dev_quality = quality_table(dev_answers, self.pools.flat("dev"))
+            dev_quality = quality_table(self.load_answers("dev"), self.pools.flat("dev"))
             bars = self.bars_for(dev_quality)
-            records = self.pools.flat("router")
-            quality, bar = quality_matrix(router_answers, records, bars)
-            prices = [t.price_per_1k_tokens for t in self.portfolio.ordered_tiers()]
-            with torch_threads(1):
-                model, stats = train_router(
-                    records, quality, bar, self.tokenizer(), self.portfolio.router, prices,
-                    epochs=self.profile.router_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress,
-                )
-            dev_records = self.pools.flat("dev")
-            dev_q, dev_bar = quality_matrix(dev_answers, dev_records, bars)
-            accuracy = router_accuracy(model, self.tokenizer(), dev_records, dev_q, dev_bar, self.profile.max_input_tokens)
-            save_router(model, out, {"train": stats, "dev_accuracy": accuracy, "bars": bars, "max_len": self.profile.max_input_tokens})
-            return {"dev_accuracy_vs_oracle": round(accuracy, 4), "bars": bars, "dev_quality": dev_quality, "train": stats}
+            model, summary = self._train_router(bars)
+            save_router(model, out, {"train": summary["train"], "dev_accuracy": summary["dev_accuracy_vs_oracle"], "bars": bars, "max_len": self.profile.max_input_tokens})
+            return {**summary, "bars": bars, "dev_quality": dev_quality}
 
         inputs = self._inputs("router", settings=asdict(self.portfolio.router), answers=self.cache.key("answers"))
         return self.cache.run("router", inputs, build, self.log)
+
+    def _train_router(self, bars: dict[str, float], **loss_weights: float):
+        """A router trained on the router pool's all-tier answers (loss weights overridable), and
+        its accuracy vs the oracle tier on dev."""
+        from export.quality import quality_matrix
+        from export.train_router import router_accuracy, train_router
+
+        records = self.pools.flat("router")
+        quality, bar = quality_matrix(self.load_answers("router"), records, bars)
+        prices = [t.price_per_1k_tokens for t in self.portfolio.ordered_tiers()]
+        with torch_threads(1):
+            model, stats = train_router(
+                records, quality, bar, self.tokenizer(), self.portfolio.router, prices,
+                epochs=self.profile.router_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress, **loss_weights,
+            )
+        dev_records = self.pools.flat("dev")
+        dev_q, dev_bar = quality_matrix(self.load_answers("dev"), dev_records, bars)
+        accuracy = router_accuracy(model, self.tokenizer(), dev_records, dev_q, dev_bar, self.profile.max_input_tokens)
+        return model, {"dev_accuracy_vs_oracle": round(accuracy, 4), "train": stats}
+
+    def build_router_ablations(self) -> dict:
+        """The loss-term ablations of the router, trained against the router's bars and exported to
+        ONNX with the same parity check: <name>/ (torch) and <name>.onnx per ablation."""
+        from export.onnx_export import export_onnx, parity_check, spec_for_model
+        from export.router_model import encode_router_inputs, save_router
+
+        def build(out: Path) -> dict:
+            bars = self.cache.stamp("router")["summary"]["bars"]
+            summary = {}
+            for name, weights in ROUTER_ABLATIONS.items():
+                model, trained = self._train_router(bars, **weights)
+                save_router(model, out / name, {"train": trained["train"], "ablation": weights, "bars": bars, "max_len": self.profile.max_input_tokens})
+                spec = spec_for_model(model)
+                path = export_onnx(model, spec, out / f"{name}.onnx")
+                sample = encode_router_inputs(model, self.tokenizer(), self.pools.flat("dev"), self.profile.max_input_tokens)
+                summary[name] = {"loss_weights": weights, "dev_accuracy_vs_oracle": trained["dev_accuracy_vs_oracle"], "parity": parity_check(model, path, spec, sample)}
+            return summary
+
+        inputs = self._inputs("router_ablations", settings=asdict(self.portfolio.router), answers=self.cache.key("answers"), router=self.cache.key("router"))
+        return self.cache.run("router_ablations", inputs, build, self.log)
 
     def build_onnx(self) -> dict:
         from export.onnx_export import export_onnx, latency_table, parity_check, spec_for_model
@@ -279,6 +311,7 @@ class PortfolioBuild:
             ("decoders", self.build_decoders),
             ("answers", self.build_answers),
             ("router", self.build_router),
+            ("router_ablations", self.build_router_ablations),
             ("onnx", self.build_onnx),
         ):
             step_started = time.perf_counter()
@@ -287,7 +320,7 @@ class PortfolioBuild:
             self.log(f"[{name}] {step_seconds[name]:.1f}s")
         steps["seconds"] = round(time.perf_counter() - started, 1)
         steps["step_seconds"] = step_seconds  # this run's: a cached step takes ~0 s
-        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), "answers", "router", "onnx"]
+        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), "answers", "router", "router_ablations", "onnx"]
         built = {stage: self.cache.build_seconds(stage) for stage in stages}
         steps["stage_build_seconds"] = built  # what each cached artefact cost when it was built
         steps["full_build_seconds"] = round(sum(built.values()), 1) if all(v is not None for v in built.values()) else None

@@ -1,6 +1,7 @@
 """Write a built portfolio into a Triton model repository as one new version of every model.
 
-Models: router, t1_<task>, t2, t3 and the routing BLS `routenlp` (model.py + serving_config.json
+Models: router (and its loss-term ablations router_no_cost / router_no_quality), t1_<task>, t2, t3
+and the routing BLS `routenlp` (model.py + serving_config.json
 generated from the portfolio and build + the shared tokenizer), all with the same version number.
 
 Two targets from the same artefacts: `cpu` (this Triton build: ONNX models run by the
@@ -31,12 +32,12 @@ MANIFEST = "routenlp_repository.json"
 NGC_MOUNT = "/models"
 
 
-def onnx_model_spec(io_spec, target: str) -> ModelSpec:
+def onnx_model_spec(io_spec, target: str, name: str | None = None) -> ModelSpec:
     if target == "cpu":
         # One intra-op thread per model: many small models share 2 cores, and the BLS calls them
         # concurrently.
-        return io_spec.model_spec(backend="python", parameters={"intra_op_threads": "1"})
-    return io_spec.model_spec(backend=None, platform="onnxruntime_onnx")
+        return io_spec.model_spec(name=name, backend="python", parameters={"intra_op_threads": "1"})
+    return io_spec.model_spec(name=name, backend=None, platform="onnxruntime_onnx")
 
 
 def _onnx_files(onnx_path: Path, target: str) -> dict[str, Path]:
@@ -70,6 +71,13 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
     )
 
 
+def ablation_routers(build) -> list[str]:
+    """The router ablation models the build has (a build from before they existed has none)."""
+    from bls_router.service import ROUTER_ABLATIONS
+
+    return list(ROUTER_ABLATIONS) if build.cache.stamp("router_ablations") is not None else []
+
+
 def _read_manifest(repository: Path) -> dict[str, Any]:
     path = repository / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {"versions": []}
@@ -94,6 +102,7 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
     fingerprint = {
         "target": target,
         "onnx": build.cache.key("onnx"),
+        "router_ablations": build.cache.stamp("router_ablations") and build.cache.key("router_ablations"),
         "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")},
         BLS_MODEL: content_fingerprint({"serving_config": serving.dumps(), "tokenizer": build.cache.key("tokenizer")}),
     }
@@ -102,11 +111,13 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
         last = manifest["versions"][-1]
         return {"version": last["version"], "models": last["models"], "fresh": False}
 
-    names = ["router", *(f"t1_{task}" for task in T1_TASKS), "t2", "t3", BLS_MODEL]
+    names = ["router", *ablation_routers(build), *(f"t1_{task}" for task in T1_TASKS), "t2", "t3", BLS_MODEL]
     version = 1 + max(latest_version(repository / name) for name in names)
     models: dict[str, tuple[ModelSpec, dict]] = {}
     onnx_dir = build.root / "onnx"
     models["router"] = (onnx_model_spec(router_spec(), target), _onnx_files(onnx_dir / "router.onnx", target))
+    for name in ablation_routers(build):
+        models[name] = (onnx_model_spec(router_spec(), target, name=name), _onnx_files(build.root / "router_ablations" / f"{name}.onnx", target))
     for task in T1_TASKS:
         model, _ = load_t1(build.root / "t1" / task)
         io_spec = spec_for_model(model, task)

@@ -3,7 +3,8 @@
 Inputs (one request = one text, shape [1, 1] with the batch dimension):
   TEXT BYTES, TASK BYTES, optional MAX_TIER BYTES ("t1".."t4"), optional REQUEST_ID BYTES,
   optional POLICY BYTES ("routenlp" default; "always-t1".."always-t4": fixed-tier baselines;
-  "routenlp-no-cascade", "routenlp-fixed-threshold": the cascade ablations)
+  "routenlp-no-cascade", "routenlp-fixed-threshold": the cascade ablations;
+  "routenlp-router-no-cost", "routenlp-router-no-quality": the router ablations)
 Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured tasks, the text for
 generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
 
@@ -224,8 +225,8 @@ class TritonPythonModel:
             found[name] = tensor.as_numpy()
         return found
 
-    def router_logits(self, inputs):
-        return self._infer("router", inputs, ["logits"])["logits"]
+    def router_logits(self, inputs, model):
+        return self._infer(model, inputs, ["logits"])["logits"]
 
     def t1_logits(self, task, input_ids, attention_mask):
         return self._infer(f"t1_{task}", {"input_ids": input_ids, "attention_mask": attention_mask}, ["logits"])["logits"]

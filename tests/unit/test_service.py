@@ -77,11 +77,14 @@ class FakeTiers:
         self.logits = list(logits)
         self.router_down = router_down
         self.calls: list[str] = []
+        self.routers_called: list[str] = []
+        self.ablation_logits = [0.0, 0.0, 0.0, 5.0]  # a router ablation that always picks T4
 
-    def router(self, text, task):
+    def router(self, text, task, model="router"):
+        self.routers_called.append(model)
         if self.router_down:
             raise TierUnavailable("router: model not ready")
-        return self.logits
+        return self.ablation_logits if model != "router" else self.logits
 
     def tier(self, tier, task, text):
         self.calls.append(tier)
@@ -288,10 +291,21 @@ def test_cascade_ablations_use_the_router_with_no_or_one_fixed_threshold():
     assert fixed.metadata["path"] == ["t1", "t2"] and fixed.record["thresholds"] == {"t1": 0.3, "t2": 0.3}
 
 
+def test_router_ablation_policies_call_their_own_router_model_then_the_conformal_cascade():
+    fake = FakeTiers(logits=(5.0, 0, 0, 0), u={"t1": 0.1, "t4": 0.5})
+    config = make_config(router_models=("router_no_cost", "router_no_quality"))
+    no_cost = service(fake, config).handle(b"my card", b"cs_intent", None, None, b"routenlp-router-no-cost")
+    assert fake.routers_called == ["router_no_cost"] and no_cost.metadata["router"]["tier"] == "t4" and no_cost.metadata["path"] == ["t4"]
+    routed = service(fake, config).handle(b"my card", b"cs_intent")
+    assert fake.routers_called[-1] == "router" and routed.metadata["path"] == ["t1"]
+    with pytest.raises(RequestError, match="needs the router_no_quality model, which repository version 3 does not have"):
+        service(FakeTiers()).parse(b"hello", b"cs_intent", None, None, b"routenlp-router-no-quality")
+
+
 @pytest.mark.parametrize(
     "task, max_tier, policy, message",
     [
-        (b"cs_intent", None, b"cheapest", "POLICY must be one of routenlp, routenlp-no-cascade, routenlp-fixed-threshold, always-t1, always-t2, always-t3, always-t4; got 'cheapest'"),
+        (b"cs_intent", None, b"cheapest", "POLICY must be one of routenlp, routenlp-no-cascade, routenlp-fixed-threshold, routenlp-router-no-cost, routenlp-router-no-quality, always-t1, always-t2, always-t3, always-t4; got 'cheapest'"),
         (b"fin_summary", None, b"always-t1", "POLICY always-t1: t1 does not serve fin_summary"),
         (b"cs_intent", b"t2", b"always-t3", "POLICY always-t3 is above MAX_TIER t2"),
         (b"cs_intent", None, b"\xff", "POLICY is not valid UTF-8"),
@@ -329,8 +343,9 @@ class FakeTensors:
         self.fail = set(fail)
         self.seen: dict[str, object] = {}
 
-    def router_logits(self, inputs):
+    def router_logits(self, inputs, model):
         self.seen["router"] = inputs
+        self.seen["router_model"] = model
         if "router" in self.fail:
             raise RuntimeError("router model not ready")
         return self.router
@@ -358,6 +373,9 @@ def test_codec_router_inputs_and_logits(tokenizer):
     assert inputs["task_id"].tolist() == [[TASKS.index("legal_clause")]]
     long = codec.router("paris " * 100, "cs_intent")
     assert backend.seen["router"]["input_ids"].shape[1] == 32 and len(long) == 4  # router_max_len
+    assert backend.seen["router_model"] == "router"
+    codec.router("my card", "cs_intent", "router_no_cost")  # a router ablation's own model
+    assert backend.seen["router_model"] == "router_no_cost"
 
 
 def test_codec_router_failures_become_tier_unavailable(tokenizer):
