@@ -109,8 +109,7 @@ def calibrate_build(build, alpha: float = 0.05, bars: Mapping[str, float] | None
     if not thresholds:
         raise CalibrationUnavailable(f"{path} holds no answers of tiers {', '.join(ESCALATING_TIERS)}")
     answers = build.load_answers(CALIBRATION_POOL)
-    quality = tier_quality(answers)
-    escalate_to = escalation_targets(quality)
+    escalate_to = escalation_targets(answers, build.pools.flat(CALIBRATION_POOL), thresholds)
     try:
         starts = router_start_tiers(build, build.pools.flat(CALIBRATION_POOL))
         baseline = baseline_escalation_rates(answers, starts, thresholds, escalate_to)
@@ -119,31 +118,38 @@ def calibrate_build(build, alpha: float = 0.05, bars: Mapping[str, float] | None
     record = {
         "status": "calibrated", "alpha": alpha, "pool": CALIBRATION_POOL, "correct_if": "quality >= effective bar", "counts": counts,
         "escalation_baseline": baseline,  # the escalation monitor's reference (bls_router/escalation_monitor.py)
-        "tier_quality": quality,  # mean per-example quality per tier on the pool, behind escalate_to
         "escalate_to": escalate_to,  # the cascade's next tier per (task, tier) (CascadePolicy.next_tier)
     }
     return thresholds, record
 
 
-def tier_quality(answers: Answers) -> dict[str, dict[str, float]]:
-    """task -> tier -> mean per-example quality (the score the router's labels come from)."""
-    sums: dict[str, dict[str, list[float]]] = {}
-    for by_tier in answers.values():
-        for tier, row in by_tier.items():
-            sums.setdefault(row["task"], {}).setdefault(tier, []).append(float(row["quality"]))
-    return {task: {tier: round(sum(v) / len(v), 4) for tier, v in sorted(by_tier.items())} for task, by_tier in sorted(sums.items())}
+def escalation_targets(answers: Answers, records, thresholds: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, str | None]]:
+    """Per task and tier A, the cheapest pricier tier whose answers beat A's (the task metric) on
+    the calibration records where A escalates (u > delta), or None when none does: escalating
+    would then pay more for no better answer. When nothing escalates from A, all of the task's
+    records decide. On a portfolio whose quality rises with price this is the next tier up, the
+    paper's rule; here T2/T3 fall below T1 on structured tasks. Only tiers that answered every
+    record of the task take part; a task with fewer than two gets no entry (the default rule)."""
+    from routenlp.metrics import corpus_score
 
-
-def escalation_targets(quality: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, str | None]]:
-    """Per task and tier, the cheapest pricier tier whose calibration quality is higher (None: no
-    tier improves on it, so escalating would pay more for a worse answer). On a portfolio whose
-    quality rises with price this is the next tier up, the paper's rule."""
     targets: dict[str, dict[str, str | None]] = {}
-    for task, by_tier in sorted(quality.items()):
-        tiers = [t for t in TIERS if t in by_tier]
-        targets[task] = {
-            tier: next((up for up in tiers[i + 1 :] if by_tier[up] > by_tier[tier]), None) for i, tier in enumerate(tiers[:-1])
-        }
+    by_task: dict[str, list] = {}
+    for record in records:
+        by_task.setdefault(record["task"], []).append(record)
+    for task, task_records in sorted(by_task.items()):
+        tiers = [t for t in TIERS if all(t in answers.get(r["id"], {}) for r in task_records)]
+        if len(tiers) < 2:
+            continue
+
+        def score(tier: str, subset) -> float:
+            return corpus_score(task, [answers[r["id"]][tier]["prediction"] for r in subset], [r["target"] for r in subset])
+
+        targets[task] = {}
+        for i, tier in enumerate(tiers[:-1]):
+            delta = thresholds.get(task, {}).get(tier, math.inf)
+            subset = [r for r in task_records if float(answers[r["id"]][tier]["u"]) > delta] or task_records
+            own = score(tier, subset)
+            targets[task][tier] = next((up for up in tiers[i + 1 :] if score(up, subset) > own), None)
     return targets
 
 

@@ -63,6 +63,7 @@ def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, A
         "quality": quality,
         "cost": tier_costs(dev_answers, portfolio),
         "router": {"dev_accuracy_vs_oracle": router["dev_accuracy_vs_oracle"], "train": router["train"]},
+        "router_ablations": steps.get("router_ablations") or {},
         "onnx": steps["onnx"],
         "repository": dict(repository),
         "ordering_issues": ordering_issues(dev_quality),
@@ -81,13 +82,15 @@ def format_report(report: Mapping[str, Any]) -> str:
         for task, q in report["quality"].items()
     ]
     cost_rows = [{"tier": t, **c} for t, c in report["cost"].items()]
-    parity_rows = [{"model": m, **p} for m, p in report["onnx"]["parity"].items()]
+    ablations = report.get("router_ablations") or {}
+    parity_rows = [{"model": m, **p} for m, p in report["onnx"]["parity"].items()] + [{"model": m, **a["parity"]} for m, a in ablations.items()]
     sections = [
         f"portfolio {report['portfolio']} / profile {report['profile']}: this run {report['build_seconds']}s; "
         + (f"a build from scratch {report['full_build_seconds']}s (sum of each stage's build time)" if report.get("full_build_seconds") else "build time from scratch unknown (stages built before build times were recorded)"),
         "dev quality per task and tier\n" + format_table(quality_rows),
         "cost per tier (dev)\n" + format_table(cost_rows),
-        f"router accuracy vs oracle tier (dev): {report['router']['dev_accuracy_vs_oracle']:.3f}",
+        f"router accuracy vs oracle tier (dev): {report['router']['dev_accuracy_vs_oracle']:.3f}"
+        + "".join(f"; {name} ({', '.join(f'{k}={v}' for k, v in a['loss_weights'].items())}): {a['dev_accuracy_vs_oracle']:.3f}" for name, a in ablations.items()),
         "ONNX parity (torch vs ONNX Runtime, dev inputs)\n" + format_table(parity_rows),
         "latency torch vs ONNX Runtime (ms, median)\n" + format_table(report["onnx"]["latency"]),
         f"repository: version {report['repository'].get('version')} ({report['repository'].get('target')}) at {report['repository'].get('path')}",

@@ -14,7 +14,6 @@ from bls_router.calibrate import (
     CalibrationUnavailable,
     calibrate_build,
     escalation_targets,
-    tier_quality,
     check_on,
     scores_by_task_tier,
     thresholds_from_answers,
@@ -150,23 +149,28 @@ def test_baseline_escalation_rate_is_the_share_of_first_tiers_above_their_thresh
     assert baseline_escalation_rates(answers, starts, thresholds) == {"cs_response": 0.0, "fin_ner": 0.5}
 
 
-def test_escalation_targets_are_the_cheapest_pricier_tier_that_is_better_on_the_task():
-    quality = {
-        "cs_intent": {"t1": 0.54, "t2": 0.01, "t3": 0.07, "t4": 0.41},  # T1 best: never escalate it
-        "legal_clause": {"t1": 0.29, "t2": 0.12, "t3": 0.28, "t4": 0.54},  # T1 skips T2/T3
-        "fin_summary": {"t2": 0.23, "t3": 0.24, "t4": 0.27},  # quality rises with price: next tier up
-    }
-    assert escalation_targets(quality) == {
-        "cs_intent": {"t1": None, "t2": "t3", "t3": "t4"},
-        "fin_summary": {"t2": "t3", "t3": "t4"},
-        "legal_clause": {"t1": "t4", "t2": "t3", "t3": "t4"},
-    }
+def _clause_answers(rows):
+    """Calibration records and answers: rows of (target, {tier: (prediction, u)})."""
+    records, answers = [], {}
+    for i, (target, by_tier) in enumerate(rows):
+        records.append({"id": f"c{i}", "task": "legal_risk", "target": target})
+        answers[f"c{i}"] = {tier: {"task": "legal_risk", "prediction": p, "u": u, "quality": float(p == target)} for tier, (p, u) in by_tier.items()}
+    return records, answers
 
 
-def test_tier_quality_is_the_mean_example_quality_per_task_and_tier():
-    answers = {"a": {"t1": {"task": "legal_risk", "quality": 1.0}, "t2": {"task": "legal_risk", "quality": 0.0}},
-               "b": {"t1": {"task": "legal_risk", "quality": 0.0}, "t2": {"task": "legal_risk", "quality": 0.0}}}  # fmt: skip
-    assert tier_quality(answers) == {"legal_risk": {"t1": 0.5, "t2": 0.0}}
+def test_escalation_goes_to_the_cheapest_tier_that_beats_the_uncertain_answers():
+    # T1 is right when confident (u 0.1) and wrong when not (u 0.9); on those, T2 is wrong too and
+    # T3 is right: T1 escalates to T3. T2's uncertain answers are beaten by nothing: accept.
+    confident = [("fair", {"t1": ("fair", 0.1), "t2": ("fair", 0.1), "t3": ("fair", 0.1), "t4": ("unfair", 0.1)})] * 6
+    unsure = [("unfair", {"t1": ("fair", 0.9), "t2": ("fair", 0.9), "t3": ("unfair", 0.2), "t4": ("fair", 0.1)})] * 4
+    records, answers = _clause_answers(confident + unsure)
+    thresholds = {"legal_risk": {"t1": 0.5, "t2": 0.5, "t3": 0.5}}
+    targets = escalation_targets(answers, records, thresholds)
+    assert targets == {"legal_risk": {"t1": "t3", "t2": "t3", "t3": None}}
+    # nothing escalates from T3 (all u <= 0.5): the whole task decides, where T4 is worse
+    assert escalation_targets(answers, records, {})["legal_risk"]["t3"] is None
+    # records missing a tier's answer are left out; a task with none gets no entry
+    assert escalation_targets({}, records, thresholds) == {}
 
 
 def test_baseline_escalation_rate_counts_no_escalation_where_no_tier_is_better():
