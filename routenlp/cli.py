@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routenlp.commands import bench_cmd, calibrate_cmd, capacity_cmd, data_cmd, deploy_cmd, scale_cmd, demo_cmd, doctor_cmd, export_cmd, log_cmd, perf_cmd, route_cmd, serve_cmd
+from routenlp.commands import bench_cmd, calibrate_cmd, capacity_cmd, coopt_cmd, data_cmd, deploy_cmd, scale_cmd, demo_cmd, doctor_cmd, export_cmd, log_cmd, perf_cmd, route_cmd, serve_cmd
 
-COMMANDS = (doctor_cmd, data_cmd, export_cmd, calibrate_cmd, serve_cmd, route_cmd, log_cmd, bench_cmd, perf_cmd, scale_cmd, capacity_cmd, deploy_cmd, demo_cmd)
+COMMANDS = (doctor_cmd, data_cmd, export_cmd, calibrate_cmd, serve_cmd, route_cmd, log_cmd, bench_cmd, perf_cmd, scale_cmd, capacity_cmd, deploy_cmd, coopt_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

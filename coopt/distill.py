@@ -1,0 +1,111 @@
+"""Sequence-level distillation data from the frontier tier's served answers (paper 3.4 step 4-5).
+
+Each selected query is sent to T4 through the live server (POLICY always-t4: a real, billed call)
+and its answer becomes the training target of the cheapest tier that serves the task: T1's head for
+structured tasks, T2 for generation tasks (the tiers whose gains move traffic off T4).
+
+A teacher answer is kept only when it scores better than the student's own answer on that query
+(the pool has references, which is how failures were found in the first place): a from-scratch T4
+is not right everywhere, and training a student on a worse answer only teaches it mistakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clients.served_eval import ServedAnswer, served_prediction
+from export.stage_cache import fingerprint
+from routenlp.answers import format_target, prompt_text
+from routenlp.metrics import example_score
+from routenlp.tasks import get_task
+
+TEACHER = "t4"
+
+
+def student_tier(task: str) -> str:
+    """The cheapest tier that serves `task`: T1 heads exist for structured tasks only."""
+    return "t1" if get_task(task).structured else "t2"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One distillation example: the query and the teacher's answer as its target."""
+
+    record: Mapping[str, Any]  # the pool record with "target" replaced by the teacher's prediction
+    student: str
+    teacher_quality: float
+    student_quality: float
+
+    def prompt_pair(self) -> tuple[str, str]:
+        """(prompt, answer text) for a decoder student, formatted as the build trains decoders."""
+        return prompt_text(self.record), format_target(self.record)
+
+
+@dataclass
+class Distillation:
+    """What one iteration distils, and which pool records each tier has now been trained on
+    (cumulative over iterations: an answer of a tier on text it trained on is never a label)."""
+
+    examples: list[Example] = field(default_factory=list)
+    trained_on: dict[str, set[str]] = field(default_factory=dict)
+    asked: int = 0  # queries sent to the teacher
+    teacher_dollars: float = 0.0
+    teacher_errors: int = 0
+
+    def for_student(self, tier: str) -> list[Example]:
+        return [e for e in self.examples if e.student == tier]
+
+    def t1_records(self) -> dict[str, list[Mapping[str, Any]]]:
+        """task -> records with the teacher's labels, for the T1 heads."""
+        out: dict[str, list[Mapping[str, Any]]] = {}
+        for example in self.for_student("t1"):
+            out.setdefault(example.record["task"], []).append(example.record)
+        return out
+
+    def key(self) -> str:
+        """Fingerprint of the training data (a stage-cache input of the distilled tiers)."""
+        rows = sorted((e.student, e.record["id"], repr(e.record["target"])) for e in self.examples)
+        return fingerprint({"examples": rows, "trained_on": {t: sorted(ids) for t, ids in sorted(self.trained_on.items())}})
+
+    def summary(self) -> dict[str, Any]:
+        by_student = {tier: len(self.for_student(tier)) for tier in ("t1", "t2")}
+        by_task: dict[str, int] = {}
+        for example in self.examples:
+            by_task[example.record["task"]] = by_task.get(example.record["task"], 0) + 1
+        return {
+            "asked_teacher": self.asked,
+            "kept": len(self.examples),
+            "kept_by_student": by_student,
+            "kept_by_task": dict(sorted(by_task.items())),
+            "teacher_dollars": round(self.teacher_dollars, 4),
+            "teacher_errors": self.teacher_errors,
+        }
+
+
+def build_distillation(
+    teacher_answers: Sequence[ServedAnswer],
+    student_rows: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    previously_trained: Mapping[str, set[str]],
+) -> Distillation:
+    """Distillation examples from served T4 answers on the selected queries.
+
+    `student_rows`: id -> tier -> the latest answer row of each tier on the pool (export.labeling
+    rows: prediction, quality). A query whose teacher call failed is skipped and counted."""
+    distillation = Distillation(trained_on={tier: set(ids) for tier, ids in previously_trained.items()}, asked=len(teacher_answers))
+    for answer in teacher_answers:
+        if answer.error is not None:
+            distillation.teacher_errors += 1
+            continue
+        distillation.teacher_dollars += float(answer.metadata.get("cost_usd", 0.0))
+        record = answer.record
+        student = student_tier(record["task"])
+        prediction = served_prediction(answer)
+        teacher_quality = example_score(record["task"], prediction, record["target"])
+        student_quality = float(student_rows[record["id"]][student]["quality"])
+        if teacher_quality <= student_quality:
+            continue
+        distillation.examples.append(Example({**record, "target": prediction}, student, round(teacher_quality, 6), student_quality))
+        distillation.trained_on.setdefault(student, set()).add(record["id"])
+    return distillation

@@ -1,0 +1,267 @@
+"""The distillation-routing co-optimization loop against a live deployment (paper 3.4, Algorithm 1).
+
+Per iteration:
+  1. route the mining pool (the router pool: held out of tier training, minus what the loop has
+     distilled on) through the live server and collect router failures (the answering tier missed
+     the task's bar, or the request escalated);
+  2. embed them with the deployed router (penultimate layer), PCA to 128 dims, k-means, k by
+     silhouette;
+  3. rank clusters by size x mean quality gap, take the top 5 per task;
+  4. ask T4, through the live server, for the 30% hardest cluster queries plus 20% random others
+     (the random ablation asks T4 for the same number of random pool queries instead);
+  5. fine-tune T1 heads / T2 on the teacher's answers, answer the pools again, retrain the router,
+     recalibrate the conformal thresholds (coopt/iteration.py);
+  6. write repository version N+1, load it into the running tritonserver while a client loop keeps
+     sending traffic (smoke-checked; a failing version is rolled back), re-measure on dev;
+  7. stop when |delta cost ratio| < epsilon, or after max_iterations.
+Both runs start from the same base version; at the end the targeted run's best version (lowest
+cost ratio with quality within `quality_tolerance` of the base) is written again as the newest
+version and left live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from coopt.distill import Distillation, build_distillation
+from coopt.failures import MAX_K, TOP_PER_TASK, Failure, cluster_failures, distillation_records, find_failures, random_records, top_clusters
+from coopt.iteration import FinetuneSettings, IterationBuild
+
+MODES = ("targeted", "random")
+REFERENCE_POLICY = "always-t4"
+
+
+@dataclass(frozen=True)
+class CooptSettings:
+    max_iterations: int = 3
+    epsilon: float = 0.005  # stop when |delta cost ratio| falls below this
+    top_per_task: int = TOP_PER_TASK
+    max_k: int = MAX_K
+    hardest_share: float = 0.3
+    random_share: float = 0.2
+    quality_tolerance: float = 0.02  # how far below the base quality ratio a promoted version may be
+    concurrency: int = 4
+    traffic_concurrency: int = 2
+    finetune: FinetuneSettings = FinetuneSettings()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Live:
+    """The running deployment the loop measures and redeploys."""
+
+    grpc_url: str
+    http_url: str
+    admin_key: str
+    repository: Path
+
+
+@dataclass
+class State:
+    """Where one run (targeted or random) stands: the build behind the live version."""
+
+    build: Any  # export.pipeline.PortfolioBuild or coopt.iteration.IterationBuild
+    version: int
+    trained_on: dict[str, set[str]] = field(default_factory=dict)
+
+
+class CooptLoop:
+    def __init__(self, base, live: Live, settings: CooptSettings, root: Path, *, progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.base, self.live, self.settings, self.root = base, live, settings, Path(root)
+        self.progress, self.log = progress, log
+        self.bars = {task: float(bar) for task, bar in base.cache.stamp("router")["summary"]["bars"].items()}
+        self.dev = base.pools.flat("dev")
+        self.pool = base.pools.flat("router")
+        self.reference: dict[str, Any] | None = None
+        self.swaps: list[dict[str, Any]] = []
+        self.clusters: dict[str, list[dict[str, Any]]] = {}
+
+    # ---- live measurements --------------------------------------------------------------------
+
+    def _route(self, records: Sequence[Mapping[str, Any]], policy: str, desc: str):
+        from clients.served_eval import route_records
+
+        return route_records(self.live.grpc_url, records, policy, concurrency=self.settings.concurrency, progress=self.progress, desc=desc)
+
+    def measure_reference(self) -> dict[str, Any]:
+        from clients.served_eval import summarize
+
+        self.reference = summarize(self._route(self.dev, REFERENCE_POLICY, "dev (always-t4)"))
+        return self.reference
+
+    def measure(self, state: State) -> dict[str, Any]:
+        """Cost and quality ratio vs Always-T4 on dev through the live server, plus the router's
+        offline accuracy vs the oracle tier (refreshed dev answers)."""
+        from clients.served_eval import compare, summarize
+
+        summary = summarize(self._route(self.dev, "routenlp", f"dev (version {state.version})"))
+        ratios = compare(summary, self.reference)
+        router = state.build.cache.stamp("router")["summary"]
+        return {
+            **ratios,
+            "router_accuracy": router["dev_accuracy_vs_oracle"],
+            "t1_t2_share": round(summary["mix"].get("t1", 0.0) + summary["mix"].get("t2", 0.0), 4),
+            "mix": summary["mix"],
+            "escalation_rate": summary["escalation_rate"],
+            "errors": summary["errors"],
+            "quality_by_task": summary["quality"],
+        }
+
+    def mine(self, state: State) -> tuple[list[Failure], list[Mapping[str, Any]]]:
+        """Router failures on the mining pool, served by the live version."""
+        from clients.served_eval import served_prediction
+        from routenlp.metrics import example_score
+
+        used = set().union(*state.trained_on.values()) if state.trained_on else set()
+        pool = [r for r in self.pool if r["id"] not in used]
+        answers = self._route(pool, "routenlp", f"mine {len(pool)} pool queries")
+        served = [a for a in answers if a.error is None]
+        quality = [example_score(a.record["task"], served_prediction(a), a.record["target"]) for a in served]
+        return find_failures([a.record for a in served], [a.metadata for a in served], quality, self.bars), pool
+
+    # ---- one iteration ------------------------------------------------------------------------
+
+    def select(self, state: State, failures: list[Failure], pool, mode: str, iteration: int) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
+        """The queries to ask the teacher: cluster-targeted, or random at the same budget."""
+        from export.router_model import load_router, router_embeddings
+
+        s = self.settings
+        if failures:
+            model, meta = load_router(state.build.root / "router")
+            embeddings = router_embeddings(model, state.build.tokenizer(), [f.record for f in failures], meta["max_len"])
+            chosen = top_clusters(cluster_failures(failures, embeddings, max_k=s.max_k, seed=s.seed), s.top_per_task)
+        else:
+            chosen = []
+        targeted = distillation_records(chosen, pool, hardest_share=s.hardest_share, random_share=s.random_share, seed=s.seed + iteration)
+        summaries = [c.summary() for c in chosen]
+        if mode == "targeted":
+            return targeted, summaries
+        return random_records(pool, len(targeted), seed=s.seed + 1000 + iteration), summaries
+
+    def distill(self, state: State, queries) -> Distillation:
+        teacher = self._route(queries, REFERENCE_POLICY, f"teacher (T4) on {len(queries)} queries")
+        return build_distillation(teacher, state.build.load_answers("router"), state.trained_on)
+
+    def deploy(self, build, label: str) -> tuple[int, dict[str, Any]]:
+        """Write `build` as a new repository version and load it while traffic flows."""
+        from export.repository_builder import write_repository
+
+        written = write_repository(build, self.live.repository, target="cpu")
+        return written["version"], self.swap_to(written["version"], label)
+
+    def swap_to(self, version: int, label: str) -> dict[str, Any]:
+        from coopt.deploy import RepositoryAPI, deploy, smoke_check
+        from coopt.traffic import TrafficLoop
+        from routenlp.tasks import TASK_NAMES
+
+        api = RepositoryAPI(self.live.http_url, self.live.admin_key)
+        texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}
+        traffic = TrafficLoop(self.live.grpc_url, self.dev, concurrency=self.settings.traffic_concurrency, max_tier=None).start()
+        started = time.perf_counter()
+        error = None
+        try:
+            traffic.wait_for(1)
+            deploy(api, self.live.repository, version, smoke_check(self.live.grpc_url, TASK_NAMES, texts.__getitem__), log=self.log)
+        except Exception as err:  # a version that fails its smoke check was rolled back by deploy()
+            error = str(err)
+        finally:
+            counts = traffic.stop()
+        swap = {"label": label, "version": version, "seconds": round(time.perf_counter() - started, 1), "error": error, **counts}
+        self.swaps.append(swap)
+        self.log(f"  swap to version {version} ({label}): {counts['sent']} requests during the swap, {counts['failed']} failed" + (f"; NOT deployed: {error}" if error else ""))
+        return swap
+
+    def run_mode(self, mode: str, base_version: int, base_row: dict[str, Any]) -> tuple[list[dict[str, Any]], State]:
+        state = State(self.base, base_version)
+        rows = [{"iteration": 0, **base_row, "failures": None, "clusters_used": 0, "distilled": None, "repository_version": base_version}]
+        best = (rows[0], state)
+        for iteration in range(1, self.settings.max_iterations + 1):
+            started = time.perf_counter()
+            self.log(f"\n[{mode} {iteration}] collecting failures on the live version {state.version}")
+            failures, pool = self.mine(state)
+            queries, clusters = self.select(state, failures, pool, mode, iteration)
+            self.clusters[f"{mode}/{iteration}"] = clusters
+            distillation = self.distill(state, queries)
+            self.log(f"[{mode} {iteration}] {len(failures)} failures, {len(clusters)} clusters, teacher asked {len(queries)}, kept {len(distillation.examples)}")
+            build = IterationBuild(state.build, self.root / mode / f"iter{iteration}", distillation, self.bars, self.settings.finetune, progress=self.progress, log=self.log)
+            build.run()
+            version, swap = self.deploy(build, f"{mode} iteration {iteration}")
+            if swap["error"]:
+                rows.append({"iteration": iteration, "failures": len(failures), "deploy_error": swap["error"], "repository_version": version})
+                break
+            state = State(build, version, build.trained_on())
+            row = {
+                "iteration": iteration, **self.measure(state), "failures": len(failures), "clusters_used": len(clusters),
+                "distilled": distillation.summary(), "repository_version": version, "swap": {k: swap[k] for k in ("sent", "failed", "seconds")},
+                "seconds": round(time.perf_counter() - started, 1),
+            }  # fmt: skip
+            rows.append(row)
+            self.log(f"[{mode} {iteration}] cost ratio {row['cost_ratio']:.4f}, quality ratio {row['quality_ratio']:.4f}, router accuracy {row['router_accuracy']:.3f}")
+            if self._better(row, best[0], rows[0]):
+                best = (row, state)
+            if abs(row["cost_ratio"] - rows[-2]["cost_ratio"]) < self.settings.epsilon:
+                self.log(f"[{mode}] converged: |delta cost ratio| < {self.settings.epsilon}")
+                break
+        return rows, best[1]
+
+    def _better(self, row, best, base) -> bool:
+        acceptable = row["quality_ratio"] >= base["quality_ratio"] - self.settings.quality_tolerance
+        return acceptable and row["cost_ratio"] < best["cost_ratio"]
+
+    # ---- the whole loop -----------------------------------------------------------------------
+
+    def run(self, modes: Sequence[str] = MODES) -> dict[str, Any]:
+        from export.repository_builder import write_repository
+
+        started = time.perf_counter()
+        base_version = write_repository(self.base, self.live.repository, target="cpu")["version"]
+        self.swap_to(base_version, "base")
+        self.log("measuring the base deployment on dev (RouteNLP and Always-T4)")
+        self.measure_reference()
+        base_row = self.measure(State(self.base, base_version))
+        runs, best = {}, {}
+        for mode in modes:
+            if mode != modes[0]:
+                self.swap_to(base_version, f"back to base for {mode}")  # both runs start from the same version
+            runs[mode], best[mode] = self.run_mode(mode, base_version, base_row)
+        promoted = None
+        chosen = best.get("targeted") or best.get(modes[0])
+        if chosen is not None:
+            label = "promote " + ("base" if chosen.build is self.base else chosen.build.root.name)
+            version, _ = self.deploy(chosen.build, label)
+            promoted = {"from_version": chosen.version, "version": version, "build": str(chosen.build.root)}
+        return {
+            "settings": _settings_dict(self.settings),
+            "bars": self.bars,
+            "dev_records": len(self.dev),
+            "pool_records": len(self.pool),
+            "reference": {k: self.reference[k] for k in ("mean_quality", "dollars", "quality")},
+            "runs": runs,
+            "clusters": self.clusters,
+            "swaps": self.swaps,
+            "swap_totals": {"sent": sum(s["sent"] for s in self.swaps), "failed": sum(s["failed"] for s in self.swaps), "swaps": len(self.swaps)},
+            "promoted": promoted,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
+
+def _settings_dict(settings: CooptSettings) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(settings)
+
+
+def cost_reduction(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Relative cost-ratio reduction from iteration 0 to the last measured iteration."""
+    measured = [r for r in rows if r.get("cost_ratio") is not None]
+    if len(measured) < 2 or not measured[0]["cost_ratio"]:
+        return None
+    return round(float(1 - measured[-1]["cost_ratio"] / measured[0]["cost_ratio"]), 4)
+
+
+

@@ -1,0 +1,142 @@
+"""The co-optimization loop's outputs: results/coopt.json, results/coopt.md and the convergence plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coopt.loop import cost_reduction
+from routenlp.table import format_table
+
+
+def iteration_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The paper's Table 4 per run: one row per iteration."""
+    rows = []
+    for mode, iterations in result["runs"].items():
+        for row in iterations:
+            if "deploy_error" in row:
+                rows.append({"run": mode, "iter": str(row["iteration"]), "cost ratio": "not deployed: " + row["deploy_error"][:60]})
+                continue
+            distilled = row.get("distilled") or {}
+            swap = row.get("swap") or {}
+            rows.append({
+                "run": mode,
+                "iter": str(row["iteration"]),
+                "version": str(row["repository_version"]),
+                "cost ratio": f"{row['cost_ratio']:.4f}",
+                "quality ratio": f"{row['quality_ratio']:.4f}",
+                "router acc.": f"{row['router_accuracy']:.3f}",
+                "T1+T2": f"{row['t1_t2_share']:.3f}",
+                "failures": "-" if row["failures"] is None else str(row["failures"]),
+                "clusters": str(row["clusters_used"]),
+                "teacher asked/kept": "-" if not distilled else f"{distilled['asked_teacher']}/{distilled['kept']}",
+                "swap sent/failed": "-" if not swap else f"{swap['sent']}/{swap['failed']}",
+            })  # fmt: skip
+    return rows
+
+
+def summary_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for mode, iterations in result["runs"].items():
+        measured = [r for r in iterations if r.get("cost_ratio") is not None]
+        reduction = cost_reduction(iterations)
+        rows.append({
+            "run": mode,
+            "iterations": str(len(measured) - 1),
+            "cost ratio start -> end": f"{measured[0]['cost_ratio']:.4f} -> {measured[-1]['cost_ratio']:.4f}",
+            "cost reduction": "-" if reduction is None else f"{reduction * 100:.1f}%",
+            "quality ratio start -> end": f"{measured[0]['quality_ratio']:.4f} -> {measured[-1]['quality_ratio']:.4f}",
+            "teacher $": f"{sum((r.get('distilled') or {}).get('teacher_dollars', 0.0) for r in iterations):.2f}",
+        })  # fmt: skip
+    return rows
+
+
+def cluster_rows(result: Mapping[str, Any], run: str = "targeted", limit: int = 10) -> list[dict[str, str]]:
+    """The largest failure clusters (by size x gap) of a run's first iteration, with examples."""
+    first = result["clusters"].get(f"{run}/1", [])
+    rows = []
+    for cluster in sorted(first, key=lambda c: -c["priority"])[:limit]:
+        rows.append({
+            "task": cluster["task"], "size": str(cluster["size"]), "mean gap": f"{cluster['mean_gap']:.3f}", "priority": f"{cluster['priority']:.2f}",
+            "tiers": ", ".join(f"{t}:{n}" for t, n in cluster["tiers"].items()),
+            "example queries": " / ".join(e.replace("\n", " ")[:90] for e in cluster["examples"][:2]),
+        })  # fmt: skip
+    return rows
+
+
+def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cost_ax, quality_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, iterations in result["runs"].items():
+        measured = [r for r in iterations if r.get("cost_ratio") is not None]
+        x = [r["iteration"] for r in measured]
+        cost_ax.plot(x, [r["cost_ratio"] for r in measured], marker="o", label=mode)
+        quality_ax.plot(x, [r["quality_ratio"] for r in measured], marker="o", label=mode)
+    cost_ax.set(title="cost ratio vs Always-T4 (dev, served)", xlabel="iteration", ylabel="cost ratio")
+    quality_ax.set(title="quality ratio vs Always-T4 (dev, served)", xlabel="iteration", ylabel="quality ratio")
+    for ax in (cost_ax, quality_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
+    totals = result["swap_totals"]
+    lines = [
+        "# RouteNLP co-optimization loop (served)",
+        "",
+        f"Command: `{command}`. Every cost and quality ratio is measured by routing the {result['dev_records']} dev records through the",
+        "running tritonserver after the iteration's repository version went live, against Always-T4 on the same records.",
+        f"Failures are mined on the {result['pool_records']}-record router pool (held out of tier training); the random run asks",
+        "T4 for the same number of random pool queries as the targeted run would (same budget).",
+        "",
+        "## Summary",
+        "",
+        format_table(summary_rows(result), markdown=True),
+        "",
+        "## Iterations",
+        "",
+        format_table(iteration_rows(result), markdown=True),
+        "",
+        f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed.",
+        "",
+        f"![convergence](plots/{plot_name})",
+        "",
+        "## Largest failure clusters (targeted run, iteration 1)",
+        "",
+        format_table(cluster_rows(result), markdown=True) if cluster_rows(result) else "(no clusters)",
+        "",
+    ]
+    if result.get("promoted"):
+        promoted = result["promoted"]
+        lines += [f"Left live: repository version {promoted['version']} (the targeted run's best, from version {promoted['from_version']}).", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(result: Mapping[str, Any], results_dir: Path, command: str) -> dict[str, str]:
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / "coopt.json"
+    json_path.write_text(json.dumps({"command": command, **result}, indent=2, sort_keys=True) + "\n")
+    plot_path = plot_convergence(result, results_dir / "plots" / "coopt_convergence.png")
+    md_path = results_dir / "coopt.md"
+    md_path.write_text(markdown(result, command, plot_path.name))
+    return {"json": str(json_path), "report": str(md_path), "plot": str(plot_path)}
+
+
+def print_tables(result: Mapping[str, Any], out=print) -> None:
+    out(format_table(iteration_rows(result)))
+    out("")
+    out(format_table(summary_rows(result)))
+

@@ -1,0 +1,70 @@
+"""Distillation data from served teacher answers, and the loop's report, offline."""
+
+import json
+
+from clients.served_eval import ServedAnswer
+from coopt.distill import build_distillation, student_tier
+from coopt.report import cluster_rows, iteration_rows, markdown, summary_rows
+
+
+def _served(record, output, cost=0.5, error=None):
+    meta = None if error else {"tier": "t4", "cost_usd": cost}
+    return ServedAnswer(record, None if error else output, meta, 10.0, error)
+
+
+RISK = {"id": "r1", "task": "legal_risk", "text": "We may end the contract at any time.", "target": "potentially_unfair"}
+RISK_OK = {"id": "r2", "task": "legal_risk", "text": "You may cancel.", "target": "fair"}
+SUMMARY = {"id": "s1", "task": "fin_summary", "text": "Revenue rose 5% to $3 billion.", "target": "revenue rose 5%"}
+
+
+def test_each_task_teaches_its_cheapest_servable_tier():
+    assert student_tier("legal_risk") == "t1" and student_tier("fin_summary") == "t2"
+
+
+def test_teacher_answers_are_kept_only_where_they_beat_the_student():
+    student = {"r1": {"t1": {"quality": 0.0}}, "r2": {"t1": {"quality": 1.0}}, "s1": {"t2": {"quality": 0.0}}}
+    teacher = [
+        _served(RISK, json.dumps({"label": "potentially_unfair"})),  # right where T1 was wrong: kept
+        _served(RISK_OK, json.dumps({"label": "potentially_unfair"})),  # wrong where T1 was right: dropped
+        _served(SUMMARY, "revenue rose 5% to $3 billion"),  # better than T2's empty summary: kept
+        _served({**SUMMARY, "id": "s2"}, None, error="UNAVAILABLE: t4 down"),  # counted, never silently lost
+    ]
+    distillation = build_distillation(teacher, student, {"t2": {"old"}})
+    assert [(e.record["id"], e.student) for e in distillation.examples] == [("r1", "t1"), ("s1", "t2")]
+    assert distillation.examples[0].record["target"] == "potentially_unfair"
+    assert distillation.t1_records() == {"legal_risk": [distillation.examples[0].record]}
+    prompt, answer = distillation.for_student("t2")[0].prompt_pair()
+    assert "Revenue rose 5%" in prompt and answer == "revenue rose 5% to $3 billion"
+    assert distillation.trained_on == {"t1": {"r1"}, "t2": {"old", "s1"}}  # cumulative over iterations
+    summary = distillation.summary()
+    assert summary["asked_teacher"] == 4 and summary["kept"] == 2 and summary["teacher_errors"] == 1 and summary["teacher_dollars"] == 1.5
+    assert distillation.key() != build_distillation(teacher[:1], student, {}).key()
+
+
+def _row(i, cost, quality, distilled=True):
+    return {
+        "iteration": i, "cost_ratio": cost, "quality_ratio": quality, "router_accuracy": 0.6, "t1_t2_share": 0.7,
+        "failures": None if i == 0 else 40, "clusters_used": 0 if i == 0 else 5, "repository_version": 1 + i,
+        "distilled": {"asked_teacher": 30, "kept": 12, "teacher_dollars": 9.5} if distilled and i else None,
+        "swap": {"sent": 100, "failed": 0, "seconds": 80.0} if i else None,
+    }  # fmt: skip
+
+
+def test_the_report_has_one_row_per_iteration_the_reductions_and_the_clusters():
+    result = {
+        "runs": {"targeted": [_row(0, 0.20, 1.0), _row(1, 0.18, 1.0), _row(2, 0.16, 0.99)], "random": [_row(0, 0.20, 1.0), _row(1, 0.19, 1.0)]},
+        "clusters": {"targeted/1": [{"task": "legal_clause", "size": 9, "mean_gap": 0.5, "priority": 4.5, "tiers": {"t1": 9}, "examples": ["The licensee shall indemnify ..."]}]},
+        "swap_totals": {"swaps": 4, "sent": 400, "failed": 0},
+        "dev_records": 600, "pool_records": 1000, "promoted": {"version": 9, "from_version": 3},
+    }  # fmt: skip
+    rows = iteration_rows(result)
+    assert [(r["run"], r["iter"], r["cost ratio"]) for r in rows] == [
+        ("targeted", "0", "0.2000"), ("targeted", "1", "0.1800"), ("targeted", "2", "0.1600"), ("random", "0", "0.2000"), ("random", "1", "0.1900"),
+    ]  # fmt: skip
+    assert rows[1]["teacher asked/kept"] == "30/12" and rows[1]["swap sent/failed"] == "100/0"
+    summary = {r["run"]: r for r in summary_rows(result)}
+    assert summary["targeted"]["cost reduction"] == "20.0%" and summary["random"]["cost reduction"] == "5.0%"
+    assert summary["targeted"]["teacher $"] == "19.00"
+    assert cluster_rows(result)[0]["example queries"].startswith("The licensee")
+    text = markdown(result, "routenlp coopt", "coopt_convergence.png")
+    assert "400 requests sent during them, 0 failed" in text and "repository version 9" in text
