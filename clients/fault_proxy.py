@@ -3,12 +3,15 @@
 Sits between the BLS and a real OpenAI-compatible endpoint: in mode "pass" it forwards requests
 (headers included, so auth still works); otherwise every request gets the injected fault:
 "down" (connection closed without an answer), "status:429" / "status:500" (that status with a JSON
-error), "malformed" (HTTP 200 with a body that is not JSON), "slow:SECONDS" (wait, then forward).
+error), "malformed" (HTTP 200 with a body that is not JSON), "slow:SECONDS" (wait, then forward),
+"echo_key:STATUS" (that status with the request's Authorization header in the error message, as
+OpenAI's 401 "Incorrect API key provided: ..." does, so a test sees whether the client masks it).
 It counts the requests it saw, so a test can check the client's retries and its circuit breaker.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +74,10 @@ class FaultProxy:
                 if mode.startswith("status:"):
                     status = int(mode.split(":", 1)[1])
                     return self._reply(status, b'{"error": {"message": "injected fault"}}')
+                if mode.startswith("echo_key:"):
+                    status = int(mode.split(":", 1)[1])
+                    message = f"Incorrect API key provided: {self.headers.get('Authorization', '')}"
+                    return self._reply(status, json.dumps({"error": {"message": message}}).encode())
                 if mode == "malformed":
                     return self._reply(200, b"<html>not json</html>", "text/html")
                 if mode.startswith("slow:"):

@@ -6,6 +6,9 @@ The T4 endpoint and Triton start in parallel (each loads a model for up to a min
 Triton learns T4's URL, the escalation-log path and whether to keep raw text through its
 environment (bls_router/serving_config.py, bls_router/escalation_log.py). The repository API
 (load/unload) is restricted to holders of the admin key unless `open_admin` is set.
+
+While Triton runs, a StubSupervisor (routenlp/stub_supervisor.py) reloads any model whose python
+backend stub died, since Triton itself never restarts one; it logs to stub_supervisor.log.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bls_router.calibrate import BLS_MODEL
 from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
 from bls_router.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 from routenlp.paths import REPO_ROOT
+from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.triton_server import TritonServer
 
@@ -81,6 +85,7 @@ class Deployment:
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ROUTENLP_T4_TIMEOUT_S for the BLS
     server: TritonServer | None = None
     t4: T4Endpoint | None = None
+    supervisor: StubSupervisor | None = None
     startup_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -131,13 +136,22 @@ class Deployment:
             self.stop()
             raise
         self.startup_s = time.perf_counter() - started
+        self.supervisor = self._supervise()
         return self
+
+    def _supervise(self) -> StubSupervisor:
+        from coopt.deploy import RepositoryAPI  # imported here: coopt.deploy imports this module
+
+        api = RepositoryAPI(self.server.http_url, "" if self.open_admin else admin_key(self.state_dir))
+        return StubSupervisor(self.server.process.pid, api, log_path=self.state_dir / "stub_supervisor.log").start()
 
     def alive(self) -> bool:
         processes = [p for p in (self.server and self.server.process, self.t4 and self.t4.process) if p is not None]
         return bool(processes) and all(p.poll() is None for p in processes)
 
     def stop(self) -> None:
+        if self.supervisor is not None:  # first, or it would take the shutdown for dead stubs
+            self.supervisor.stop()
         if self.server is not None:
             self.server.stop()
         if self.t4 is not None:

@@ -1,7 +1,8 @@
 """Reliability on the real stack: T4 faults injected between the BLS and a real T4 endpoint,
-fuzzed requests over gRPC and HTTP, a short soak, the API key never leaking, and SIGKILL under
-load losing no escalation record. Nothing under test is mocked: tritonserver, the BLS, vLLM tiers
-and the T4 vLLM server are real; clients/fault_proxy.py only breaks the wire to T4.
+fuzzed requests over gRPC and HTTP, a short soak, the API key never leaking, a vLLM tier's stub
+process SIGKILLed (requests fall back, the stub supervisor brings the tier back), and SIGKILL of
+the server under load losing no escalation record. Nothing under test is mocked: tritonserver, the
+BLS, vLLM tiers and the T4 vLLM server are real; clients/fault_proxy.py only breaks the wire to T4.
 
 Rerun: `.venv/bin/python -m pytest -s tests/integration/test_reliability.py` (CI sizes) and
 `make test-slow` (10,000+ fuzz cases, 10-minute soak).
@@ -146,7 +147,9 @@ def test_t4_fault_falls_back_to_t3_visibly(chaos, mode, says):
 
 
 def test_retries_are_bounded_per_fault(chaos):
-    for mode, attempts in (("status:500", 3), ("status:429", 3), ("malformed", 1), ("status:400", 1)):
+    # 1 + ROUTENLP_T4_MAX_RETRIES attempts for what a retry can fix, 1 for the request's own fault
+    faults = (("status:500", 3), ("status:429", 3), ("slow:4", 3), ("down", 3), ("malformed", 1), ("status:400", 1))
+    for mode, attempts in faults:
         chaos.proxy.set_mode(mode)
         meta = _always_t4(chaos)
         hits = chaos.proxy.hits
@@ -168,6 +171,19 @@ def test_circuit_breaker_opens_and_closes_again(chaos):
     after = [_always_t4(chaos) for _ in range(6)]
     assert all(m["tier"] == "t4" for m in after), [m["errors"] for m in after]
     print(f"\n[breaker] {calls} calls with T4 failing: {len(opened)} failed fast, {hits} HTTP requests; closed again after {BREAKER_RESET_S:.0f} s")
+
+
+def test_an_endpoint_echoing_the_key_gets_it_masked(chaos):
+    # Real APIs echo a rejected key ("Incorrect API key provided: ..."); the error body reaches
+    # METADATA and, for a retried 503, the retry warning in Triton's log (checked further down).
+    for mode, attempts in (("echo_key:401", 1), ("echo_key:503", 3)):
+        chaos.proxy.set_mode(mode)
+        meta = _always_t4(chaos)
+        hits = chaos.proxy.hits
+        _heal(chaos)
+        error = meta["errors"].get("t4", "")
+        assert meta["tier"] == "t3" and hits == attempts and "Incorrect API key provided: Bearer ***" in error, (mode, hits, meta)
+        assert SECRET not in json.dumps(meta)
 
 
 # ---------------------------------------------------------------- fuzzing
@@ -341,6 +357,233 @@ def test_the_api_key_never_reaches_logs_metadata_metrics_or_the_escalation_log(c
     assert len(chaos.metadata_seen) > 20 and "routenlp_requests_total" in metrics
     leaked = [name for name, text in places.items() if SECRET in text]
     assert leaked == [], f"the T4 key appears in {leaked}"
+
+
+def test_oversized_text_is_refused_and_text_at_the_limit_answered(chaos):
+    from routenlp.deployment import latest_serving_config
+
+    limit = latest_serving_config(chaos.deployment.repository).max_text_bytes
+    client = RouteClient(chaos.grpc_url)
+    try:
+        meta = client.route(("word " * limit)[:limit], "legal_risk", max_tier="t1", timeout_s=60).metadata
+        with pytest.raises(InferenceServerException) as refused:
+            client.route("x" * (limit + 1), "legal_risk", max_tier="t1", timeout_s=60)
+    finally:
+        client.close()
+    assert meta["tier"] == "t1"
+    assert "INVALID_ARG" in str(refused.value.status()) and f"the limit is {limit} bytes" in refused.value.message()
+
+
+def test_raw_request_text_is_kept_nowhere_by_default(chaos):
+    marker = uuid.uuid4().hex
+    request_id = f"text-{marker[:8]}"
+    client = RouteClient(chaos.grpc_url)
+    try:
+        client.route(f"my card {marker} has not arrived", "cs_intent", max_tier="t1", request_id=request_id, timeout_s=60)
+    finally:
+        client.close()
+    with EscalationLogReader(chaos.deployment.escalation_log) as reader:
+        assert request_id in reader.request_ids()  # logged, without its text
+    # every file the deployment writes: the escalation log (+ WAL), Triton's log, the supervisor's
+    leaked = [path.name for path in chaos.deployment.state_dir.iterdir() if marker.encode() in path.read_bytes()]
+    assert leaked == [], f"the request text appears in {leaked}"
+
+
+# ---------------------------------------------------------------- a vLLM tier's stub killed
+
+STUB_BINARY = "triton_python_backend_stub"
+RECOVERY_TIMEOUT_S = 300.0  # detection (two supervisor polls) + a vLLM engine start, on 2 busy cores
+STRUCTURED_FALLBACK = "t2 unavailable: structured task to t1"
+GENERATION_FALLBACK = "t2 unavailable: generation task to t4"
+
+
+def _process_table() -> dict[int, tuple[int, int, list[str]]]:
+    """pid -> (ppid, pgid, argv) of every live process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                argv = [a.decode(errors="replace") for a in open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0") if a]
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":
+                table[int(entry)] = (int(fields[1]), int(fields[2]), argv)
+    return table
+
+
+def _stub_pid(server_pid: int, instance: str) -> int | None:
+    """The python-backend stub of a model instance: a child of tritonserver launched as
+    `triton_python_backend_stub <repo>/<model>/<version>/model.py ... <instance> DEFAULT`."""
+    for pid, (ppid, _, argv) in _process_table().items():
+        if ppid == server_pid and argv and argv[0].endswith(STUB_BINARY) and instance in argv:
+            return pid
+    return None
+
+
+def _engine_cores(server_pid: int) -> list[int]:
+    """vLLM engine-core processes in the server's process group (one per live T2/T3 engine)."""
+    return sorted(pid for pid, (_, pgid, argv) in _process_table().items() if pgid == server_pid and argv and argv[0].startswith("VLLM::EngineCore"))
+
+
+def _t2_routed_generation(chaos: Chaos) -> list[tuple[str, str]]:
+    """(task, text) pairs that the router starts at T2 with MAX_TIER t4: where a dead T2 must fall
+    back to T4 (a fixed always-t2 policy caps the request at T2, so it has nowhere to go)."""
+    client = RouteClient(chaos.grpc_url)
+    found = []
+    try:
+        for task in ("fin_summary", "cs_response"):
+            for record in chaos.build.pools.dev[task][:20]:
+                if client.route(record["text"], task, timeout_s=60).metadata["start_tier"] == "t2":
+                    found.append((task, record["text"]))
+    finally:
+        client.close()
+    return found[:10]
+
+
+@dataclass
+class Outcome:
+    kind: str
+    started: float  # time.perf_counter()
+    ended: float
+    verdict: str  # t2 | fallback | elsewhere | error | lost
+    detail: str
+    request_id: str | None = None
+    meta: dict | None = None
+
+
+def _judge(meta: dict | None, err: Exception | None) -> tuple[str, str]:
+    """What one request's answer says about the dead tier: T2 answered (or escalated as usual),
+    answered through a named fallback, answered without T2 (the router started elsewhere), a clear
+    Triton error naming T2, or lost (a hang, a timeout, an unclear error)."""
+    if err is not None:
+        message = f"{err.status()} {err.message()}" if isinstance(err, InferenceServerException) else repr(err)
+        clear = "UNAVAILABLE" in message and "t2" in message and ("not healthy" in message or "no tier could answer" in message)
+        return ("error" if clear else "lost"), message[:200]
+    if "t2" not in meta["errors"]:
+        return ("t2" if meta["path"][0] == "t2" else "elsewhere"), meta["tier"]
+    fallback = meta["fallback"] or ""
+    # (a second fallback, e.g. T4 timing out after T2, names only itself; errors keep T2's)
+    if meta["path"][0] == "t2" and meta["tier"] != "t2" and "unavailable" in fallback:
+        return "fallback", fallback
+    return "lost", f"t2 failed without a named fallback: {meta}"  # an answer that hides the failure
+
+
+def _t2_traffic(chaos: Chaos, kinds: dict, outcomes: list, stop: threading.Event) -> list[threading.Thread]:
+    """One client thread per kind of request, each sending until `stop`."""
+
+    def worker(kind: str, requests_: list) -> None:
+        client = RouteClient(chaos.grpc_url)
+        i = 0
+        while not stop.is_set():
+            task, text, policy = requests_[i % len(requests_)]
+            request_id = f"stub-{kind}-{i}"
+            started = time.perf_counter()
+            meta = err = None
+            try:
+                meta = client.route(text, task, policy=policy, request_id=request_id, timeout_s=30).metadata
+            except Exception as caught:  # judged below: only a clear Triton error is acceptable
+                err = caught
+            verdict, detail = _judge(meta, err)
+            outcomes.append(Outcome(kind, started, time.perf_counter(), verdict, detail, request_id if meta else None, meta))
+            i += 1
+            time.sleep(0.1)
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=item) for item in kinds.items()]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _wait_until_t2_answers_again(outcomes: list, killed: float, timeout_s: float) -> float | None:
+    """Seconds from the kill to the first request, sent after it, that T2 answered itself."""
+    while time.perf_counter() < killed + timeout_s:
+        back = [o.ended for o in list(outcomes) if o.started > killed and o.verdict == "t2" and o.kind == "structured"]
+        if back:
+            return min(back) - killed
+        time.sleep(1.0)
+    return None
+
+
+def test_killed_vllm_stub_falls_back_visibly_and_the_tier_comes_back(chaos):
+    chaos.proxy.set_mode("pass")
+    server_pid = chaos.deployment.server.process.pid
+    records = chaos.build.pools.dev
+    generation = _t2_routed_generation(chaos)
+    assert generation, "the router starts no generation text at t2: the generation fallback cannot be exercised"
+    kinds = {
+        "structured": [("cs_intent", r["text"], "always-t2") for r in records["cs_intent"][:10]],  # -> T1
+        "generation": [(task, text, None) for task, text in generation],  # routed, starts at T2 -> T4
+        "fixed-t2": [("cs_response", r["text"], "always-t2") for r in records["cs_response"][:10]],  # nowhere to go
+    }
+    stub = _stub_pid(server_pid, "t2_0_0")
+    assert stub is not None, "no python-backend stub for t2_0_0 among tritonserver's children"
+    cores_before = _engine_cores(server_pid)
+    versions_before = _live_t2_version(chaos)
+    recoveries_before = len(chaos.deployment.supervisor.recoveries)
+
+    outcomes: list[Outcome] = []
+    stop = threading.Event()
+    threads = _t2_traffic(chaos, kinds, outcomes, stop)
+    time.sleep(3.0)  # T2 answering under traffic first
+    killed = time.perf_counter()
+    os.kill(stub, signal.SIGKILL)
+    back_s = _wait_until_t2_answers_again(outcomes, killed, RECOVERY_TIMEOUT_S)
+    time.sleep(3.0)  # and a few more requests once it is back
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads), "a client is still waiting: a request hangs"
+
+    after = [o for o in outcomes if o.ended > killed]  # in flight at the kill, or sent after it
+    counts = {kind: {v: sum(1 for o in after if o.kind == kind and o.verdict == v) for v in ("t2", "fallback", "elsewhere", "error", "lost")} for kind in kinds}
+    print(f"\n[stub] SIGKILL of the t2 stub (pid {stub}) under traffic: {len(after)} requests in flight or sent after the kill: "
+          f"{sum(c['fallback'] for c in counts.values())} answered with the fallback, {sum(c['error'] for c in counts.values())} errored, "
+          f"{sum(c['lost'] for c in counts.values())} lost; t2 answering again {back_s if back_s is None else round(back_s, 1)} s after the kill")  # fmt: skip
+    print(f"[stub] by kind: {counts}")
+    # (Triton itself logs nothing when a stub dies; the supervisor's log says what it did)
+    supervisor_log = chaos.deployment.state_dir / "stub_supervisor.log"
+    print("[stub] " + "\n[stub] ".join(supervisor_log.read_text().splitlines()[-2:] if supervisor_log.exists() else ["no supervisor log"]))
+
+    lost = [o for o in outcomes if o.verdict == "lost"]
+    assert lost == [], lost[:5]
+    # nothing with a fallback fails: structured -> T1, routed generation -> T4, visibly
+    assert counts["structured"]["error"] == 0 and counts["generation"]["error"] == 0, [o.detail for o in after if o.verdict == "error" and o.kind != "fixed-t2"][:5]
+    assert counts["structured"]["fallback"] > 0 and counts["generation"]["fallback"] > 0 and counts["fixed-t2"]["error"] > 0, counts
+    fallbacks = [o for o in after if o.verdict == "fallback"]
+    assert all(o.detail == STRUCTURED_FALLBACK and o.meta["tier"] == "t1" for o in fallbacks if o.kind == "structured"), fallbacks[:3]
+    assert all(o.meta["path"][:2] == ["t2", "t4"] for o in fallbacks if o.kind == "generation"), fallbacks[:3]
+    assert any(o.detail == GENERATION_FALLBACK for o in fallbacks if o.kind == "generation"), fallbacks[:3]
+    # ... and durably: each answered request is in the escalation log with its fallback
+    with EscalationLogReader(chaos.deployment.escalation_log) as reader:
+        logged = {r["request_id"]: r for r in reader.records() if r["request_id"].startswith("stub-")}
+    assert all(o.request_id in logged and logged[o.request_id]["fallback"] == o.meta["fallback"] for o in fallbacks)
+
+    # the tier came back by itself: T2 answers every kind again (the routed one may escalate as
+    # usual), with no fallback, at the same version
+    assert back_s is not None, f"t2 not answering {RECOVERY_TIMEOUT_S:.0f} s after its stub was killed"
+    client = RouteClient(chaos.grpc_url)
+    try:
+        for requests_ in kinds.values():
+            task, text, policy = requests_[0]
+            meta = client.route(text, task, policy=policy, timeout_s=60).metadata
+            assert meta["path"][0] == "t2" and meta["fallback"] is None and meta["errors"] == {}, meta
+            assert meta["tier"] == "t2" or policy is None, meta
+    finally:
+        client.close()
+    assert _stub_pid(server_pid, "t2_0_0") not in (None, stub)
+    assert _live_t2_version(chaos) == versions_before
+    [recovery] = [r for r in chaos.deployment.supervisor.recoveries[recoveries_before:] if r.model == "t2"]
+    assert recovery.error is None and recovery.instances == ["t2_0_0"]
+    # the dead stub's engine core was killed, not left holding its KV cache next to the new one
+    assert len(_engine_cores(server_pid)) == len(cores_before), (cores_before, _engine_cores(server_pid))
+
+
+def _live_t2_version(chaos: Chaos) -> dict[str, int]:
+    from coopt.deploy import live_versions
+
+    return live_versions(_api(chaos), ["t2"])
 
 
 # ---------------------------------------------------------------- live swap and rollback
