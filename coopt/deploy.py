@@ -59,6 +59,14 @@ class RepositoryAPI:
     def index(self) -> list[dict[str, Any]]:
         return self._request("POST", "/v2/repository/index", {})
 
+    def live(self) -> bool:
+        """Whether the server answers its liveness probe at all."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/live", timeout=10) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
 
 def bls_version_for(repository: Path, repository_version: int) -> int:
     """The newest `routenlp` version whose serving config routes `repository_version`."""

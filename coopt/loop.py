@@ -173,6 +173,8 @@ class CooptLoop:
             counts = traffic.stop()
         swap = {"label": label, "version": version, "seconds": round(time.perf_counter() - started, 1), "error": error, **counts}
         self.swaps.append(swap)
+        if error and not api.live():
+            raise RuntimeError(f"tritonserver stopped answering during the swap to version {version} ({label}): {error}; see its log")
         self.log(f"  swap to version {version} ({label}): {counts['sent']} requests during the swap, {counts['failed']} failed" + (f"; NOT deployed: {error}" if error else ""))
         return swap
 

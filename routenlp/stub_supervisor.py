@@ -12,8 +12,8 @@ and the instance) every `poll_s`. A stub that vanished while its model version i
 and the model's current config still expects that instance is dead (a deliberate unload, a new
 version or a rescale makes the version non-READY or drops the instance first). Seen so on two
 polls in a row, the supervisor kills the orphans in the server's process group and reloads the
-model through the repository API with the model's current config, so a pinned version (coopt
-deploy, rollback) stays pinned; a plain load would re-read config.pbtxt and could swap versions.
+model version through the repository API with the model's current config pinned to that version:
+a plain load would re-read config.pbtxt and could swap versions in the middle of a deploy.
 """
 
 from __future__ import annotations
@@ -156,6 +156,13 @@ def dead_instances(key: tuple[str, str], live: Iterable[Stub], expected: set[str
     return sorted(expected - running)
 
 
+def reload_config(config: Mapping[str, Any], version: str) -> dict[str, Any]:
+    """The model's current config pinned to the version that lost its stub: with the default
+    "latest" policy a plain reload would bring in a newer version folder written meanwhile (seen:
+    the BLS of a repository version whose tiers were still loading, in the middle of a deploy)."""
+    return {**config, "version_policy": {"specific": {"versions": [int(version)]}}}
+
+
 # ---------------------------------------------------------------- the supervisor
 
 
@@ -224,10 +231,10 @@ class StubSupervisor:
         # A fresh look at /proc: the orphans hold a KV cache that the new engine needs.
         recovery.reaped = kill(orphans(self.server_pid, processes()))
         self._log(f"{model} version {version}: no stub for {', '.join(instances)} while the model is READY; "
-                  f"killed orphaned processes {recovery.reaped}; reloading {model} with its current config")  # fmt: skip
+                  f"killed orphaned processes {recovery.reaped}; reloading {model} version {version}")  # fmt: skip
         started = time.perf_counter()
         try:
-            self.api.load(model, self.api.config(model))
+            self.api.load(model, reload_config(self.api.config(model), version))
         except Exception as err:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures

@@ -222,7 +222,8 @@ class TritonPythonModel:
             tensor = pb_utils.get_output_tensor_by_name(response, name)
             if tensor is None:
                 raise TierUnavailable(f"{model}: response has no output {name}")
-            found[name] = tensor.as_numpy()
+            # a copy: the array views the response's shared memory, released with the response
+            found[name] = np.array(tensor.as_numpy(), copy=True)
         return found
 
     def router_logits(self, inputs, model):

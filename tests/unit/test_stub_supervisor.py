@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from routenlp.stub_supervisor import Proc, Stub, StubSupervisor, expected_instances, kill, orphans, parse_stub, processes
+from routenlp.stub_supervisor import Proc, Stub, StubSupervisor, expected_instances, kill, orphans, parse_stub, processes, reload_config
 
 SERVER = 10**9  # above any pid_max: the real /proc never holds this group, so nothing real is killed
 STUB = "/venv/lib/python3.11/site-packages/pytriton/tritonserver/backends/python/triton_python_backend_stub"
@@ -71,6 +71,11 @@ def test_expected_instances_follow_the_instance_groups():
     gpus = {"backend": "python", "instance_group": [{"name": "t3_0", "count": 1, "gpus": [0, 1]}]}
     assert expected_instances(gpus) == {"t3_0_0", "t3_0_1"}
     assert expected_instances(_config("router", backend="onnxruntime")) == set()
+
+
+def test_a_reload_pins_the_version_that_lost_its_stub():
+    latest = {**_config("routenlp", count=2), "version_policy": {"latest": {"num_versions": 1}}}
+    assert reload_config(latest, "2") == {**_config("routenlp", count=2), "version_policy": {"specific": {"versions": [2]}}}
 
 
 def test_a_stub_gone_while_its_model_is_ready_is_reloaded_with_the_current_config(tmp_path):
