@@ -12,7 +12,7 @@ The version folder holds serving_config.json (bls_router/serving_config.py) and 
 tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and HTTP calls to T4
 (T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key from the env variable the config
 names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
-RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, cancelled -> CANCELLED.
+RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, a bug -> INTERNAL (the batch keeps serving).
 
 Every routed request is appended to the durable escalation log (bls_router/escalation_log.py;
 path from ROUTENLP_ESCALATION_LOG) before its response is sent, and fed to the escalation-rate
@@ -83,7 +83,6 @@ class TritonPythonModel:
         self._codes = {
             "invalid_arg": pb_utils.TritonError.INVALID_ARG,
             "unavailable": getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL),
-            "cancelled": getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.INTERNAL),
             "internal": pb_utils.TritonError.INTERNAL,
         }
         model_config = json.loads(args["model_config"])
@@ -288,8 +287,10 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
 
     def _answer(self, request):
-        if request.is_cancelled():
-            return self._error("request was cancelled", "cancelled")
+        # No request.is_cancelled() here: in Triton 2.51 that check reaches
+        # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
+        # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
+        # triton-inference-server/server#8192). A cancelled client simply drops the answer.
         try:
             routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
             result = self.service.route(routed)
