@@ -59,6 +59,8 @@ class Live:
     http_url: str
     admin_key: str
     repository: Path
+    exit_status: Callable[[], str | None] = lambda: None  # how the server process ended, if it did
+    restart: Callable[[], float] | None = None  # starts a dead server again (same ports); seconds taken
 
 
 @dataclass
@@ -154,7 +156,7 @@ class CooptLoop:
         written = write_repository(build, self.live.repository, target="cpu")
         return written["version"], self.swap_to(written["version"], label)
 
-    def swap_to(self, version: int, label: str) -> dict[str, Any]:
+    def swap_to(self, version: int, label: str, restarts: int = 1) -> dict[str, Any]:
         from coopt.deploy import RepositoryAPI, deploy, smoke_check
         from coopt.traffic import TrafficLoop
         from routenlp.tasks import TASK_NAMES
@@ -174,7 +176,16 @@ class CooptLoop:
         swap = {"label": label, "version": version, "seconds": round(time.perf_counter() - started, 1), "error": error, **counts}
         self.swaps.append(swap)
         if error and not api.live():
-            raise RuntimeError(f"tritonserver stopped answering during the swap to version {version} ({label}): {error}; see its log")
+            ended = self.live.exit_status() or "process still running"
+            if self.live.restart is None or restarts < 1:
+                raise RuntimeError(f"tritonserver stopped answering during the swap to version {version} ({label}): {error}; {ended}; see its log")
+            # The crash and the requests it failed stay in self.swaps (and the totals); the
+            # restarted server comes up on each model's newest version, so the swap is redone.
+            self.log(f"  tritonserver died during the swap to version {version} ({ended}; {counts['failed']} of {counts['sent']} requests failed); restarting it")
+            swap["server_crash"] = ended
+            swap["restart_s"] = round(self.live.restart(), 1)
+            self.log(f"  tritonserver ready again after {swap['restart_s']} s")
+            return self.swap_to(version, label, restarts - 1)
         self.log(f"  swap to version {version} ({label}): {counts['sent']} requests during the swap, {counts['failed']} failed" + (f"; NOT deployed: {error}" if error else ""))
         return swap
 

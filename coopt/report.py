@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,13 @@ def cluster_rows(result: Mapping[str, Any], run: str = "targeted", limit: int = 
     return rows
 
 
+def crash_lines(swaps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per swap during which tritonserver died and was restarted (the swap was redone)."""
+    return [f"- tritonserver died during the swap to version {s['version']} ({s['label']}): {s['server_crash']}; "
+            f"{s['failed']} of {s['sent']} requests failed; ready again after {s['restart_s']} s, swap redone"
+            for s in swaps if s.get("server_crash")]  # fmt: skip
+
+
 def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
     import matplotlib
 
@@ -110,6 +117,7 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         format_table(iteration_rows(result), markdown=True),
         "",
         f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed.",
+        *crash_lines(result["swaps"]),
         "",
         f"![convergence](plots/{plot_name})",
         "",

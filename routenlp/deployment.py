@@ -145,6 +145,19 @@ class Deployment:
         api = RepositoryAPI(self.server.http_url, "" if self.open_admin else admin_key(self.state_dir))
         return StubSupervisor(self.server.process.pid, api, log_path=self.state_dir / "stub_supervisor.log").start()
 
+    def restart_server(self, timeout_s: float = 420.0) -> float:
+        """Start tritonserver again, same ports, flags and environment, after it died; the T4
+        endpoint keeps running. It loads each model's newest version: the caller pins others.
+        Returns the seconds it took to be ready again."""
+        assert self.server is not None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        self.server.stop()  # reaps the dead process and whatever is left of its process group
+        started = time.perf_counter()
+        self.server.start(timeout_s=timeout_s)
+        self.supervisor = self._supervise()
+        return time.perf_counter() - started
+
     def alive(self) -> bool:
         processes = [p for p in (self.server and self.server.process, self.t4 and self.t4.process) if p is not None]
         return bool(processes) and all(p.poll() is None for p in processes)

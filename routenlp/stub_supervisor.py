@@ -199,11 +199,19 @@ class StubSupervisor:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             if not _alive(self.server_pid):
+                self._bury()
                 return  # the server is gone: nothing left to supervise
             try:
                 self.poll()
             except Exception as err:  # the API refused or the server is stopping; try again next poll
                 self._log(f"poll failed: {type(err).__name__}: {err}")
+
+    def _bury(self) -> None:
+        """The server died (a crash: a clean stop stops the supervisor first). Its stubs' vLLM
+        processes outlive it holding copies of its sockets, so a client's call in flight hangs
+        until its timeout instead of failing; they also hold the KV cache a restart needs."""
+        leftovers = kill(p.pid for p in self.scan().values() if p.pgid == self.server_pid and p.pid != self.server_pid)
+        self._log(f"tritonserver (pid {self.server_pid}) is gone; killed its leftover processes {leftovers}")
 
     def poll(self) -> list[Recovery]:
         """One look at the stubs; reloads the model versions confirmed dead. Returns what it did."""

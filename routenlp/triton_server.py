@@ -7,6 +7,7 @@ them run the server the same way.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.error
@@ -123,6 +124,13 @@ class TritonServer:
                 return
             time.sleep(0.5)
         raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}")
+
+    def exit_status(self) -> str | None:
+        """How the server process ended ("killed by SIGBUS", "exited with code 1"); None while it runs."""
+        code = None if self.process is None else self.process.poll()
+        if code is None:
+            return None
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
 
     def metadata(self) -> dict:
         status, body = self._get("/v2")

@@ -66,7 +66,7 @@ def run(args) -> int:
     else:
         print("\nstarting the deployment (T4 endpoint + tritonserver) ...", flush=True)
         with Deployment(args.repository, state_dir=state_dir) as deployment:
-            live = Live(deployment.server.grpc_url, deployment.server.http_url, admin_key(deployment.state_dir), args.repository)
+            live = Live(deployment.server.grpc_url, deployment.server.http_url, admin_key(deployment.state_dir), args.repository, deployment.server.exit_status, deployment.restart_server)
             result = loop_on(live)
     print()
     print_tables(result)

@@ -137,3 +137,26 @@ def test_orphans_are_the_server_group_members_no_longer_below_it():
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_a_dead_servers_leftover_processes_are_killed_and_the_supervisor_stops(tmp_path):
+    # a "server" that dies (SIGKILL, as in a crash) leaving a child running, like a stub's vLLM EngineCore
+    script = "import subprocess, time\nprint(subprocess.Popen(['sleep', '60']).pid, flush=True)\ntime.sleep(60)\n"
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        leftover = int(server.stdout.readline())
+        supervisor = StubSupervisor(server.pid, Repository({}, set()), log_path=tmp_path / "supervisor.log", poll_s=0.1).start()
+        server.kill()  # a zombie until reaped, which the supervisor reads as dead
+        deadline = time.monotonic() + 10
+        while leftover in processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert leftover not in processes()
+        supervisor._thread.join(5)
+        assert not supervisor._thread.is_alive()
+        assert f"killed its leftover processes [{leftover}]" in (tmp_path / "supervisor.log").read_text()
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait()
