@@ -34,6 +34,7 @@ from coopt.iteration import FinetuneSettings, IterationBuild
 
 MODES = ("targeted", "random")
 REFERENCE_POLICY = "always-t4"
+MAX_SERVER_RESTARTS = 6  # per run; more means the deployment is not fit to measure
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,49 @@ class CooptLoop:
         self.pool = base.pools.flat("router")
         self.reference: dict[str, Any] | None = None
         self.swaps: list[dict[str, Any]] = []
+        self.crashes: list[dict[str, Any]] = []  # tritonserver deaths survived: when, how, restart time
+        self.live_version: int | None = None  # the repository version the server answers with
         self.clusters: dict[str, list[dict[str, Any]]] = {}
 
     # ---- live measurements --------------------------------------------------------------------
 
     def _route(self, records: Sequence[Mapping[str, Any]], policy: str, desc: str):
+        """Every record through the live server; routed again from the start if the server died
+        meanwhile (its answers are then partial), once it has been restarted."""
         from clients.served_eval import route_records
 
-        return route_records(self.live.grpc_url, records, policy, concurrency=self.settings.concurrency, progress=self.progress, desc=desc)
+        while True:
+            answers = route_records(self.live.grpc_url, records, policy, concurrency=self.settings.concurrency, progress=self.progress, desc=desc)
+            if all(a.error is None for a in answers) or not self._restart_if_dead(desc):
+                return answers
+
+    def _api(self):
+        from coopt.deploy import RepositoryAPI
+
+        return RepositoryAPI(self.live.http_url, self.live.admin_key)
+
+    def _restart_if_dead(self, during: str) -> bool:
+        """False while the server is alive. Else restarts it, puts the live version back (a
+        restarted server loads each model's newest version) and returns True."""
+        if self._api().live():
+            return False
+        ended = self.live.exit_status() or "process still running"
+        if self.live.restart is None or len(self.crashes) >= MAX_SERVER_RESTARTS:
+            raise RuntimeError(f"tritonserver stopped answering ({during}): {ended}; see its log")
+        self.log(f"  tritonserver died ({during}): {ended}; restarting it")
+        crash = {"during": during, "ended": ended, "restart_s": round(self.live.restart(), 1)}
+        if self.live_version is not None:
+            self._pin(self.live_version)
+        self.crashes.append(crash)
+        self.log(f"  tritonserver ready again after {crash['restart_s']} s, on version {self.live_version}")
+        return True
+
+    def _pin(self, version: int) -> None:
+        from coopt.deploy import deploy, smoke_check
+        from routenlp.tasks import TASK_NAMES
+
+        texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}
+        deploy(self._api(), self.live.repository, version, smoke_check(self.live.grpc_url, TASK_NAMES, texts.__getitem__), log=self.log)
 
     def measure_reference(self) -> dict[str, Any]:
         from clients.served_eval import summarize
@@ -156,36 +192,26 @@ class CooptLoop:
         written = write_repository(build, self.live.repository, target="cpu")
         return written["version"], self.swap_to(written["version"], label)
 
-    def swap_to(self, version: int, label: str, restarts: int = 1) -> dict[str, Any]:
-        from coopt.deploy import RepositoryAPI, deploy, smoke_check
+    def swap_to(self, version: int, label: str) -> dict[str, Any]:
         from coopt.traffic import TrafficLoop
-        from routenlp.tasks import TASK_NAMES
 
-        api = RepositoryAPI(self.live.http_url, self.live.admin_key)
-        texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}
         traffic = TrafficLoop(self.live.grpc_url, self.dev, concurrency=self.settings.traffic_concurrency, max_tier=None).start()
         started = time.perf_counter()
         error = None
         try:
             traffic.wait_for(1)
-            deploy(api, self.live.repository, version, smoke_check(self.live.grpc_url, TASK_NAMES, texts.__getitem__), log=self.log)
+            self._pin(version)
+            self.live_version = version
         except Exception as err:  # a version that fails its smoke check was rolled back by deploy()
             error = str(err)
         finally:
             counts = traffic.stop()
         swap = {"label": label, "version": version, "seconds": round(time.perf_counter() - started, 1), "error": error, **counts}
         self.swaps.append(swap)
-        if error and not api.live():
-            ended = self.live.exit_status() or "process still running"
-            if self.live.restart is None or restarts < 1:
-                raise RuntimeError(f"tritonserver stopped answering during the swap to version {version} ({label}): {error}; {ended}; see its log")
-            # The crash and the requests it failed stay in self.swaps (and the totals); the
-            # restarted server comes up on each model's newest version, so the swap is redone.
-            self.log(f"  tritonserver died during the swap to version {version} ({ended}; {counts['failed']} of {counts['sent']} requests failed); restarting it")
-            swap["server_crash"] = ended
-            swap["restart_s"] = round(self.live.restart(), 1)
-            self.log(f"  tritonserver ready again after {swap['restart_s']} s")
-            return self.swap_to(version, label, restarts - 1)
+        if error and self._restart_if_dead(f"swap to version {version} ({label}), {counts['failed']} of {counts['sent']} requests failed"):
+            # The crash and the requests it failed stay in self.swaps (and the totals); redo the swap.
+            swap["server_crash"] = self.crashes[-1]["ended"]
+            return self.swap_to(version, label)
         self.log(f"  swap to version {version} ({label}): {counts['sent']} requests during the swap, {counts['failed']} failed" + (f"; NOT deployed: {error}" if error else ""))
         return swap
 
@@ -257,6 +283,7 @@ class CooptLoop:
             "runs": runs,
             "clusters": self.clusters,
             "swaps": self.swaps,
+            "server_crashes": self.crashes,
             "swap_totals": {"sent": sum(s["sent"] for s in self.swaps), "failed": sum(s["failed"] for s in self.swaps), "swaps": len(self.swaps)},
             "promoted": promoted,
             "seconds": round(time.perf_counter() - started, 1),

@@ -66,11 +66,9 @@ def cluster_rows(result: Mapping[str, Any], run: str = "targeted", limit: int = 
     return rows
 
 
-def crash_lines(swaps: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per swap during which tritonserver died and was restarted (the swap was redone)."""
-    return [f"- tritonserver died during the swap to version {s['version']} ({s['label']}): {s['server_crash']}; "
-            f"{s['failed']} of {s['sent']} requests failed; ready again after {s['restart_s']} s, swap redone"
-            for s in swaps if s.get("server_crash")]  # fmt: skip
+def crash_lines(crashes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per tritonserver death the loop survived (restarted, then the phase redone)."""
+    return [f"- tritonserver died during {c['during']}: {c['ended']}; ready again after {c['restart_s']} s, redone" for c in crashes]
 
 
 def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
@@ -117,7 +115,7 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         format_table(iteration_rows(result), markdown=True),
         "",
         f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed.",
-        *crash_lines(result["swaps"]),
+        *crash_lines(result["server_crashes"]),
         "",
         f"![convergence](plots/{plot_name})",
         "",

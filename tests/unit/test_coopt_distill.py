@@ -54,7 +54,7 @@ def test_the_report_has_one_row_per_iteration_the_reductions_and_the_clusters():
     result = {
         "runs": {"targeted": [_row(0, 0.20, 1.0), _row(1, 0.18, 1.0), _row(2, 0.16, 0.99)], "random": [_row(0, 0.20, 1.0), _row(1, 0.19, 1.0)]},
         "clusters": {"targeted/1": [{"task": "legal_clause", "size": 9, "mean_gap": 0.5, "priority": 4.5, "tiers": {"t1": 9}, "examples": ["The licensee shall indemnify ..."]}]},
-        "swaps": [{"label": "targeted iteration 1", "version": 4, "sent": 40, "failed": 3, "server_crash": "killed by SIGSEGV", "restart_s": 95.2}],
+        "server_crashes": [{"during": "swap to version 4 (targeted iteration 1), 3 of 40 requests failed", "ended": "killed by SIGSEGV", "restart_s": 95.2}],
         "swap_totals": {"swaps": 4, "sent": 400, "failed": 3},
         "dev_records": 600, "pool_records": 1000, "promoted": {"version": 9, "from_version": 3},
     }  # fmt: skip
@@ -69,4 +69,4 @@ def test_the_report_has_one_row_per_iteration_the_reductions_and_the_clusters():
     assert cluster_rows(result)[0]["example queries"].startswith("The licensee")
     text = markdown(result, "routenlp coopt", "coopt_convergence.png")
     assert "400 requests sent during them, 3 failed" in text and "repository version 9" in text
-    assert "died during the swap to version 4 (targeted iteration 1): killed by SIGSEGV; 3 of 40 requests failed; ready again after 95.2 s" in text
+    assert "died during swap to version 4 (targeted iteration 1), 3 of 40 requests failed: killed by SIGSEGV; ready again after 95.2 s" in text
