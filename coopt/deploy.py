@@ -14,6 +14,7 @@ loaded back. The repository API needs the admin key (routenlp serve restricts it
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -103,9 +104,10 @@ def live_versions(api: RepositoryAPI, models: Sequence[str]) -> dict[str, int]:
     return ready
 
 
-def pin_version(api: RepositoryAPI, model: str, version: int) -> None:
+def pin_version(api: RepositoryAPI, model: str, *versions: int) -> None:
+    """Serve exactly `versions` of `model` (loads the missing ones, unloads the others)."""
     config = api.config(model)
-    config["version_policy"] = {"specific": {"versions": [int(version)]}}
+    config["version_policy"] = {"specific": {"versions": sorted({int(v) for v in versions})}}
     api.load(model, config)
 
 
@@ -133,19 +135,30 @@ def deploy(
     repository_version: int,
     smoke: Callable[[int], None],
     log: Callable[[str], None] = print,
+    drain_s: float = 2.0,
 ) -> dict[str, Any]:
     """Load `repository_version` (tiers, then its BLS version), smoke-check it, roll back on failure.
-    `smoke(bls_version)` raises when the new deployment does not answer correctly."""
+    `smoke(bls_version)` raises when the new deployment does not answer correctly.
+
+    A tier's new version is loaded beside its old one, and the old one unloaded only after the
+    new BLS answered and `drain_s` passed: in Triton 2.51 unloading a python-backend version
+    that BLS requests were still reaching crashed the server (SIGSEGV) on the default portfolio."""
     tiers = tier_models(repository, repository_version)
     bls_version = bls_version_for(repository, repository_version)
     before = live_versions(api, [*tiers, BLS_MODEL])
     plan = [*tiers.items(), (BLS_MODEL, bls_version)]
+    replaced = {model: before[model] for model, version in tiers.items() if model in before and before[model] != version}
     try:
         for model, version in plan:
             if before.get(model) != version:
-                log(f"  load {model} version {version} (was {before.get(model)})")
-                pin_version(api, model, version)
+                beside = replaced.get(model) if model != BLS_MODEL else None
+                log(f"  load {model} version {version} (was {before.get(model)}" + (", kept until the new BLS answers)" if beside else ")"))
+                pin_version(api, model, version, *([beside] if beside else []))
         smoke(bls_version)
+        time.sleep(drain_s if replaced else 0.0)
+        for model, old in replaced.items():
+            log(f"  unload {model} version {old}")
+            pin_version(api, model, tiers[model])
     except Exception as err:
         log(f"  version {repository_version} failed ({err}); rolling back to {before}")
         for model, version in reversed(plan):
