@@ -39,6 +39,10 @@ def _records(per_task: int | None) -> list[dict]:
     return records
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a (every reference request failed)" if value is None else f"{value:.3f}"
+
+
 def summary_rows(systems: dict[str, dict], reference: str) -> list[dict[str, str]]:
     from clients.served_eval import compare
 
@@ -50,9 +54,9 @@ def summary_rows(systems: dict[str, dict], reference: str) -> list[dict[str, str
             "requests": str(summary["requests"]),
             "errors": str(summary["errors"]),
             "mean quality": f"{summary['mean_quality']:.4f}",
-            "quality ratio": f"{ratios['quality_ratio']:.3f}",
+            "quality ratio": _ratio(ratios["quality_ratio"]),
             "cost $": f"{summary['dollars']:.4f}",
-            "cost ratio": f"{ratios['cost_ratio']:.3f}",
+            "cost ratio": _ratio(ratios["cost_ratio"]),
             "p50 ms": f"{summary['p50_ms']:.1f}",
             "p99 ms": f"{summary['p99_ms']:.1f}",
             "escalated": f"{summary['escalation_rate']:.3f}",
@@ -76,6 +80,7 @@ def run(args) -> int:
     from clients.served_eval import compare, route_records, service_times, summarize
     from routenlp.commands import export_cmd
     from routenlp.deployment import Deployment, latest_serving_config
+    from routenlp.server_restarts import ServerRestarter
 
     export_cmd.run(argparse.Namespace(profile=args.profile, portfolio=None, repository=None, target="cpu", results=RESULTS_DIR / "portfolio.json", quiet=True))
     records = _records(args.per_task)
@@ -84,10 +89,17 @@ def run(args) -> int:
         print(format_table([{"endpoint": k, "value": v} for k, v in deployment.describe().items()]), flush=True)
         url = deployment.server.grpc_url
         route_records(url, records[:8], "routenlp", concurrency=2, progress=False)  # warm-up: first vLLM steps are slow
+        restarter = ServerRestarter(deployment)
+        restarter.record_live_versions()
         systems, seconds, service_ms = {}, {}, {}
         for policy in ("routenlp", REFERENCE_POLICY):
             started = time.perf_counter()
-            answers = route_records(url, records, policy, concurrency=args.concurrency, desc=f"route dev ({policy})")
+            while True:  # a pass the server died in is routed again once it is back (same ports)
+                answers = route_records(url, records, policy, concurrency=args.concurrency, desc=f"route dev ({policy})")
+                failed = sum(a.error is not None for a in answers)
+                if not failed or deployment.server.exit_status() is None or not restarter.restart():
+                    break
+                print(f"{policy}: {failed} of {len(answers)} requests failed when tritonserver died; routing the pass again", flush=True)
             seconds[policy] = round(time.perf_counter() - started, 1)
             systems[policy] = summarize(answers)
             for tier, samples in service_times(answers).items():
@@ -100,13 +112,14 @@ def run(args) -> int:
     print(format_table(task_rows(systems, bars)))
     ratios = compare(systems["routenlp"], systems[REFERENCE_POLICY])
     print(
-        f"\nRouteNLP vs Always-T4: quality ratio {ratios['quality_ratio']:.3f}, cost ratio {ratios['cost_ratio']:.3f}; "
+        f"\nRouteNLP vs Always-T4: quality ratio {_ratio(ratios['quality_ratio'])}, cost ratio {_ratio(ratios['cost_ratio'])}; "
         f"p50 {systems['routenlp']['p50_ms']:.0f} ms, p99 {systems['routenlp']['p99_ms']:.0f} ms"
     )
     out = {
         "records": len(records), "concurrency": args.concurrency, "seconds": seconds, "systems": systems, "ratios_vs_always_t4": ratios, "bars": bars,
         # for `routenlp capacity`: RouteNLP's tier mix and per-tier service times measured in the BLS
         "mix": systems["routenlp"]["mix"], "service_ms": service_ms,
+        "server_restarts": restarter.history,  # tritonserver crashes survived (README, Reliability)
     }  # fmt: skip
     path = Path(args.results)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from routenlp.paths import MODEL_REPOSITORY_DIR
 
 STANDARD_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaults
+VERSION_POLL_S = 10.0  # how often the live model versions are recorded (restored after a crash)
 
 
 def register(sub) -> None:
@@ -25,6 +26,10 @@ def register(sub) -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="logs, escalation log and admin key (default var/)")
     parser.add_argument("--open-admin", action="store_true", help="leave the model-control / repository APIs unrestricted")
     parser.add_argument("--log-text", action="store_true", help="keep raw request text and answers in the escalation log")
+    parser.add_argument(
+        "--max-restarts", type=int, default=5,
+        help="restart a crashed tritonserver up to this many times per 10 minutes (0: exit instead)",
+    )  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -35,6 +40,7 @@ def _raise_interrupt(signum, frame):  # SIGTERM stops like Ctrl-C: through the s
 def run(args) -> int:
     from routenlp.deployment import STATE_DIR, Deployment
     from routenlp.processes import log_tail
+    from routenlp.server_restarts import RestartBudget, ServerRestarter
     from routenlp.table import format_table
 
     ports = {name: getattr(args, f"{name}_port") for name in STANDARD_PORTS if getattr(args, f"{name}_port")}
@@ -56,8 +62,18 @@ def run(args) -> int:
         print(f"ready in {deployment.startup_s:.0f} s")
         print(format_table([{"endpoint": k, "value": v} for k, v in deployment.describe().items()]))
         print("Ctrl-C or SIGTERM stops everything.", flush=True)
-        while deployment.alive():
-            time.sleep(1.0)
+        restarter = ServerRestarter(deployment, RestartBudget(max_restarts=args.max_restarts), log=lambda line: print(line, flush=True))
+        watched = 0.0
+        while True:
+            if deployment.alive():
+                if time.monotonic() - watched > VERSION_POLL_S:
+                    restarter.record_live_versions()
+                    watched = time.monotonic()
+                time.sleep(1.0)
+                continue
+            t4_dead = deployment.t4 is not None and deployment.t4.process.poll() is not None
+            if t4_dead or not restarter.restart():
+                break
         server_log = deployment.server.log_path if deployment.server else None
         print(f"error: a server process exited unexpectedly; see {deployment.state_dir}", file=sys.stderr)
         if server_log:

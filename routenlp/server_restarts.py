@@ -1,0 +1,124 @@
+"""What `routenlp serve` does when tritonserver itself dies: start it again, serving the versions
+that were live, and say so.
+
+Why: Triton 2.51's python backend can take the whole server down under sustained BLS traffic
+(SIGSEGV or an uncaught boost::interprocess::lock_exception inside TRITONBACKEND_ModelInstanceExecute,
+measured here on the default portfolio at concurrency 4; the same crash is reported upstream for
+2.55, triton-inference-server/server#8882). Requests in flight at that moment get a transport error
+(never a silent loss: nothing answered is missing from the escalation log, see
+tests/integration/test_reliability.py); what a production server must not do is stay down.
+
+A restarted server loads each model's newest version, which is not what was live after
+`routenlp deploy --version N` (a rollback), so the versions seen live are recorded while the server
+runs and pinned back after the restart: tier models first, the routing BLS last. Restarts are
+bounded (`max_restarts` within `window_s`) so a server that crashes at start-up is not restarted
+forever; every restart is appended to server_restarts.jsonl in the state folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bls_router.calibrate import BLS_MODEL
+
+RESTARTS_FILE = "server_restarts.jsonl"
+
+
+@dataclass
+class RestartBudget:
+    """At most `max_restarts` restarts within any `window_s` seconds."""
+
+    max_restarts: int = 5
+    window_s: float = 600.0
+    times: list[float] = field(default_factory=list)
+
+    def allow(self, now: float) -> bool:
+        self.times = [t for t in self.times if now - t < self.window_s]
+        return len(self.times) < self.max_restarts
+
+    def record(self, now: float) -> None:
+        self.times.append(now)
+
+
+def restore_order(versions: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Tier models before the BLS that routes them (it must never point at a missing version)."""
+    return sorted(versions.items(), key=lambda item: (item[0] == BLS_MODEL, item[0]))
+
+
+def versions_to_restore(recorded: Mapping[str, int], live: Mapping[str, int]) -> list[tuple[str, int]]:
+    """(model, version) pairs the restarted server serves differently from before the crash."""
+    return [(model, version) for model, version in restore_order(recorded) if live.get(model) != version]
+
+
+def append_restart(state_dir: Path, record: Mapping[str, Any]) -> None:
+    with open(Path(state_dir) / RESTARTS_FILE, "a") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class ServerRestarter:
+    """Restarts a Deployment's dead tritonserver and pins back the versions recorded before."""
+
+    def __init__(self, deployment, budget: RestartBudget | None = None, log: Callable[[str], None] = print) -> None:
+        self.deployment = deployment
+        self.budget = budget or RestartBudget()
+        self.log = log
+        self.recorded: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []  # one record per restart, as in server_restarts.jsonl
+
+    def _api(self):
+        from coopt.deploy import RepositoryAPI  # coopt.deploy imports routenlp.deployment
+        from routenlp.deployment import admin_key
+
+        deployment = self.deployment
+        return RepositoryAPI(deployment.server.http_url, "" if deployment.open_admin else admin_key(deployment.state_dir))
+
+    def record_live_versions(self) -> None:
+        """Called while the server runs; a failed probe keeps the last record."""
+        from coopt.deploy import live_versions
+
+        try:
+            api = self._api()
+            live = live_versions(api, sorted({row["name"] for row in api.index() if "name" in row}))
+        except Exception:  # a server going down mid-probe: the previous record stands
+            return
+        if live:
+            self.recorded = live
+
+    def restart(self) -> bool:
+        """False when the budget is spent (the caller stops). Otherwise restarts and restores."""
+        from coopt.deploy import live_versions, pin_version
+
+        now = time.time()
+        ended = self.deployment.server.exit_status() or "stopped answering"
+        if not self.budget.allow(now):
+            self.log(f"tritonserver died ({ended}); {self.budget.max_restarts} restarts within {self.budget.window_s:.0f} s already, giving up")
+            return False
+        self.budget.record(now)
+        self.log(f"tritonserver died ({ended}); restarting it (same ports, flags and environment)")
+        try:
+            restart_s = self.deployment.restart_server()
+        except RuntimeError as err:  # not ready in time: the caller sees it dead and tries again
+            self.log(f"tritonserver did not come back: {err}")
+            self.history.append({"at": now, "ended": ended, "error": str(err)[:500]})
+            append_restart(self.deployment.state_dir, self.history[-1])
+            return True
+        api = self._api()
+        restored = versions_to_restore(self.recorded, live_versions(api, list(self.recorded)))
+        pin_error = None
+        try:
+            for model, version in restored:
+                pin_version(api, model, version)
+        except Exception as err:  # keep serving the newest versions rather than nothing
+            pin_error = f"{type(err).__name__}: {err}"
+            self.log(f"could not pin the versions live before the crash back ({pin_error}); serving the newest")
+        record = {"at": now, "ended": ended, "restart_s": round(restart_s, 1), "restored": dict(restored), "pin_error": pin_error}
+        self.history.append(record)
+        append_restart(self.deployment.state_dir, record)
+        pinned = ", ".join(f"{m} v{v}" for m, v in restored) or "nothing to pin back"
+        self.log(f"tritonserver ready again after {restart_s:.0f} s (restart {len(self.history)}; {pinned})")
+        return True
