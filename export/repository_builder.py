@@ -105,6 +105,8 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
         "router_ablations": build.cache.stamp("router_ablations") and build.cache.key("router_ablations"),
         "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")},
         BLS_MODEL: content_fingerprint({"serving_config": serving.dumps(), "tokenizer": build.cache.key("tokenizer")}),
+        # the python-backend adapters copied into each version: a fix to one must reach the repository
+        "adapters": content_fingerprint({path.name: path.read_text() for path in (ONNX_RUNNER, VLLM_TIER, ROUTENLP_BLS)}),
     }
     manifest = _read_manifest(repository)
     if manifest["versions"] and manifest["versions"][-1]["fingerprint"] == fingerprint and not force:

@@ -129,11 +129,12 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = [None] * len(requests)
         slots, prepared = [], []
+        # No request.is_cancelled(): in Triton 2.51 the check is a stub->parent message answered by
+        # a second parent thread (TRITONBACKEND_ResponseFactoryIsCancelled) while this instance's
+        # execute runs; the same check in the BLS crashed the whole server (SIGSEGV, see
+        # routenlp_bls.py). A cancelled request costs one generation; its answer is dropped.
         for index, request in enumerate(requests):
             try:
-                if request.is_cancelled():
-                    responses[index] = _error("request was cancelled", pb_utils.TritonError.CANCELLED)
-                    continue
                 prepared.append(self._prepare(request))
                 slots.append(index)
             except RequestError as err:
