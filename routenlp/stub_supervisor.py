@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 STUB_BINARY = "triton_python_backend_stub"
+SHM_DIR = Path("/dev/shm")
 
 
 class ModelControl(Protocol):  # coopt.deploy.RepositoryAPI
@@ -43,6 +44,7 @@ class Stub:
     model: str
     version: str
     instance: str  # e.g. t2_0_0
+    region: str = ""  # its shared-memory region, a file under /dev/shm
 
 
 @dataclass
@@ -95,7 +97,21 @@ def parse_stub(argv: Iterable[str]) -> Stub | None:
     model_py = Path(argv[1])
     if model_py.name != "model.py" or not model_py.parent.name.isdigit():
         return None
-    return Stub(model=model_py.parent.parent.name, version=model_py.parent.name, instance=argv[-2])
+    return Stub(model=model_py.parent.parent.name, version=model_py.parent.name, instance=argv[-2], region=argv[2])
+
+
+def remove_regions(stubs: Iterable[Stub], shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlinks the shared-memory regions of stubs whose server died: a crashed Triton leaves them
+    behind, and /dev/shm is RAM (64 MB per stub here, so a few crashes of the default repository
+    would hold gigabytes)."""
+    removed = []
+    for region in sorted({s.region for s in stubs if s.region and "/" not in s.region}):
+        try:
+            (shm_dir / region).unlink()
+            removed.append(region)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def live_stubs(server_pid: int, procs: Mapping[int, Proc]) -> dict[int, Stub]:
@@ -178,6 +194,7 @@ class StubSupervisor:
         self.clock = clock
         self.recoveries: list[Recovery] = []
         self._known: dict[int, Stub] = {}
+        self._seen: set[Stub] = set()  # every stub this server ran (their regions, for _bury)
         self._pending: set[tuple[str, str]] = set()  # versions that lost a stub, not yet resolved
         self._suspect: set[tuple[str, str]] = set()  # dead on the previous poll
         self._not_before: dict[tuple[str, str], float] = {}
@@ -187,6 +204,7 @@ class StubSupervisor:
 
     def start(self) -> "StubSupervisor":
         self._known = live_stubs(self.server_pid, self.scan())
+        self._seen |= set(self._known.values())
         self._thread = threading.Thread(target=self._run, name="stub-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -211,13 +229,15 @@ class StubSupervisor:
         processes outlive it holding copies of its sockets, so a client's call in flight hangs
         until its timeout instead of failing; they also hold the KV cache a restart needs."""
         leftovers = kill(p.pid for p in self.scan().values() if p.pgid == self.server_pid and p.pid != self.server_pid)
-        self._log(f"tritonserver (pid {self.server_pid}) is gone; killed its leftover processes {leftovers}")
+        regions = remove_regions(self._seen)
+        self._log(f"tritonserver (pid {self.server_pid}) is gone; killed its leftover processes {leftovers}; removed {len(regions)} shared-memory regions")
 
     def poll(self) -> list[Recovery]:
         """One look at the stubs; reloads the model versions confirmed dead. Returns what it did."""
         live = live_stubs(self.server_pid, self.scan())
         self._pending |= {(s.model, s.version) for pid, s in self._known.items() if pid not in live}
         self._known = live
+        self._seen |= set(live.values())
         if not self._pending:
             return []
         ready = ready_versions(self.api.index())

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from routenlp.stub_supervisor import Proc, Stub, StubSupervisor, expected_instances, kill, orphans, parse_stub, processes, reload_config
+from routenlp.stub_supervisor import Proc, Stub, StubSupervisor, expected_instances, kill, orphans, parse_stub, processes, reload_config, remove_regions
 
 SERVER = 10**9  # above any pid_max: the real /proc never holds this group, so nothing real is killed
 STUB = "/venv/lib/python3.11/site-packages/pytriton/tritonserver/backends/python/triton_python_backend_stub"
@@ -15,7 +15,7 @@ STUB = "/venv/lib/python3.11/site-packages/pytriton/tritonserver/backends/python
 
 def _stub_argv(model: str, version: int, instance: str) -> tuple[str, ...]:
     # as measured on Triton 2.51 (ps of a t2 stub)
-    return (STUB, f"/repo/{model}/{version}/model.py", "triton_python_backend_shm_region_1", "1048576", "1048576", str(SERVER), "/backends/python", "336", instance, "DEFAULT")
+    return (STUB, f"/repo/{model}/{version}/model.py", f"triton_python_backend_shm_region_{instance}", "1048576", "1048576", str(SERVER), "/backends/python", "336", instance, "DEFAULT")
 
 
 def _table(*stubs: tuple[int, str, int, str]) -> dict[int, Proc]:
@@ -60,7 +60,7 @@ def _supervisor(repository, tmp_path, tables, **kwargs):
 
 
 def test_stub_argv_names_model_version_and_instance():
-    assert parse_stub(_stub_argv("t2", 1, "t2_0_0")) == Stub("t2", "1", "t2_0_0")
+    assert parse_stub(_stub_argv("t2", 1, "t2_0_0")) == Stub("t2", "1", "t2_0_0", "triton_python_backend_shm_region_t2_0_0")
     assert parse_stub(("/usr/bin/python", "/repo/t2/1/model.py", "x", "y")) is None
     assert parse_stub((STUB, "/opt/tritonserver/backends/vllm/model.py", "x", "1", "t2_0_0", "DEFAULT")) is None  # a backend's own model.py
 
@@ -160,3 +160,13 @@ def test_a_dead_servers_leftover_processes_are_killed_and_the_supervisor_stops(t
         except ProcessLookupError:
             pass
         server.wait()
+
+
+def test_a_dead_servers_shared_memory_regions_are_removed_and_nothing_else(tmp_path):
+    stubs = [parse_stub(_stub_argv("t2", 1, "t2_0_0")), parse_stub(_stub_argv("routenlp", 1, "routenlp_0_0"))]
+    for stub in stubs:
+        (tmp_path / stub.region).write_bytes(b"\0" * 16)
+    (tmp_path / "psm_other").write_bytes(b"x")  # another program's segment
+    already_gone = Stub("t3", "1", "t3_0_0", "triton_python_backend_shm_region_t3_0_0")
+    assert remove_regions([*stubs, already_gone, Stub("x", "1", "x_0_0", "../escape")], shm_dir=tmp_path) == sorted(s.region for s in stubs)
+    assert [p.name for p in tmp_path.iterdir()] == ["psm_other"]
