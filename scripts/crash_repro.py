@@ -1,0 +1,66 @@
+"""Sustained traffic on a deployment of the model repository until tritonserver dies or time runs
+out: the measurement behind README "Reliability" (the Triton 2.51 python-backend crash).
+
+  .venv/bin/python scripts/crash_repro.py 400 --concurrency 6 --policy always-t4 \
+      --models routenlp,router,t1_cs_intent,t1_fin_ner,t1_legal_clause,t1_legal_risk
+
+Routes 60 dev records per task per round (alternating Always-T4 and RouteNLP unless --policy is
+given) and prints one line per round; the last line says whether the server is alive. Its log is in
+--state-dir (default /tmp/crash_repro); `dmesg | grep segfault` shows whether a stub faulted first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import routenlp.deployment as deployment_module  # noqa: E402
+from clients.served_eval import route_records  # noqa: E402
+from routenlp.data.records import load_split  # noqa: E402
+from routenlp.paths import MODEL_REPOSITORY_DIR  # noqa: E402
+from routenlp.tasks import TASK_NAMES  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("--concurrency", type=int, default=6)
+    parser.add_argument("--policy", default="", help="one policy for every round (default: alternate always-t4 / routenlp)")
+    parser.add_argument("--models", default="", help="comma-separated models to load (default: all)")
+    parser.add_argument("--per-task", type=int, default=60)
+    parser.add_argument("--state-dir", type=Path, default=Path("/tmp/crash_repro"))
+    args = parser.parse_args()
+    if args.models:  # load a subset: which models must be present for the crash
+        deployment_module.TritonServer = functools.partial(deployment_module.TritonServer, load_models=tuple(args.models.split(",")))
+    records = [r for task in TASK_NAMES for r in load_split(task, "dev")[: args.per_task]]
+    shutil.rmtree(args.state_dir, ignore_errors=True)
+    deployment = deployment_module.Deployment(MODEL_REPOSITORY_DIR, state_dir=args.state_dir).start()
+    print(f"ready in {deployment.startup_s:.0f} s", flush=True)
+    started, sent, failed, rounds = time.time(), 0, 0, 0
+    try:
+        while time.time() - started < args.seconds and deployment.server.exit_status() is None:
+            policy = args.policy or ("always-t4" if rounds % 2 == 0 else "routenlp")
+            answers = route_records(deployment.server.grpc_url, records, policy, concurrency=args.concurrency, progress=False)
+            rounds, sent = rounds + 1, sent + len(answers)
+            errors = [a.error for a in answers if a.error is not None]
+            failed += len(errors)
+            paths = Counter("/".join(a.metadata["path"]) for a in answers if a.metadata)
+            print(f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, paths {dict(paths)}", flush=True)
+            if errors:
+                print(f"  first error: {errors[0][:300]}", flush=True)
+    finally:
+        ended = deployment.server.exit_status()
+        print(f"RESULT {'died: ' + ended if ended else 'alive'} after {time.time() - started:.0f} s, {sent} sent, {failed} failed", flush=True)
+        deployment.stop()
+    return 1 if ended else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
