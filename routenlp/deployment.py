@@ -139,11 +139,14 @@ class Deployment:
         self.supervisor = self._supervise()
         return self
 
-    def _supervise(self) -> StubSupervisor:
+    def repository_api(self):
+        """The running server's model-control API (coopt.deploy.RepositoryAPI) with the admin key."""
         from coopt.deploy import RepositoryAPI  # imported here: coopt.deploy imports this module
 
-        api = RepositoryAPI(self.server.http_url, "" if self.open_admin else admin_key(self.state_dir))
-        return StubSupervisor(self.server.process.pid, api, log_path=self.state_dir / "stub_supervisor.log").start()
+        return RepositoryAPI(self.server.http_url, "" if self.open_admin else admin_key(self.state_dir))
+
+    def _supervise(self) -> StubSupervisor:
+        return StubSupervisor(self.server.process.pid, self.repository_api(), log_path=self.state_dir / "stub_supervisor.log").start()
 
     def restart_server(self, timeout_s: float = 420.0) -> float:
         """Start tritonserver again, same ports, flags and environment, after it died; the T4

@@ -70,19 +70,12 @@ class ServerRestarter:
         self.recorded: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []  # one record per restart, as in server_restarts.jsonl
 
-    def _api(self):
-        from coopt.deploy import RepositoryAPI  # coopt.deploy imports routenlp.deployment
-        from routenlp.deployment import admin_key
-
-        deployment = self.deployment
-        return RepositoryAPI(deployment.server.http_url, "" if deployment.open_admin else admin_key(deployment.state_dir))
-
     def record_live_versions(self) -> None:
         """Called while the server runs; a failed probe keeps the last record."""
         from coopt.deploy import live_versions
 
         try:
-            api = self._api()
+            api = self.deployment.repository_api()
             live = live_versions(api, sorted({row["name"] for row in api.index() if "name" in row}))
         except Exception:  # a server going down mid-probe: the previous record stands
             return
@@ -107,7 +100,7 @@ class ServerRestarter:
             self.history.append({"at": now, "ended": ended, "error": str(err)[:500]})
             append_restart(self.deployment.state_dir, self.history[-1])
             return True
-        api = self._api()
+        api = self.deployment.repository_api()
         restored = versions_to_restore(self.recorded, live_versions(api, list(self.recorded)))
         pin_error = None
         try:
