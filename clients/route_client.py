@@ -11,6 +11,32 @@ import numpy as np
 ENTRY_MODEL = "routenlp"
 
 
+def answer_from_outputs(output_array: Any, metadata_array: Any, request_id: str | None) -> "RoutedAnswer":
+    """The RoutedAnswer in a response's OUTPUT and METADATA tensors, checked before it is trusted.
+
+    A response without both tensors, or whose metadata names another request, raises
+    InferenceServerException (callers already count those as failed requests). Why: when Triton
+    2.51's python backend wrongly declares a busy stub unhealthy (execute > 1 s plus a late health
+    heartbeat), the next batch on that instance reads the previous batch's response; seen here as an
+    answer with no METADATA right before the server aborted (README, Reliability).
+    """
+    from tritonclient.utils import InferenceServerException
+
+    if output_array is None or metadata_array is None:
+        missing = [name for name, array in (("OUTPUT", output_array), ("METADATA", metadata_array)) if array is None]
+        raise InferenceServerException(f"malformed response from {ENTRY_MODEL}: no {' or '.join(missing)} tensor")
+    try:
+        output = output_array.ravel()[0].decode()
+        metadata = json.loads(metadata_array.ravel()[0])
+    except (IndexError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise InferenceServerException(f"malformed response from {ENTRY_MODEL}: {type(err).__name__}: {err}") from None
+    if request_id and isinstance(metadata, dict) and metadata.get("request_id") != request_id:
+        raise InferenceServerException(
+            f"response from {ENTRY_MODEL} belongs to request {metadata.get('request_id')!r}, not {request_id!r}"
+        )
+    return RoutedAnswer(output, metadata)
+
+
 @dataclass(frozen=True)
 class RoutedAnswer:
     output: str
@@ -46,9 +72,7 @@ class RouteClient:
                 inputs.append(self._tensor(name, value))
         kwargs = {"client_timeout": timeout_s} if timeout_s and self.module.__name__.endswith("grpc") else {}
         result = self.client.infer(ENTRY_MODEL, inputs, **kwargs)
-        output = result.as_numpy("OUTPUT").ravel()[0].decode()
-        metadata = json.loads(result.as_numpy("METADATA").ravel()[0])
-        return RoutedAnswer(output, metadata)
+        return answer_from_outputs(result.as_numpy("OUTPUT"), result.as_numpy("METADATA"), request_id)
 
     def close(self) -> None:
         self.client.close()

@@ -7,6 +7,10 @@ out: the measurement behind README "Reliability" (the Triton 2.51 python-backend
 Routes 60 dev records per task per round (alternating Always-T4 and RouteNLP unless --policy is
 given) and prints one line per round; the last line says whether the server is alive. Its log is in
 --state-dir (default /tmp/crash_repro); `dmesg | grep segfault` shows whether a stub faulted first.
+
+--fake-t4 SECONDS replaces the vLLM T4 endpoint by an OpenAI-compatible stand-in in this process
+that answers every completion with the same short text after SECONDS: the BLS still makes real
+HTTP calls, but no vLLM server runs beside Triton (separates "HTTP in the stub" from "a busy vLLM").
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from __future__ import annotations
 import argparse
 import functools
 import shutil
+import json
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +35,31 @@ from routenlp.paths import MODEL_REPOSITORY_DIR  # noqa: E402
 from routenlp.tasks import TASK_NAMES  # noqa: E402
 
 
+def fake_t4(delay_s: float) -> ThreadingHTTPServer:
+    """A stand-in T4 at http://127.0.0.1:PORT/v1: greedy-looking completions after `delay_s`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            time.sleep(delay_s)
+            body = json.dumps({
+                "choices": [{"text": " positive", "logprobs": {"token_logprobs": [-0.01]}}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 1},
+            }).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # no per-request lines on stderr
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seconds", type=float)
@@ -35,13 +67,17 @@ def main() -> int:
     parser.add_argument("--policy", default="", help="one policy for every round (default: alternate always-t4 / routenlp)")
     parser.add_argument("--models", default="", help="comma-separated models to load (default: all)")
     parser.add_argument("--per-task", type=int, default=60)
+    parser.add_argument("--fake-t4", type=float, default=None, metavar="SECONDS", help="stand-in T4 answering after SECONDS instead of vLLM")
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/crash_repro"))
     args = parser.parse_args()
     if args.models:  # load a subset: which models must be present for the crash
         deployment_module.TritonServer = functools.partial(deployment_module.TritonServer, load_models=tuple(args.models.split(",")))
     records = [r for task in TASK_NAMES for r in load_split(task, "dev")[: args.per_task]]
     shutil.rmtree(args.state_dir, ignore_errors=True)
-    deployment = deployment_module.Deployment(MODEL_REPOSITORY_DIR, state_dir=args.state_dir).start()
+    t4_url = ""
+    if args.fake_t4 is not None:
+        t4_url = f"http://127.0.0.1:{fake_t4(args.fake_t4).server_address[1]}/v1"
+    deployment = deployment_module.Deployment(MODEL_REPOSITORY_DIR, state_dir=args.state_dir, local_t4=not t4_url, t4_url=t4_url).start()
     print(f"ready in {deployment.startup_s:.0f} s", flush=True)
     started, sent, failed, rounds = time.time(), 0, 0, 0
     try:
@@ -52,7 +88,9 @@ def main() -> int:
             errors = [a.error for a in answers if a.error is not None]
             failed += len(errors)
             paths = Counter("/".join(a.metadata["path"]) for a in answers if a.metadata)
-            print(f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, paths {dict(paths)}", flush=True)
+            total_ms = sorted(a.metadata["total_ms"] for a in answers if a.metadata)
+            p50 = f"{total_ms[len(total_ms) // 2]:.0f} ms" if total_ms else "-"
+            print(f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, p50 {p50}, paths {dict(paths)}", flush=True)
             if errors:
                 print(f"  first error: {errors[0][:300]}", flush=True)
     finally:
