@@ -37,9 +37,15 @@ FORMAT_VERSION = 1
 ENV_T4_BASE_URL = "ROUTENLP_T4_BASE_URL"
 DEFAULT_MAX_TEXT_BYTES = 32 * 1024
 DEFAULT_ALPHA = 0.05
-# Bound on a BLS call to a local tier (router, T1, T2, T3) while it is queued in Triton.
-DEFAULT_TIER_TIMEOUT_S = 60.0
+# Bound on a BLS call to a local tier (router, T1, T2, T3), queued and answering: the vLLM tiers
+# answer from a thread, so a tier whose stub died with the request inside never answers and the
+# cascade must fall back well before a client gives up (a generation takes < 2 s here).
+DEFAULT_TIER_TIMEOUT_S = 20.0
 TARGETS = ("cpu", "ngc")
+# config.pbtxt parameters of the routing BLS (export/repository_builder.py writes them): routing
+# threads per instance, and requests accepted at once per instance (beyond: UNAVAILABLE).
+BLS_WORKERS_PARAMETER, BLS_MAX_PENDING_PARAMETER = "workers", "max_pending"
+BLS_WORKERS_DEFAULT, BLS_MAX_PENDING_DEFAULT = 8, 64
 
 
 class ServingConfigError(ValueError):

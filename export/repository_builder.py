@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bls_router.serving_config import BLS_MAX_PENDING_DEFAULT, BLS_MAX_PENDING_PARAMETER, BLS_WORKERS_DEFAULT, BLS_WORKERS_PARAMETER
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
 from export.triton_config import ModelSpec, TensorSpec
@@ -26,6 +27,8 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "bls_router" / "triton_mod
 ONNX_RUNNER = MODELS_DIR / "onnx_runner.py"
 VLLM_TIER = MODELS_DIR / "vllm_tier.py"
 ROUTENLP_BLS = MODELS_DIR / "routenlp_bls.py"
+# Imported by the adapters from the installed package; part of what a new adapter version is.
+ADAPTER_HELPERS = (MODELS_DIR.parent / "deferred.py",)
 BLS_MODEL = "routenlp"
 MANIFEST = "routenlp_repository.json"
 # Where NGC deployments mount the repository (docker -v ...:/models); vLLM needs absolute paths.
@@ -51,7 +54,8 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
     """The routing BLS: python backend on both targets (it needs the bls_router package).
 
     One text per request ([1, 1] with the batch dimension); dynamic batching hands an instance
-    whatever is queued; two instances so a request waiting on a slow tier does not hold the next."""
+    whatever is queued and its routing threads answer each request on their own (the `workers`
+    and `max_pending` parameters); two instances, so one stub lost still leaves one serving."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     return ModelSpec(
@@ -68,6 +72,7 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
         max_batch_size=8,
         instance_count=2,
         dynamic_batching_delay_us=0,
+        parameters={BLS_WORKERS_PARAMETER: str(BLS_WORKERS_DEFAULT), BLS_MAX_PENDING_PARAMETER: str(BLS_MAX_PENDING_DEFAULT)},
     )
 
 
@@ -106,7 +111,7 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
         "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")},
         BLS_MODEL: content_fingerprint({"serving_config": serving.dumps(), "tokenizer": build.cache.key("tokenizer")}),
         # the python-backend adapters copied into each version: a fix to one must reach the repository
-        "adapters": content_fingerprint({path.name: path.read_text() for path in (ONNX_RUNNER, VLLM_TIER, ROUTENLP_BLS)}),
+        "adapters": content_fingerprint({path.name: path.read_text() for path in (ONNX_RUNNER, VLLM_TIER, ROUTENLP_BLS, *ADAPTER_HELPERS)}),
     }
     manifest = _read_manifest(repository)
     if manifest["versions"] and manifest["versions"][-1]["fingerprint"] == fingerprint and not force:

@@ -1,8 +1,8 @@
 """Triton config and engine arguments (model.json) of the T2/T3 vLLM tiers, for both targets.
 
   cpu  this Triton build: our python-backend adapter (bls_router/triton_models/vllm_tier.py),
-       not decoupled, max_batch_size > 0 with dynamic batching; one execute() hands the whole
-       batch to the engine, which batches internally.
+       not decoupled, max_batch_size > 0 with dynamic batching; execute() queues the requests for
+       an engine thread, which hands up to `engine_batch` of them to the engine at once.
   ngc  stock NGC tritonserver + vLLM image: backend "vllm", decoupled, max_batch_size 0, as
        vllm_backend requires.
 
@@ -28,6 +28,10 @@ KVCACHE_PARAMETER = "VLLM_CPU_KVCACHE_SPACE"
 KVCACHE_GIB_DEFAULT = "1"
 # A generation takes 100+ ms on CPU, so waiting 1 ms to group concurrent requests is cheap.
 DYNAMIC_BATCHING_DELAY_US = 1000
+# Config parameter of the cpu adapter: requests per engine call (its engine thread takes whatever
+# is queued, up to this many; vLLM batches them internally).
+ENGINE_BATCH_PARAMETER = "engine_batch"
+ENGINE_BATCH_DEFAULT = "32"
 
 _FLAGS = ("exclude_input_in_output", "stream", "return_finish_reason", "return_cumulative_logprob",
           "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")  # fmt: skip
@@ -71,7 +75,7 @@ def vllm_tier_spec(name: str, *, target: str, max_batch_size: int = 8) -> ModelS
         backend="python",
         max_batch_size=max_batch_size,
         dynamic_batching_delay_us=DYNAMIC_BATCHING_DELAY_US,
-        parameters={KVCACHE_PARAMETER: KVCACHE_GIB_DEFAULT},
+        parameters={KVCACHE_PARAMETER: KVCACHE_GIB_DEFAULT, ENGINE_BATCH_PARAMETER: ENGINE_BATCH_DEFAULT},
     )
 
 

@@ -14,6 +14,14 @@ tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and 
 names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
 RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, a bug -> INTERNAL (the batch keeps serving).
 
+execute() only validates each request's inputs (a client mistake is answered there, INVALID_ARG)
+and hands the request to a pool of routing threads (bls_router/deferred.py), which answer it
+through its response sender: the model stays non-decoupled for clients, and execute() never runs
+long enough for Triton 2.51's stub health check to break the shared-memory protocol (the server
+crash described in the README). Config parameters: `workers` (routing threads per instance) and
+`max_pending` (requests accepted at once per instance; beyond it, UNAVAILABLE "overloaded").
+A BLS call to a tier waits at most tier_timeout_s (a tier whose stub died never answers).
+
 Every routed request is appended to the durable escalation log (bls_router/escalation_log.py;
 path from ROUTENLP_ESCALATION_LOG) before its response is sent, and fed to the escalation-rate
 monitor (bls_router/escalation_monitor.py), whose alerts are logged and exported as gauges.
@@ -44,9 +52,18 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from bls_router.cascade import TIERS, TierUnavailable  # noqa: E402
+from bls_router.deferred import WorkerPool, call_with_deadline  # noqa: E402
 from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
 from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
-from bls_router.serving_config import TOKENIZER_DIR, ServingConfigError, load_serving_config  # noqa: E402
+from bls_router.serving_config import (  # noqa: E402
+    BLS_MAX_PENDING_DEFAULT,
+    BLS_MAX_PENDING_PARAMETER,
+    BLS_WORKERS_DEFAULT,
+    BLS_WORKERS_PARAMETER,
+    TOKENIZER_DIR,
+    ServingConfigError,
+    load_serving_config,
+)
 from bls_router.service import (  # noqa: E402
     ROUTED_POLICY,
     Generation,
@@ -57,6 +74,7 @@ from bls_router.service import (  # noqa: E402
 )
 
 INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID", "POLICY")
+DRAIN_TIMEOUT_S = 120.0
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
 
 
@@ -77,9 +95,23 @@ def _scalar(request, name):
     raise RequestError(f"{name} must be BYTES, got {array.dtype}")
 
 
+def _positive_int_parameter(config, name, default):
+    value = config.get("parameters", {}).get(name, {}).get("string_value", "")
+    if value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"config parameter {name} must be a positive integer, got {value!r}")
+    return number
+
+
 class TritonPythonModel:
     def initialize(self, args):
         self.t4 = None
+        self.answers = None
         self._codes = {
             "invalid_arg": pb_utils.TritonError.INVALID_ARG,
             "unavailable": getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL),
@@ -99,7 +131,13 @@ class TritonPythonModel:
             tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
         except Exception as err:
             raise pb_utils.TritonModelException(f"{self.name}: cannot load the tokenizer from {tokenizer_dir}: {err}") from None
-        self.timeout_us = int(self.config.tier_timeout_s * 1e6)
+        try:
+            workers = _positive_int_parameter(model_config, BLS_WORKERS_PARAMETER, BLS_WORKERS_DEFAULT)
+            max_pending = max(workers, _positive_int_parameter(model_config, BLS_MAX_PENDING_PARAMETER, BLS_MAX_PENDING_DEFAULT))
+        except ValueError as err:
+            raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
+        self.timeout_s = self.config.tier_timeout_s
+        self.timeout_us = int(self.timeout_s * 1e6)
         self.decoupled_tiers = self.config.target == "ngc"  # stock vllm backend: decoupled T2/T3
         base_url = self.config.t4_base_url()
         if base_url:
@@ -111,7 +149,8 @@ class TritonPythonModel:
             except ServingConfigError as err:
                 raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
             breaker = CircuitBreaker(failure_threshold=t4.breaker_failures, reset_timeout_s=t4.breaker_reset_s)
-            self.t4 = T4Client(base_url, t4.model, t4.api_key_env, t4.timeout_s, t4.max_retries, breaker)
+            # a connection per routing thread: none waits for another's T4 call to finish
+            self.t4 = T4Client(base_url, t4.model, t4.api_key_env, t4.timeout_s, t4.max_retries, breaker, max_workers=workers)
         else:
             pb_utils.Logger.log_warn(
                 f"{self.name}: no T4 endpoint (t4.base_url empty and ROUTENLP_T4_BASE_URL unset): "
@@ -132,9 +171,20 @@ class TritonPythonModel:
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
         self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        self.answers = WorkerPool(
+            workers,
+            max_pending=max_pending,
+            send=lambda sender, response: sender.send(response, flags=final),
+            fail=lambda err: self._error(f"internal error: {type(err).__name__}: {err}", "internal"),
+            log_error=lambda message: pb_utils.Logger.log_error(f"{self.name}: {message}"),
+            on_pending=self._set_in_flight,
+            name=f"{self.name}-route",
+        )
         pb_utils.Logger.log_info(
             f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
-            f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path})"
+            f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path}, "
+            f"{workers} routing threads, up to {max_pending} requests in flight)"
         )
 
     # ---- metrics ------------------------------------------------------------------------------
@@ -169,6 +219,9 @@ class TritonPythonModel:
             family = pb_utils.MetricFamily(name=name, description=description, kind=gauge)
             self.families[key] = family
             self.metrics[key] = {task: family.Metric(labels={"task": task, **owner}) for task in self.config.tasks}
+        in_flight = pb_utils.MetricFamily(name="routenlp_requests_in_flight", description="Requests accepted and not yet answered", kind=pb_utils.MetricFamily.GAUGE)
+        self.families["in_flight"] = in_flight
+        self.in_flight = in_flight.Metric(labels=owner)
         self.latency = {}
         histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
         if histogram is not None:
@@ -211,7 +264,7 @@ class TritonPythonModel:
             timeout=self.timeout_us,
         )
         try:
-            response = request.exec()
+            response = call_with_deadline(request.exec, self.timeout_s, model)
         except Exception as err:
             raise TierUnavailable(f"{model}: BLS call failed: {err}") from None
         if response.has_error():
@@ -265,7 +318,7 @@ class TritonPythonModel:
             model_name=tier, requested_output_names=outputs, inputs=[pb_utils.Tensor(n, v) for n, v in inputs.items()], timeout=self.timeout_us
         )
         try:
-            responses = request.exec(decoupled=True)
+            responses = call_with_deadline(lambda: list(request.exec(decoupled=True)), self.timeout_s, tier)
         except Exception as err:
             raise TierUnavailable(f"{tier}: BLS call failed: {err}") from None
         last = None
@@ -286,13 +339,12 @@ class TritonPythonModel:
             self.failures[code].increment(1)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
 
-    def _answer(self, request):
+    def _answer(self, routed):
         # No request.is_cancelled() here: in Triton 2.51 that check reaches
         # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
         # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
         # triton-inference-server/server#8192). A cancelled client simply drops the answer.
         try:
-            routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
             result = self.service.route(routed)
         except RequestError as err:
             return self._error(str(err), "invalid_arg")
@@ -312,10 +364,36 @@ class TritonPythonModel:
             ]
         )
 
+    def _accept(self, request):
+        """None when the request was handed to a routing thread, else its error response."""
+        try:
+            # parsed here: the request's tensors live in shared memory released when execute returns
+            routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
+        except RequestError as err:
+            return self._error(str(err), "invalid_arg")
+        except Exception as err:
+            pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
+            return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed)):
+            return self._error(f"overloaded: {self.answers.max_pending} requests in flight on this instance; retry later", "unavailable")
+        return None
+
+    def _set_in_flight(self, pending):
+        with self._metrics_lock:
+            if self.in_flight is not None:
+                self.in_flight.set(float(pending))
+
     def execute(self, requests):
-        return [self._answer(request) for request in requests]
+        return [self._accept(request) for request in requests]
 
     def finalize(self):
+        # Triton finalizes a version only once every response factory is gone, i.e. each accepted
+        # request was answered; waiting here covers anything still on its way out.
+        answers, self.answers = getattr(self, "answers", None), None
+        if answers is not None:
+            left = answers.close(DRAIN_TIMEOUT_S)
+            if left:
+                pb_utils.Logger.log_error(f"{self.name}: {left} requests still unanswered at unload")
         t4, self.t4 = getattr(self, "t4", None), None
         if t4 is not None:
             t4.close()
@@ -323,7 +401,7 @@ class TritonPythonModel:
         if log is not None:
             log.close()
         # Metric objects must go before their MetricFamily (python_backend's rule).
-        self.metrics, self.failures, self.latency, self.log_failures = {}, {}, {}, None
+        self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None
         self.families = {}
 
 

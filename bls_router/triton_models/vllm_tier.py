@@ -1,10 +1,12 @@
 """Triton python-backend model for the T2/T3 tiers: one vLLM engine built from `model.json`.
 
 The CPU counterpart of triton-inference-server/vllm_backend with the same tensor names (see
-bls_router/vllm_requests.py), but not decoupled: Triton's dynamic batcher groups requests,
-execute() generates the whole batch in one engine call (vLLM batches internally) and returns one
-response per request, in order. A bad request gets its own INVALID_ARG error and never fails the
-others; an engine failure answers the batch with UNAVAILABLE.
+bls_router/vllm_requests.py), but not decoupled (one response per request). As in vllm_backend,
+execute() only schedules: it validates and tokenizes each request (a bad one gets its own
+INVALID_ARG error there) and queues it; one engine thread takes whatever is queued (up to the
+`engine_batch` config parameter), generates it in one engine call (vLLM batches internally) and
+answers each request through its response sender (bls_router/deferred.py says why execute() must
+stay short on Triton 2.51). An engine failure answers its batch with UNAVAILABLE.
 
 Prompts longer than the engine allows are cut from the left, keeping BOS and the tail (where
 the 'answer:' cue is), exactly as the tiers were trained (fit_prompt_ids); num_input_tokens
@@ -34,7 +36,17 @@ from bls_router.vllm_requests import (  # noqa: E402
     fit_prompt_ids,
     parse_request,
 )
-from export.vllm_tier_config import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER, EngineArgsError, read_engine_args  # noqa: E402
+from bls_router.deferred import BatchLoop  # noqa: E402
+from export.vllm_tier_config import (  # noqa: E402
+    ENGINE_BATCH_DEFAULT,
+    ENGINE_BATCH_PARAMETER,
+    KVCACHE_GIB_DEFAULT,
+    KVCACHE_PARAMETER,
+    EngineArgsError,
+    read_engine_args,
+)
+
+DRAIN_TIMEOUT_S = 120.0
 
 
 def _error(message: str, code) -> "pb_utils.InferenceResponse":
@@ -44,6 +56,7 @@ def _error(message: str, code) -> "pb_utils.InferenceResponse":
 class TritonPythonModel:
     def initialize(self, args):
         self.llm = None
+        self.batches = None
         # pb_utils.TritonError exists only once the stub runs the model, not at import time.
         # UNAVAILABLE tells the router "tier down, fall back"; INTERNAL on builds that lack it.
         self._unavailable = getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL)
@@ -60,6 +73,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
 
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        engine_batch = parameters.get(ENGINE_BATCH_PARAMETER, "") or ENGINE_BATCH_DEFAULT
+        if not engine_batch.isdigit() or int(engine_batch) < 1:
+            raise pb_utils.TritonModelException(f"{self.name}: config parameter {ENGINE_BATCH_PARAMETER} must be a positive integer, got {engine_batch!r}")
         os.environ.setdefault(KVCACHE_PARAMETER, KVCACHE_GIB_DEFAULT)
         os.environ.update({key: value for key, value in parameters.items() if key.startswith("VLLM_")})
         # Imported here, after the environment is set, because vLLM reads it at import time.
@@ -79,9 +95,18 @@ class TritonPythonModel:
                 f"{self.name}: vLLM engine failed to start from {engine_args['model']} "
                 f"with {sorted(engine_args)}: {type(err).__name__}: {err}"
             ) from None
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        self.batches = BatchLoop(
+            self._generate,
+            max_batch=int(engine_batch),
+            send=lambda sender, response: sender.send(response, flags=final),
+            fail=lambda err: _error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL),
+            log_error=lambda message: pb_utils.Logger.log_error(f"{self.name}: {message}"),
+            name=f"{self.name}-engine",
+        )
         pb_utils.Logger.log_info(
             f"{self.name}: vLLM engine ready in {time.perf_counter() - started:.1f} s "
-            f"(model {engine_args['model']}, max_model_len {self.max_model_len})"
+            f"(model {engine_args['model']}, max_model_len {self.max_model_len}, up to {engine_batch} requests per engine call)"
         )
 
     def _prepare(self, request):
@@ -126,28 +151,32 @@ class TritonPythonModel:
                 responses.append(_error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
         return responses
 
+    def _accept(self, request):
+        """None when the request was queued for the engine thread, else its error response."""
+        try:
+            # prepared here: the request's tensors live in shared memory released when execute returns
+            prepared = self._prepare(request)
+        except RequestError as err:
+            return _error(f"{self.name}: {err}", pb_utils.TritonError.INVALID_ARG)
+        except Exception as err:
+            return _error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL)
+        self.batches.submit(request.get_response_sender(), prepared)
+        return None
+
     def execute(self, requests):
-        responses = [None] * len(requests)
-        slots, prepared = [], []
         # No request.is_cancelled(): in Triton 2.51 the check is a stub->parent message answered by
-        # a second parent thread (TRITONBACKEND_ResponseFactoryIsCancelled) while this instance's
-        # execute runs; the same check in the BLS crashed the whole server (SIGSEGV, see
-        # routenlp_bls.py). A cancelled request costs one generation; its answer is dropped.
-        for index, request in enumerate(requests):
-            try:
-                prepared.append(self._prepare(request))
-                slots.append(index)
-            except RequestError as err:
-                responses[index] = _error(f"{self.name}: {err}", pb_utils.TritonError.INVALID_ARG)
-            except Exception as err:
-                responses[index] = _error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL)
-        if prepared:
-            for index, response in zip(slots, self._generate(prepared)):
-                responses[index] = response
-        return responses
+        # a second parent thread (TRITONBACKEND_ResponseFactoryIsCancelled); the same check in the
+        # BLS crashed the whole server (SIGSEGV, see routenlp_bls.py). A cancelled request costs
+        # one generation; its answer is dropped.
+        return [self._accept(request) for request in requests]
 
     def finalize(self):
-        # Stops the engine-core process and frees its KV cache before the stub exits.
+        # Answers what is queued, then stops the engine-core process and frees its KV cache.
+        batches, self.batches = getattr(self, "batches", None), None
+        if batches is not None:
+            left = batches.close(DRAIN_TIMEOUT_S)
+            if left:
+                pb_utils.Logger.log_error(f"{self.name}: {left} requests still unanswered at unload")
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
