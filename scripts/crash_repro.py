@@ -8,6 +8,10 @@ Routes 60 dev records per task per round (alternating Always-T4 and RouteNLP unl
 given) and prints one line per round; the last line says whether the server is alive. Its log is in
 --state-dir (default /tmp/crash_repro); `dmesg | grep segfault` shows whether a stub faulted first.
 
+Each round line also gives the scheduling lateness seen by a probe process that sleeps 300 ms in a
+loop (the python-backend stub heartbeat's period): how late the machine let a sleeper wake up.
+--repository runs another repository (e.g. a copy whose adapters are an older commit's).
+
 --fake-t4 SECONDS replaces the vLLM T4 endpoint by an OpenAI-compatible stand-in in this process
 that answers every completion with the same short text after SECONDS: the BLS still makes real
 HTTP calls, but no vLLM server runs beside Triton (separates "HTTP in the stub" from "a busy vLLM").
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import shutil
 import sys
 import threading
@@ -60,6 +65,16 @@ def fake_t4(delay_s: float) -> ThreadingHTTPServer:
     return server
 
 
+def _probe(latest_ms, stop) -> None:
+    """Sleeps 300 ms in a loop, keeping the largest lateness (ms) since the parent last reset it."""
+    while not stop.is_set():
+        before = time.perf_counter()
+        time.sleep(0.3)
+        late = (time.perf_counter() - before - 0.3) * 1e3
+        with latest_ms.get_lock():
+            latest_ms.value = max(latest_ms.value, late)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seconds", type=float)
@@ -69,6 +84,7 @@ def main() -> int:
     parser.add_argument("--per-task", type=int, default=60)
     parser.add_argument("--fake-t4", type=float, default=None, metavar="SECONDS", help="stand-in T4 answering after SECONDS instead of vLLM")
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/crash_repro"))
+    parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR)
     args = parser.parse_args()
     if args.models:  # load a subset: which models must be present for the crash
         deployment_module.TritonServer = functools.partial(deployment_module.TritonServer, load_models=tuple(args.models.split(",")))
@@ -77,8 +93,11 @@ def main() -> int:
     t4_url = ""
     if args.fake_t4 is not None:
         t4_url = f"http://127.0.0.1:{fake_t4(args.fake_t4).server_address[1]}/v1"
-    deployment = deployment_module.Deployment(MODEL_REPOSITORY_DIR, state_dir=args.state_dir, local_t4=not t4_url, t4_url=t4_url).start()
+    deployment = deployment_module.Deployment(args.repository, state_dir=args.state_dir, local_t4=not t4_url, t4_url=t4_url).start()
     print(f"ready in {deployment.startup_s:.0f} s", flush=True)
+    late_ms, stop_probe = multiprocessing.Value("d", 0.0), multiprocessing.Event()
+    probe = multiprocessing.Process(target=_probe, args=(late_ms, stop_probe), daemon=True)
+    probe.start()
     started, sent, failed, rounds = time.time(), 0, 0, 0
     try:
         while time.time() - started < args.seconds and deployment.server.exit_status() is None:
@@ -90,10 +109,13 @@ def main() -> int:
             paths = Counter("/".join(a.metadata["path"]) for a in answers if a.metadata)
             total_ms = sorted(a.metadata["total_ms"] for a in answers if a.metadata)
             p50 = f"{total_ms[len(total_ms) // 2]:.0f} ms" if total_ms else "-"
-            print(f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, p50 {p50}, paths {dict(paths)}", flush=True)
+            with late_ms.get_lock():
+                late, late_ms.value = late_ms.value, 0.0
+            print(f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, p50 {p50}, probe late <= {late:.0f} ms, paths {dict(paths)}", flush=True)
             if errors:
                 print(f"  first error: {errors[0][:300]}", flush=True)
     finally:
+        stop_probe.set()
         ended = deployment.server.exit_status()
         print(f"RESULT {'died: ' + ended if ended else 'alive'} after {time.time() - started:.0f} s, {sent} sent, {failed} failed", flush=True)
         deployment.stop()
