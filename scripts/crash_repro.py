@@ -9,7 +9,10 @@ given) and prints one line per round; the last line says whether the server is a
 --state-dir (default /tmp/crash_repro); `dmesg | grep segfault` shows whether a stub faulted first.
 
 Each round line also gives the scheduling lateness seen by a probe process that sleeps 300 ms in a
-loop (the python-backend stub heartbeat's period): how late the machine let a sleeper wake up.
+loop (the python-backend stub heartbeat's period): how late the machine let a sleeper wake up; and,
+from /proc/PID/task/TID/schedstat, the largest mean run-queue wait per wakeup, over one second, of
+the stubs' heartbeat-like threads (woken 2-5 times a second): the same lateness inside Triton's own
+scheduling group, where the probe (in this script's session) is not.
 --repository runs another repository (e.g. a copy whose adapters are an older commit's).
 
 --fake-t4 SECONDS replaces the vLLM T4 endpoint by an OpenAI-compatible stand-in in this process
@@ -37,6 +40,7 @@ import routenlp.deployment as deployment_module  # noqa: E402
 from clients.served_eval import route_records  # noqa: E402
 from routenlp.data.records import load_split  # noqa: E402
 from routenlp.paths import MODEL_REPOSITORY_DIR  # noqa: E402
+from routenlp.t4_endpoint import LOCAL_T4_NICE, T4Endpoint  # noqa: E402
 from routenlp.tasks import TASK_NAMES  # noqa: E402
 
 
@@ -75,6 +79,45 @@ def _probe(latest_ms, stop) -> None:
             latest_ms.value = max(latest_ms.value, late)
 
 
+def _schedstat(tid_dir: Path) -> tuple[int, int] | None:
+    """(nanoseconds waited on a run queue, timeslices) of one thread, from /proc/PID/task/TID/schedstat."""
+    try:
+        _, waited, slices = (int(v) for v in (tid_dir / "schedstat").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return waited, slices
+
+
+def _stub_threads(server_pid: int) -> list[Path]:
+    threads = []
+    for child in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split():
+        try:
+            if b"triton_python_backend_stub" in Path(f"/proc/{child}/cmdline").read_bytes():
+                threads.extend(Path(f"/proc/{child}/task").iterdir())
+        except OSError:
+            continue
+    return threads
+
+
+def _heartbeat_watch(server_pid: int, worst_ms: list, stop: threading.Event) -> None:
+    """Each second, the mean run-queue wait per wakeup of the stubs' heartbeat-like threads (those
+    woken 2-5 times in the second, as a 300 ms sleeper is); keeps the largest in worst_ms[0]."""
+    before: dict[Path, tuple[int, int]] = {}
+    while not stop.wait(1.0):
+        try:
+            threads = _stub_threads(server_pid)
+        except OSError:
+            return
+        for thread in threads:
+            now = _schedstat(thread)
+            if now is None:
+                continue
+            last = before.get(thread)
+            before[thread] = now
+            if last is not None and 2 <= now[1] - last[1] <= 5:
+                worst_ms[0] = max(worst_ms[0], (now[0] - last[0]) / (now[1] - last[1]) / 1e6)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seconds", type=float)
@@ -85,9 +128,12 @@ def main() -> int:
     parser.add_argument("--fake-t4", type=float, default=None, metavar="SECONDS", help="stand-in T4 answering after SECONDS instead of vLLM")
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/crash_repro"))
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR)
+    parser.add_argument("--t4-nice", default=str(LOCAL_T4_NICE), help="the local T4 endpoint's priority ('none': the caller's, as before 2026-12-04)")
     args = parser.parse_args()
     if args.models:  # load a subset: which models must be present for the crash
         deployment_module.TritonServer = functools.partial(deployment_module.TritonServer, load_models=tuple(args.models.split(",")))
+    if args.t4_nice != str(LOCAL_T4_NICE):
+        deployment_module.T4Endpoint = functools.partial(T4Endpoint, nice=None if args.t4_nice == "none" else int(args.t4_nice))
     records = [r for task in TASK_NAMES for r in load_split(task, "dev")[: args.per_task]]
     shutil.rmtree(args.state_dir, ignore_errors=True)
     t4_url = ""
@@ -98,6 +144,8 @@ def main() -> int:
     late_ms, stop_probe = multiprocessing.Value("d", 0.0), multiprocessing.Event()
     probe = multiprocessing.Process(target=_probe, args=(late_ms, stop_probe), daemon=True)
     probe.start()
+    heartbeat_ms, stop_watch = [0.0], threading.Event()
+    threading.Thread(target=_heartbeat_watch, args=(deployment.server.process.pid, heartbeat_ms, stop_watch), daemon=True).start()
     started, sent, failed, rounds = time.time(), 0, 0, 0
     try:
         while time.time() - started < args.seconds and deployment.server.exit_status() is None:
@@ -111,11 +159,17 @@ def main() -> int:
             p50 = f"{total_ms[len(total_ms) // 2]:.0f} ms" if total_ms else "-"
             with late_ms.get_lock():
                 late, late_ms.value = late_ms.value, 0.0
-            print(f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, p50 {p50}, probe late <= {late:.0f} ms, paths {dict(paths)}", flush=True)
+            waited, heartbeat_ms[0] = heartbeat_ms[0], 0.0
+            print(
+                f"{time.time() - started:6.0f} s round {rounds} {policy}: sent {sent}, failed {failed}, p50 {p50}, "
+                f"probe late <= {late:.0f} ms, stub heartbeat wait <= {waited:.0f} ms/wakeup, paths {dict(paths)}",
+                flush=True,
+            )
             if errors:
                 print(f"  first error: {errors[0][:300]}", flush=True)
     finally:
         stop_probe.set()
+        stop_watch.set()
         ended = deployment.server.exit_status()
         print(f"RESULT {'died: ' + ended if ended else 'alive'} after {time.time() - started:.0f} s, {sent} sent, {failed} failed", flush=True)
         deployment.stop()
