@@ -156,6 +156,8 @@ class Deployment:
         if self.supervisor is not None:
             self.supervisor.stop()
         self.server.stop()  # reaps the dead process and whatever is left of its process group
+        if self.supervisor is not None:
+            self.supervisor.release_shared_memory()
         started = time.perf_counter()
         self.server.start(timeout_s=timeout_s)
         self.supervisor = self._supervise()
@@ -170,6 +172,8 @@ class Deployment:
             self.supervisor.stop()
         if self.server is not None:
             self.server.stop()
+        if self.supervisor is not None:  # what a crash before the stop left in /dev/shm
+            self.supervisor.release_shared_memory()
         if self.t4 is not None:
             self.t4.stop()
 

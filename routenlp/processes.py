@@ -6,7 +6,11 @@ import os
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
 
 
 def free_port() -> int:
@@ -45,9 +49,58 @@ def deprioritize_session(leader_pid: int, nice: int) -> list[str]:
     return problems
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of a process group (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def mapped_shm_files(pids: Iterable[int], shm_dir: Path = SHM_DIR) -> set[str]:
+    """Names of the files under shm_dir these processes have mapped (/proc/PID/maps): Triton's
+    stub regions, and the segments vLLM's engine processes share (psm_*, hundreds of MB each)."""
+    prefix = f" {shm_dir}/"
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as handle:
+                for line in handle:
+                    at = line.find(prefix)
+                    if at >= 0:
+                        name = line[at + len(prefix):].strip().removesuffix(" (deleted)")
+                        if name and "/" not in name:
+                            found.add(name)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def remove_unmapped(names: Iterable[str], shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlinks those of `names` that no live process maps any more: what a killed process group
+    shared, which nobody else would remove from /dev/shm (i.e. RAM) until a reboot."""
+    pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    removed = []
+    for name in sorted(set(names) - mapped_shm_files(pids, shm_dir)):
+        try:
+            (shm_dir / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float, *, term_group: bool) -> None:
     """SIGTERM (to the leader, or its whole group), wait up to grace_s, then SIGKILL the group so
-    no child (backend stubs, engine cores) outlives it, even when the leader already exited."""
+    no child (backend stubs, engine cores) outlives it, even when the leader already exited; then
+    remove the shared memory the group had mapped, which a SIGKILL leaves behind."""
+    shared = mapped_shm_files(group_pids(proc.pid))
     if proc.poll() is None:
         try:
             if term_group:
@@ -62,3 +115,7 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float, *, term_group: bo
     except ProcessLookupError:
         pass
     proc.wait()
+    deadline = time.monotonic() + 5.0  # the rest of the group exits (and unmaps) shortly after
+    while group_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    remove_unmapped(shared)

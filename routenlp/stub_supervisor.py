@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from routenlp.processes import SHM_DIR, mapped_shm_files, remove_unmapped
+
 STUB_BINARY = "triton_python_backend_stub"
-SHM_DIR = Path("/dev/shm")
 
 
 class ModelControl(Protocol):  # coopt.deploy.RepositoryAPI
@@ -195,6 +196,7 @@ class StubSupervisor:
         self.recoveries: list[Recovery] = []
         self._known: dict[int, Stub] = {}
         self._seen: set[Stub] = set()  # every stub this server ran (their regions, for _bury)
+        self._shm_files: set[str] = set()  # /dev/shm files its process group mapped (for release)
         self._pending: set[tuple[str, str]] = set()  # versions that lost a stub, not yet resolved
         self._suspect: set[tuple[str, str]] = set()  # dead on the previous poll
         self._not_before: dict[tuple[str, str], float] = {}
@@ -231,10 +233,21 @@ class StubSupervisor:
         leftovers = kill(p.pid for p in self.scan().values() if p.pgid == self.server_pid and p.pid != self.server_pid)
         regions = remove_regions(self._seen)
         self._log(f"tritonserver (pid {self.server_pid}) is gone; killed its leftover processes {leftovers}; removed {len(regions)} shared-memory regions")
+        self.release_shared_memory()
+
+    def release_shared_memory(self) -> list[str]:
+        """After the server is gone (Deployment.stop calls it too: a SIGKILL the supervisor had
+        no time to notice), unlinks the /dev/shm files its processes mapped and nobody maps now."""
+        removed = remove_regions(self._seen) + remove_unmapped(self._shm_files)
+        if removed:
+            self._log(f"released {len(removed)} shared-memory files of tritonserver (pid {self.server_pid}): {', '.join(removed)}")
+        return removed
 
     def poll(self) -> list[Recovery]:
         """One look at the stubs; reloads the model versions confirmed dead. Returns what it did."""
-        live = live_stubs(self.server_pid, self.scan())
+        procs = self.scan()
+        live = live_stubs(self.server_pid, procs)
+        self._shm_files |= mapped_shm_files(p.pid for p in procs.values() if p.pgid == self.server_pid)
         self._pending |= {(s.model, s.version) for pid, s in self._known.items() if pid not in live}
         self._known = live
         self._seen |= set(live.values())

@@ -32,3 +32,27 @@ def test_a_gone_process_is_reported_not_raised():
     proc.wait()
     problems = deprioritize_session(proc.pid, 5)
     assert problems and any(str(proc.pid) in p for p in problems)
+
+
+def test_stopping_a_group_removes_the_shared_memory_it_left_and_nothing_else(tmp_path):
+    from routenlp.processes import SHM_DIR
+
+    # a group whose child maps a /dev/shm file and never cleans up (as a SIGKILLed vLLM worker)
+    name = f"psm_routenlp_test_{os.getpid()}"
+    other = SHM_DIR / f"psm_routenlp_other_{os.getpid()}"
+    other.write_bytes(b"x")  # someone else's, unmapped: must stay
+    script = (
+        "import mmap, os, subprocess, sys, time\n"
+        f"fd = os.open('/dev/shm/{name}', os.O_CREAT | os.O_RDWR); os.ftruncate(fd, 4096)\n"
+        "m = mmap.mmap(fd, 4096); print('ready', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(["python3", "-c", script], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert (SHM_DIR / name).exists()
+        stop_process_group(proc, 0.2, term_group=True)
+        assert not (SHM_DIR / name).exists()
+        assert other.exists()
+    finally:
+        other.unlink(missing_ok=True)
+        (SHM_DIR / name).unlink(missing_ok=True)

@@ -170,3 +170,31 @@ def test_a_dead_servers_shared_memory_regions_are_removed_and_nothing_else(tmp_p
     already_gone = Stub("t3", "1", "t3_0_0", "triton_python_backend_shm_region_t3_0_0")
     assert remove_regions([*stubs, already_gone, Stub("x", "1", "x_0_0", "../escape")], shm_dir=tmp_path) == sorted(s.region for s in stubs)
     assert [p.name for p in tmp_path.iterdir()] == ["psm_other"]
+
+
+def test_shared_memory_the_server_group_mapped_is_released_once_nobody_maps_it(tmp_path):
+    """A SIGKILLed server's engine processes leave their /dev/shm segments behind; the supervisor
+    remembers what the group mapped while alive and removes it after, nothing anyone still maps."""
+    from routenlp.processes import SHM_DIR
+
+    name = f"psm_routenlp_supervisor_test_{os.getpid()}"
+    script = (
+        "import mmap, os, time\n"
+        f"fd = os.open('/dev/shm/{name}', os.O_CREAT | os.O_RDWR); os.ftruncate(fd, 4096)\n"
+        "m = mmap.mmap(fd, 4096); print('ready', flush=True); time.sleep(60)\n"
+    )
+    engine = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert engine.stdout.readline().strip() == "ready"
+        table = {SERVER: Proc(SERVER, 1, SERVER, ("tritonserver",)), engine.pid: Proc(engine.pid, SERVER, SERVER, ("VLLM::EngineCore",))}
+        supervisor, _ = _supervisor(Repository({}, set()), tmp_path, [table])
+        assert supervisor.release_shared_memory() == []  # still mapped: kept
+        assert (SHM_DIR / name).exists()
+        engine.kill()
+        engine.wait()
+        assert supervisor.release_shared_memory() == [name]
+        assert not (SHM_DIR / name).exists()
+        assert name in (tmp_path / "supervisor.log").read_text()
+    finally:
+        engine.kill()
+        (SHM_DIR / name).unlink(missing_ok=True)
