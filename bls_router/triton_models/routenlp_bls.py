@@ -30,7 +30,8 @@ Custom metrics (Triton /metrics, created once in initialize): routenlp_requests_
 routenlp_escalations_total, routenlp_fallbacks_total, routenlp_cost_dollars_total (labels task,
 tier), routenlp_request_failures_total (label code), routenlp_log_failures_total, the
 routenlp_latency_ms histogram (task) and the gauges routenlp_escalation_rate,
-routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline).
+routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline), and
+routenlp_requests_in_flight (accepted by this instance, not yet answered).
 Every series also carries `version` and `instance` (sum them away in queries): two instances, or
 two versions during a hot swap, must never share one series. Triton 2.51 counts references per
 MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
