@@ -19,11 +19,12 @@ test: install
 test-unit: install
 	$(PY) -m pytest tests/unit
 
-# Long suites: slow-marked tests, then the reliability module at full size (5,000 fuzz cases per
-# protocol = 10,000, a 10-minute soak).
+# Long suites: slow-marked tests (the vLLM decoder at full length, coopt with its random ablation),
+# then the reliability module at full size (5,000 fuzz cases per protocol = 10,000, a 10-minute
+# soak, a swap that reloads every model including the vLLM tiers).
 test-slow: install
 	$(PY) -m pytest -m slow --durations=15
-	ROUTENLP_FUZZ_EXAMPLES=5000 ROUTENLP_SOAK_SECONDS=600 $(PY) -m pytest -s tests/integration/test_reliability.py
+	ROUTENLP_FUZZ_EXAMPLES=5000 ROUTENLP_SOAK_SECONDS=600 ROUTENLP_SWAP_EVERY_MODEL=1 $(PY) -m pytest -s tests/integration/test_reliability.py
 
 doctor: install
 	$(VENV)/bin/routenlp doctor

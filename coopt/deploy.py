@@ -148,11 +148,13 @@ def deploy(
     before = live_versions(api, [*tiers, BLS_MODEL])
     plan = [*tiers.items(), (BLS_MODEL, bls_version)]
     replaced = {model: before[model] for model, version in tiers.items() if model in before and before[model] != version}
+    touched: list[str] = []  # models this attempt asked Triton to load: only these are rolled back
     try:
         for model, version in plan:
             if before.get(model) != version:
                 beside = replaced.get(model) if model != BLS_MODEL else None
                 log(f"  load {model} version {version} (was {before.get(model)}" + (", kept until the new BLS answers)" if beside else ")"))
+                touched.append(model)
                 pin_version(api, model, version, *([beside] if beside else []))
         smoke(bls_version)
         time.sleep(drain_s if replaced else 0.0)
@@ -160,9 +162,11 @@ def deploy(
             log(f"  unload {model} version {old}")
             pin_version(api, model, tiers[model])
     except Exception as err:
-        log(f"  version {repository_version} failed ({err}); rolling back to {before}")
-        for model, version in reversed(plan):
-            if model in before and before[model] != version:
+        log(f"  version {repository_version} failed ({err}); rolling back {', '.join(touched) or 'nothing'} to {before}")
+        # a model not reached yet still serves its old version alone: re-pinning it would only
+        # reload it (a vLLM tier's engine: a minute) for nothing
+        for model in reversed(touched):
+            if model in before:
                 pin_version(api, model, before[model])
         raise DeployError(f"repository version {repository_version} not deployed: {err}") from None
     return {"repository_version": repository_version, "bls_version": bls_version, "before": before, "models": dict(plan)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,11 @@ def _read_manifest(repository: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"versions": []}
 
 
-def write_repository(build, repository: Path, target: str = "cpu", force: bool = False) -> dict[str, Any]:
+def write_repository(build, repository: Path, target: str = "cpu", force: bool | Collection[str] = False) -> dict[str, Any]:
     """Write version N+1 of router, t1_<task>, t2, t3 and routenlp from `build` (export.pipeline.PortfolioBuild).
     Returns {version, models, fresh}; when the newest version already holds these exact artefacts
-    (same build fingerprints and target) nothing is written."""
+    (same build fingerprints and target) nothing is written. `force`: write a new version even
+    so, of every model (True) or of the models named (the others keep their newest version)."""
     from export.router_model import load_router
     from export.t1 import T1_TASKS, load_t1
     from bls_router.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR, build_serving_config
@@ -156,7 +158,8 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool =
     model_versions, contents = {}, {}
     for name, (spec, files) in models.items():
         contents[name] = model_content_fingerprint(spec, files)
-        if not force and previous.get(name, (None, None))[1] == contents[name]:
+        forced = force is True or (not isinstance(force, bool) and name in force)
+        if not forced and previous.get(name, (None, None))[1] == contents[name]:
             model_versions[name] = previous[name][0]
             continue
         write_model_version(repository, spec, files, version=version)

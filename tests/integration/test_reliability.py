@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 from bls_router.escalation_log import EscalationLogReader
 from clients.fault_proxy import FaultProxy
 from clients.route_client import RouteClient
-from export.repository_builder import write_repository
+from export.repository_builder import MANIFEST, write_repository
 from routenlp.deployment import Deployment
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.tasks import TASK_NAMES
@@ -46,6 +46,9 @@ T4_SETTINGS = {"ROUTENLP_T4_TIMEOUT_S": "1.5", "ROUTENLP_T4_MAX_RETRIES": "2", "
 BREAKER_RESET_S = 4.0
 FUZZ_EXAMPLES = int(os.environ.get("ROUTENLP_FUZZ_EXAMPLES", "150"))
 SOAK_SECONDS = float(os.environ.get("ROUTENLP_SOAK_SECONDS", "60"))
+# The swap test's new version: every model (full size), or all but the vLLM tiers (CI: their
+# engines take a minute each to load twice; coopt's swaps under traffic reload T2 in CI).
+SWAP_EVERY_MODEL = os.environ.get("ROUTENLP_SWAP_EVERY_MODEL", "") == "1"
 
 
 @dataclass
@@ -607,8 +610,11 @@ def test_new_version_goes_live_under_traffic_without_a_failed_request_and_rolls_
     from coopt.traffic import TrafficLoop
 
     repository = chaos.deployment.repository
-    written = write_repository(chaos.build, repository, target="cpu", force=True)
+    everything = json.loads((repository / MANIFEST).read_text())["versions"][-1]["models"]
+    force = True if SWAP_EVERY_MODEL else [name for name in everything if name not in ("t2", "t3")]
+    written = write_repository(chaos.build, repository, target="cpu", force=force)
     new = written["version"]
+    assert set(written["model_versions"].values()) == ({new} if SWAP_EVERY_MODEL else {1, new}), written["model_versions"]
     records = [r for task in TASK_NAMES for r in chaos.build.pools.dev[task][:5]]
     traffic = TrafficLoop(chaos.grpc_url, records, concurrency=2).start()
     traffic.wait_for(10)
