@@ -2,7 +2,7 @@
 
   cpu  this Triton build: our python-backend adapter (bls_router/triton_models/vllm_tier.py),
        not decoupled, max_batch_size > 0 with dynamic batching; execute() queues the requests for
-       an engine thread, which hands up to `engine_batch` of them to the engine at once.
+       an engine thread, which steps the engine with up to `engine_batch` of them inside at once.
   ngc  stock NGC tritonserver + vLLM image: backend "vllm", decoupled, max_batch_size 0, as
        vllm_backend requires.
 
@@ -28,8 +28,8 @@ KVCACHE_PARAMETER = "VLLM_CPU_KVCACHE_SPACE"
 KVCACHE_GIB_DEFAULT = "1"
 # A generation takes 100+ ms on CPU, so waiting 1 ms to group concurrent requests is cheap.
 DYNAMIC_BATCHING_DELAY_US = 1000
-# Config parameter of the cpu adapter: requests per engine call (its engine thread takes whatever
-# is queued, up to this many; vLLM batches them internally).
+# Config parameter of the cpu adapter: requests inside the engine at once (its engine thread adds
+# queued requests between engine steps up to this many; vLLM's scheduler batches them).
 ENGINE_BATCH_PARAMETER = "engine_batch"
 ENGINE_BATCH_DEFAULT = "32"
 

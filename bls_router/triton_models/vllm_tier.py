@@ -3,10 +3,11 @@
 The CPU counterpart of triton-inference-server/vllm_backend with the same tensor names (see
 bls_router/vllm_requests.py), but not decoupled (one response per request). As in vllm_backend,
 execute() only schedules: it validates and tokenizes each request (a bad one gets its own
-INVALID_ARG error there) and queues it; one engine thread takes whatever is queued (up to the
-`engine_batch` config parameter), generates it in one engine call (vLLM batches internally) and
-answers each request through its response sender (bls_router/deferred.py says why execute() must
-stay short on Triton 2.51). An engine failure answers its batch with UNAVAILABLE.
+INVALID_ARG error there) and queues it; one engine thread drives vLLM's engine step by step
+(continuous batching, as vLLM's own servers do): queued requests join between steps, up to the
+`engine_batch` config parameter at once, and each is answered through its response sender as soon
+as it finishes (bls_router/deferred.py says why execute() must stay short on Triton 2.51). An
+engine failure answers the requests it held with UNAVAILABLE.
 
 Prompts longer than the engine allows are cut from the left, keeping BOS and the tail (where
 the 'answer:' cue is), exactly as the tiers were trained (fit_prompt_ids); num_input_tokens
@@ -36,7 +37,7 @@ from bls_router.vllm_requests import (  # noqa: E402
     fit_prompt_ids,
     parse_request,
 )
-from bls_router.deferred import BatchLoop  # noqa: E402
+from bls_router.deferred import StepLoop  # noqa: E402
 from export.vllm_tier_config import (  # noqa: E402
     ENGINE_BATCH_DEFAULT,
     ENGINE_BATCH_PARAMETER,
@@ -51,6 +52,45 @@ DRAIN_TIMEOUT_S = 120.0
 
 def _error(message: str, code) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine failed a step: the router should fall back to another tier."""
+
+
+class _EngineSteps:
+    """bls_router.deferred.StepEngine over vLLM's LLMEngine: the loop LLM.generate runs, one step
+    at a time, so requests can join and leave between steps."""
+
+    def __init__(self, llm, client_errors: tuple[type[BaseException], ...]) -> None:
+        self._engine = llm.llm_engine
+        self._client_errors = client_errors
+
+    def add(self, key, prepared) -> None:
+        prompt, params, _ = prepared
+        try:
+            self._engine.add_request(key, prompt, params)
+        except self._client_errors as err:
+            raise RequestError(f"request rejected by the engine: {err}") from None
+        except Exception as err:  # e.g. EngineDeadError: the engine-core process is gone
+            raise EngineUnavailable(f"vLLM engine unavailable: {type(err).__name__}: {err}") from None
+
+    def step(self):
+        try:
+            outputs = self._engine.step()
+        except Exception as err:
+            raise EngineUnavailable(f"vLLM engine unavailable: {type(err).__name__}: {err}") from None
+        return [(output.request_id, output) for output in outputs if output.finished]
+
+    def abort(self, keys) -> None:
+        self._engine.abort_request(list(keys))
+
+    def has_unfinished(self) -> bool:
+        return self._engine.has_unfinished_requests()
+
+    def answer(self, prepared, output):
+        arrays = build_output_arrays(prepared[2], completion_from_vllm(output))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, array) for name, array in arrays.items()])
 
 
 class TritonPythonModel:
@@ -96,17 +136,17 @@ class TritonPythonModel:
                 f"with {sorted(engine_args)}: {type(err).__name__}: {err}"
             ) from None
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        self.batches = BatchLoop(
-            self._generate,
-            max_batch=int(engine_batch),
+        self.batches = StepLoop(
+            _EngineSteps(self.llm, self._client_errors),
+            max_running=int(engine_batch),
             send=lambda sender, response: sender.send(response, flags=final),
-            fail=lambda err: _error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL),
+            fail=self._error_response,
             log_error=lambda message: pb_utils.Logger.log_error(f"{self.name}: {message}"),
             name=f"{self.name}-engine",
         )
         pb_utils.Logger.log_info(
             f"{self.name}: vLLM engine ready in {time.perf_counter() - started:.1f} s "
-            f"(model {engine_args['model']}, max_model_len {self.max_model_len}, up to {engine_batch} requests per engine call)"
+            f"(model {engine_args['model']}, max_model_len {self.max_model_len}, up to {engine_batch} requests in the engine at once)"
         )
 
     def _prepare(self, request):
@@ -129,27 +169,13 @@ class TritonPythonModel:
             pb_utils.Logger.log_verbose(f"{self.name}: prompt cut from {len(ids)} to {len(fitted)} tokens")
         return {"prompt_token_ids": fitted}, params, parsed
 
-    def _generate(self, prepared):
-        """One engine call for all prepared requests -> one response per request."""
-        try:
-            outputs = self.llm.generate([p[0] for p in prepared], [p[1] for p in prepared], use_tqdm=False)
-        except self._client_errors as err:
-            if len(prepared) > 1:  # find the request the engine rejected; answer the others
-                return [response for item in prepared for response in self._generate([item])]
-            return [_error(f"{self.name}: request rejected by the engine: {err}", pb_utils.TritonError.INVALID_ARG)]
-        except Exception as err:  # engine down or broken: the router should fall back
-            pb_utils.Logger.log_error(f"{self.name}: engine failure: {type(err).__name__}: {err}")
-            message = f"{self.name}: vLLM engine unavailable: {type(err).__name__}: {err}"
-            return [_error(message, self._unavailable) for _ in prepared]
-        responses = []
-        for (_, _, parsed), output in zip(prepared, outputs):
-            try:
-                arrays = build_output_arrays(parsed, completion_from_vllm(output))
-                tensors = [pb_utils.Tensor(name, array) for name, array in arrays.items()]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            except Exception as err:
-                responses.append(_error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL))
-        return responses
+    def _error_response(self, err: BaseException):
+        if isinstance(err, RequestError):
+            return _error(f"{self.name}: {err}", pb_utils.TritonError.INVALID_ARG)
+        if isinstance(err, EngineUnavailable):
+            pb_utils.Logger.log_error(f"{self.name}: {err}")
+            return _error(f"{self.name}: {err}", self._unavailable)
+        return _error(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL)
 
     def _accept(self, request):
         """None when the request was queued for the engine thread, else its error response."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bls_router.deferred import BatchLoop, WorkerPool, call_with_deadline
+from bls_router.deferred import StepLoop, WorkerPool, call_with_deadline
 
 
 class Sender:
@@ -114,62 +114,130 @@ def test_pool_sizes_are_checked(bad):
     with pytest.raises(ValueError):
         WorkerPool(bad, **_hooks([]))
     with pytest.raises(ValueError):
-        BatchLoop(lambda items: items, max_batch=bad, **_hooks([]))
+        StepLoop(CountdownEngine(), max_running=bad, **_hooks([]))
     with pytest.raises(ValueError, match="max_pending"):
         WorkerPool(4, max_pending=2, **_hooks([]))
 
 
-# ---------------------------------------------------------------- BatchLoop
+# ---------------------------------------------------------------- StepLoop
 
 
-def test_queued_requests_are_answered_in_batches_in_order():
-    calls: list[list] = []
+class CountdownEngine:
+    """A continuous-batching engine in miniature: item n finishes after n steps. Records what it
+    held at each step; `fail_steps` makes that many steps raise, `refuse` items are not added."""
+
+    def __init__(self, *, fail_steps: int = 0, refuse=(), lose: bool = False, step_s: float = 0.0) -> None:
+        self.left: dict[str, int] = {}
+        self.items: dict[str, object] = {}
+        self.held: list[int] = []
+        self.aborted: list[str] = []
+        self.fail_steps, self.refuse, self.lose, self.step_s = fail_steps, set(refuse), lose, step_s
+
+    def add(self, key, item):
+        if item in self.refuse:
+            raise ValueError(f"refused {item}")
+        self.left[key], self.items[key] = item, item
+
+    def step(self):
+        time.sleep(self.step_s)
+        self.held.append(len(self.left))
+        if self.fail_steps:
+            self.fail_steps -= 1
+            raise RuntimeError("engine down")
+        if self.lose:
+            self.left.clear()
+            return []
+        for key in self.left:
+            self.left[key] -= 1
+        finished = [(key, f"output {self.items[key]}") for key, n in self.left.items() if n <= 0]
+        for key, _ in finished:
+            del self.left[key]
+        return finished
+
+    def abort(self, keys):
+        self.aborted.extend(keys)
+        for key in keys:
+            self.left.pop(key, None)
+
+    def has_unfinished(self):
+        return bool(self.left)
+
+    def answer(self, item, output):
+        if item == 13:
+            raise ValueError("unlucky output")
+        return f"{output} for {item}"
+
+
+def _submit_all(loop, items):
+    senders = [Sender() for _ in items]
+    for sender, item in zip(senders, items):
+        loop.submit(sender, item)
+    return senders
+
+
+def test_each_request_is_answered_when_it_finishes_not_when_its_batch_does():
+    engine = CountdownEngine(step_s=0.01)
+    loop = StepLoop(engine, max_running=8, **_hooks([]))
+    long, short = _submit_all(loop, [200, 1])
+    assert short.done.wait(5) and short.answers == ["output 1 for 1"]
+    assert not long.done.is_set()  # the short one did not wait for the long one beside it
+    late = _submit_all(loop, [2])[0]
+    assert late.done.wait(5) and not long.done.is_set()  # nor did a request that came later
+    assert loop.close(10) == 0 and long.answers == ["output 200 for 200"]
+
+
+def test_the_engine_never_holds_more_than_max_running():
+    engine = CountdownEngine()
+    loop = StepLoop(engine, max_running=3, **_hooks([]))
+    senders = _submit_all(loop, [3, 1, 4, 1, 5, 9, 2, 6])
+    assert loop.close(5) == 0
+    assert [s.answers for s in senders] == [[f"output {i} for {i}"] for i in [3, 1, 4, 1, 5, 9, 2, 6]]
+    assert max(engine.held) == 3
+
+
+def test_a_refused_request_gets_its_error_and_the_others_their_answers():
+    loop = StepLoop(CountdownEngine(refuse=[7]), max_running=4, **_hooks([]))
+    good, bad, other = _submit_all(loop, [2, 7, 1])
+    assert loop.close(5) == 0
+    assert bad.answers == ["error: ValueError: refused 7"]
+    assert good.answers == ["output 2 for 2"] and other.answers == ["output 1 for 1"]
+
+
+def test_a_failed_step_answers_every_running_request_with_the_error_and_aborts_them():
+    engine = CountdownEngine(fail_steps=1)
     gate = threading.Event()
-
-    def process(items):
-        gate.wait(5)  # the first call holds the thread while the rest queue up
-        calls.append(list(items))
-        return [f"answer {item}" for item in items]
-
-    loop = BatchLoop(process, max_batch=3, **_hooks([]))
-    senders = [Sender() for _ in range(7)]
-    for index, sender in enumerate(senders):
-        loop.submit(sender, index)
+    original_step = engine.step
+    engine.step = lambda: gate.wait(5) and original_step()  # both requests are in before the step
+    loop = StepLoop(engine, max_running=4, **_hooks([]))
+    first, second = _submit_all(loop, [3, 2])
+    time.sleep(0.1)
     gate.set()
+    assert first.done.wait(5) and second.done.wait(5)
+    assert first.answers == second.answers == ["error: RuntimeError: engine down"]
+    assert sorted(engine.aborted) == ["0", "1"]
+    after = _submit_all(loop, [1])[0]  # the engine works again: so does the loop
+    assert loop.close(5) == 0 and after.answers == ["output 1 for 1"]
+
+
+def test_an_output_that_cannot_be_answered_is_an_error_for_that_request_only():
+    loop = StepLoop(CountdownEngine(), max_running=4, **_hooks([]))
+    unlucky, fine = _submit_all(loop, [13, 1])
     assert loop.close(5) == 0
-    assert [s.answers for s in senders] == [[f"answer {i}"] for i in range(7)]
-    assert all(1 <= len(batch) <= 3 for batch in calls) and sum(calls, []) == list(range(7))
-    assert len(calls) < 7  # what queued behind the first call went to the engine together
+    assert unlucky.answers == ["error: ValueError: unlucky output"] and fine.answers == ["output 1 for 1"]
 
 
-def test_a_failing_batch_answers_each_request_with_the_error():
-    def process(items):
-        raise RuntimeError("engine down")
-
-    loop = BatchLoop(process, max_batch=8, **_hooks([]))
-    senders = [Sender() for _ in range(3)]
-    for sender in senders:
-        loop.submit(sender, "x")
+def test_requests_the_engine_lost_are_answered_with_an_error():
+    loop = StepLoop(CountdownEngine(lose=True), max_running=4, **_hooks([]))
+    (sender,) = _submit_all(loop, [3])
     assert loop.close(5) == 0
-    assert all(s.answers == ["error: RuntimeError: engine down"] for s in senders)
-
-
-def test_a_batch_with_the_wrong_number_of_answers_is_an_error_for_each():
-    loop = BatchLoop(lambda items: [], max_batch=8, **_hooks([]))
-    senders = [Sender(), Sender()]
-    for sender in senders:
-        loop.submit(sender, "x")
-    assert loop.close(5) == 0
-    assert all(s.answers[0].startswith("error: RuntimeError: process() returned 0 answers") for s in senders)
+    assert sender.answers[0].startswith("error: RuntimeError: the engine holds none of the 1 requests")
 
 
 def test_close_answers_what_is_queued_and_later_submits_get_an_error():
-    loop = BatchLoop(lambda items: [f"done {i}" for i in items], max_batch=2, **_hooks([]))
-    senders = [Sender() for _ in range(5)]
-    for index, sender in enumerate(senders):
-        loop.submit(sender, index)
+    loop = StepLoop(CountdownEngine(), max_running=2, **_hooks([]))
+    senders = _submit_all(loop, [1, 2, 3, 4, 5])
     assert loop.close(5) == 0
-    assert [s.answers for s in senders] == [[f"done {i}"] for i in range(5)]
+    assert [s.answers for s in senders] == [[f"output {i} for {i}"] for i in range(1, 6)]
     late = Sender()
     loop.submit(late, 99)
     assert late.answers[0].startswith("error: RuntimeError: the model is shutting down") and loop.pending == 0
