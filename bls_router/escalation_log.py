@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+def _enable_wal(connection: sqlite3.Connection, attempts: int = 50) -> None:
+    """Switching to WAL takes an exclusive lock without waiting on busy_timeout: the BLS's two
+    instances open the same log at once, and the second failed "database is locked" (seen in CI)."""
+    for attempt in range(attempts):
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 class EscalationLog:
     """Append-only store of routing records (RouteResult.record dicts)."""
 
@@ -72,7 +86,7 @@ class EscalationLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one connection per log, shared by the model's threads
         self._db = _connect(self.path)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
