@@ -64,15 +64,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def _enable_wal(connection: sqlite3.Connection, attempts: int = 50) -> None:
+def _enable_wal(connection: sqlite3.Connection) -> None:
     """Switching to WAL takes an exclusive lock without waiting on busy_timeout: the BLS's two
-    instances open the same log at once, and the second failed "database is locked" (seen in CI)."""
-    for attempt in range(attempts):
+    instances open the same log at once, and the second failed "database is locked" (seen in CI).
+    So the switch is retried within the same busy budget."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or attempt == attempts - 1:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)
 
