@@ -55,7 +55,11 @@ def _error(message: str, code) -> "pb_utils.InferenceResponse":
 
 
 class EngineUnavailable(RuntimeError):
-    """The engine failed a step: the router should fall back to another tier."""
+    """The engine is down or broken: the router should fall back to another tier."""
+
+    @classmethod
+    def from_error(cls, err: BaseException) -> "EngineUnavailable":
+        return cls(f"vLLM engine unavailable: {type(err).__name__}: {err}")
 
 
 class _EngineSteps:
@@ -73,13 +77,13 @@ class _EngineSteps:
         except self._client_errors as err:
             raise RequestError(f"request rejected by the engine: {err}") from None
         except Exception as err:  # e.g. EngineDeadError: the engine-core process is gone
-            raise EngineUnavailable(f"vLLM engine unavailable: {type(err).__name__}: {err}") from None
+            raise EngineUnavailable.from_error(err) from None
 
     def step(self):
         try:
             outputs = self._engine.step()
         except Exception as err:
-            raise EngineUnavailable(f"vLLM engine unavailable: {type(err).__name__}: {err}") from None
+            raise EngineUnavailable.from_error(err) from None
         return [(output.request_id, output) for output in outputs if output.finished]
 
     def abort(self, keys) -> None:
