@@ -144,37 +144,54 @@ class PortfolioBuild:
         return Path(checkpoint) if checkpoint else self.root / "decoders" / tier
 
     def build_decoders(self) -> dict:
+        return {tier_name: self.build_decoder(tier_name) for tier_name in DECODER_TIERS}
+
+    def build_decoder(self, tier_name: str) -> dict:
+        """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
+        independent steps, so they can also be built in parallel processes."""
         from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
         import torch
 
         from export.train_decoder import train_decoder
 
-        pairs = [(prompt_text(r), format_target(r)) for r in self.pools.flat("tier_train", self.profile.max_train_per_task)]
-        summary = {}
-        for tier_name in DECODER_TIERS:
-            tier = self.portfolio.tiers[tier_name]
-            if tier.checkpoint:  # a real checkpoint (e.g. Mistral-7B) is used as given
-                summary[tier_name] = {"checkpoint": tier.checkpoint}
-                continue
+        tier = self.portfolio.tiers[tier_name]
+        if tier.checkpoint:  # a real checkpoint (e.g. Mistral-7B) is used as given
+            return {"checkpoint": tier.checkpoint}
+        lr = float(tier.train.get("lr", DECODER_LR))
+        epochs = int(tier.train.get("epochs", self.profile.decoder_epochs))
+        data = self.decoder_data(tier_name)
 
-            lr = float(tier.train.get("lr", DECODER_LR))
-            epochs = int(tier.train.get("epochs", self.profile.decoder_epochs))
+        def build(out: Path) -> dict:
+            pairs = self.decoder_pairs(**data)
+            arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
+            torch.manual_seed(SEED)
+            model = build_decoder(arch, self.tokenizer())
+            self.log(f"  {tier.name}: {arch.family}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
+            stats = train_decoder(
+                model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
+                lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
+            )
+            save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
+            return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
 
-            def build(out: Path, tier=tier, lr=lr, epochs=epochs) -> dict:
-                arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
-                torch.manual_seed(SEED)
-                model = build_decoder(arch, self.tokenizer())
-                self.log(f"  {tier.name}: {arch.family}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
-                stats = train_decoder(
-                    model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
-                    lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
-                )
-                save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
-                return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
+        inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data)
+        return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
 
-            inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs)
-            summary[tier_name] = self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
-        return summary
+    def decoder_data(self, tier_name: str) -> dict[str, Any]:
+        """How much of the training pool a decoder tier sees: records per task and per-task repeats
+        (short structured pairs are cheap, so a tier can take them several times per epoch)."""
+        train = self.portfolio.tiers[tier_name].train
+        return {
+            "max_per_task": int(train.get("max_per_task", self.profile.max_train_per_task)),
+            "task_repeats": {task: int(k) for task, k in sorted(dict(train.get("task_repeats", {})).items())},
+        }
+
+    def decoder_pairs(self, max_per_task: int, task_repeats: dict[str, int]) -> list[tuple[str, str]]:
+        pairs = []
+        for task in TASK_NAMES:
+            records = self.pools.tier_train[task][:max_per_task]
+            pairs += [(prompt_text(r), format_target(r)) for r in records] * task_repeats.get(task, 1)
+        return pairs
 
     def build_answers(self) -> dict:
         """Every tier answers the router, dev and calibration pools (the all-pairs evaluation);
