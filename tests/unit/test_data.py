@@ -4,6 +4,7 @@ format), document-level splits, deterministic builds, and the committed benchmar
 from __future__ import annotations
 
 import csv
+import os
 import json
 import random
 from pathlib import Path
@@ -495,3 +496,53 @@ def test_real_raw_data_loads():
     assert len(load_raw("cs_intent", raw / "banking77")) > 10_000
     assert len(load_raw("legal_risk", raw / "claudette")) > 10_000
     assert len(load_raw("fin_ner", raw / "fin_ner")) > 1_000
+
+
+# --- convert and UTF-8 -------------------------------------------------------------------------
+
+
+def test_data_convert_writes_every_raw_record_unsplit(raw_dir, tmp_path, capsys):
+    from routenlp.cli import main
+
+    before = _file_bytes(BENCHMARK_DIR)
+    out = tmp_path / "converted" / "test.jsonl"
+    assert main(["data", "convert", "--task", "cs_intent", "--raw", str(raw_dir / "banking77" / "train.csv"), "--out", str(out)]) == 0
+    assert load_records(out) == load_raw("cs_intent", raw_dir / "banking77" / "train.csv")  # all 30, in order
+    assert "wrote 30 cs_intent records" in capsys.readouterr().out
+    main(["data", "convert", "--task", "legal_risk", "--raw", str(raw_dir / "claudette"), "--out", str(out)])
+    assert load_records(out) == load_raw("legal_risk", raw_dir / "claudette")  # "none" not cut to half
+    with pytest.raises(SystemExit, match="inside"):
+        main(["data", "convert", "--task", "cs_intent", "--raw", str(raw_dir / "banking77"), "--out", str(BENCHMARK_DIR / "cs_intent" / "test.jsonl")])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["data", "convert", "--task", "cs_intent", "--raw", str(tmp_path / "absent.csv"), "--out", str(out)])
+    assert _file_bytes(BENCHMARK_DIR) == before
+
+
+def test_jsonl_readers_are_utf8_whatever_the_locale(tmp_path):
+    """Benchmark files, --data files and answers tables hold non-ASCII text (CUAD, Bitext): read
+    under an ASCII locale, every reader must still decode them as UTF-8."""
+    import subprocess
+    import sys
+
+    record = {"id": "cs_intent:x:0", "task": "cs_intent", "text": "café refund € ✓", "target": "a"}
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    answers = tmp_path / "build" / "answers" / "dev.jsonl"
+    answers.parent.mkdir(parents=True)
+    answers.write_text(json.dumps({"id": "x", "tier": "t2", "prediction": "é"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = ascii(record["text"])  # the script itself stays ASCII: argv is decoded with the locale too
+    script = f"""
+import argparse
+from pathlib import Path
+from routenlp.commands.bench_cmd import load_records as bench_records
+from routenlp.data import load_records
+from export.pipeline import PortfolioBuild
+from routenlp.portfolio import load_portfolio
+assert load_records({str(data)!r})[0]["text"] == {text}
+assert bench_records(argparse.Namespace(data=Path({str(data)!r}), split="dev", per_task=0))[0]["text"] == {text}
+build = PortfolioBuild(load_portfolio(profile="tiny"), root=Path({str(answers.parent.parent)!r}), progress=False)
+assert build.load_answers("dev")["x"]["t2"]["prediction"] == {ascii("é")}
+"""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr[-2000:]
