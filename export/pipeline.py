@@ -215,7 +215,7 @@ class PortfolioBuild:
                         tier, model, self.tokenizer(), records,
                         max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
                     )
-                with open(out / f"{pool}.jsonl", "w") as handle:
+                with open(out / f"{pool}.jsonl", "w", encoding="utf-8") as handle:
                     for row in rows:
                         handle.write(json.dumps(row.to_json(), sort_keys=True) + "\n")
                 counts[pool] = len(rows)
@@ -227,7 +227,7 @@ class PortfolioBuild:
 
     def load_answers(self, pool: str) -> dict[str, dict[str, dict]]:
         table: dict[str, dict[str, dict]] = {}
-        with open(self.root / "answers" / f"{pool}.jsonl") as handle:
+        with open(self.root / "answers" / f"{pool}.jsonl", encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
                 table.setdefault(row["id"], {})[row["tier"]] = row

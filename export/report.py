@@ -72,7 +72,7 @@ def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, A
 
 def write_report(report: Mapping[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return path
 
 
