@@ -177,6 +177,16 @@ class PortfolioBuild:
         inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data)
         return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
 
+    def decoder_key(self, tier_name: str) -> str:
+        """What identifies a decoder's weights: its build step's key, or for a configured
+        checkpoint the hash of its config and file sizes (a different checkpoint relabels)."""
+        checkpoint = self.portfolio.tiers[tier_name].checkpoint
+        if not checkpoint:
+            return self.cache.key(f"decoders/{tier_name}")
+        folder = Path(checkpoint)
+        files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+        return fingerprint({"config": (folder / "config.json").read_text(), "files": files})
+
     def decoder_data(self, tier_name: str) -> dict[str, Any]:
         """How much of the training pool a decoder tier sees: records per task and per-task repeats
         (short structured pairs are cheap, so a tier can take them several times per epoch)."""
@@ -196,7 +206,7 @@ class PortfolioBuild:
     def build_answers(self) -> dict:
         """Every tier answers the router, dev and calibration pools (the all-pairs evaluation);
         calibration answers give the conformal thresholds (`routenlp calibrate`)."""
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from export.labeling import label_decoder, label_t1
         from export.t1 import T1_TASKS, load_t1
@@ -210,9 +220,11 @@ class PortfolioBuild:
                     rows += label_t1(task, model, self.tokenizer(), getattr(self.pools, pool)[task], max_len=meta["max_len"])
                 records = self.pools.flat(pool)
                 for tier in DECODER_TIERS:
+                    # Each decoder with its own tokenizer: a configured checkpoint brings its own.
                     model = AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(tier))).eval()
+                    tokenizer = AutoTokenizer.from_pretrained(str(self.decoder_dir(tier)))
                     rows += label_decoder(
-                        tier, model, self.tokenizer(), records,
+                        tier, model, tokenizer, records,
                         max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
                     )
                 with open(out / f"{pool}.jsonl", "w", encoding="utf-8") as handle:
@@ -222,7 +234,7 @@ class PortfolioBuild:
             return counts
 
         upstream = {name: self.cache.key(name) for name in ("t1",)}
-        upstream.update({tier: self.cache.key(f"decoders/{tier}") for tier in DECODER_TIERS if not self.portfolio.tiers[tier].checkpoint})
+        upstream.update({tier: self.decoder_key(tier) for tier in DECODER_TIERS})
         return self.cache.run("answers", self._inputs("answers", upstream=upstream), build, self.log)
 
     def load_answers(self, pool: str) -> dict[str, dict[str, dict]]:
