@@ -27,6 +27,7 @@ from routenlp.portfolio import TIER_ORDER, Portfolio
 from routenlp.tasks import TASK_NAMES, get_task
 
 DECODER_TIERS = ("t2", "t3", "t4")
+ANSWER_POOLS = ("router", "dev", "calibration")
 # The modules whose code each step runs (part of its cache key).
 STEP_CODE = {
     "tokenizer": ("export.tokenizer", "export.pools", "routenlp.answers"),
@@ -203,39 +204,60 @@ class PortfolioBuild:
             pairs += [(prompt_text(r), format_target(r)) for r in records] * task_repeats.get(task, 1)
         return pairs
 
-    def build_answers(self) -> dict:
-        """Every tier answers the router, dev and calibration pools (the all-pairs evaluation);
-        calibration answers give the conformal thresholds (`routenlp calibrate`)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from export.labeling import label_decoder, label_t1
-        from export.t1 import T1_TASKS, load_t1
+    def build_tier_answers(self, tier: str) -> dict:
+        """One tier answers the router, dev and calibration pools (its share of the all-pairs
+        evaluation): a step per tier, so a changed tier relabels alone and the tiers can label in
+        parallel processes."""
 
         def build(out: Path) -> dict:
             counts = {}
-            for pool in ("router", "dev", "calibration"):
-                rows = []
-                for task in T1_TASKS:
-                    model, meta = load_t1(self.root / "t1" / task)
-                    rows += label_t1(task, model, self.tokenizer(), getattr(self.pools, pool)[task], max_len=meta["max_len"])
-                records = self.pools.flat(pool)
-                for tier in DECODER_TIERS:
-                    # Each decoder with its own tokenizer: a configured checkpoint brings its own.
-                    model = AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(tier))).eval()
-                    tokenizer = AutoTokenizer.from_pretrained(str(self.decoder_dir(tier)))
-                    rows += label_decoder(
-                        tier, model, tokenizer, records,
-                        max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
-                    )
+            for pool in ANSWER_POOLS:
+                rows = self._label(tier, pool)
                 with open(out / f"{pool}.jsonl", "w", encoding="utf-8") as handle:
                     for row in rows:
                         handle.write(json.dumps(row.to_json(), sort_keys=True) + "\n")
                 counts[pool] = len(rows)
             return counts
 
-        upstream = {name: self.cache.key(name) for name in ("t1",)}
-        upstream.update({tier: self.decoder_key(tier) for tier in DECODER_TIERS})
-        return self.cache.run("answers", self._inputs("answers", upstream=upstream), build, self.log)
+        upstream = self.cache.key("t1") if tier == "t1" else self.decoder_key(tier)
+        return self.cache.run(f"tier_answers/{tier}", self._inputs("answers", tier=tier, upstream=upstream), build, self.log)
+
+    def _label(self, tier: str, pool: str) -> list:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from export.labeling import label_decoder, label_t1
+        from export.t1 import T1_TASKS, load_t1
+
+        if tier == "t1":
+            rows = []
+            for task in T1_TASKS:
+                model, meta = load_t1(self.root / "t1" / task)
+                rows += label_t1(task, model, self.tokenizer(), getattr(self.pools, pool)[task], max_len=meta["max_len"])
+            return rows
+        # Each decoder with its own tokenizer: a configured checkpoint brings its own.
+        model = AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(tier))).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(self.decoder_dir(tier)))
+        return label_decoder(
+            tier, model, tokenizer, self.pools.flat(pool),
+            max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
+        )
+
+    def build_answers(self) -> dict:
+        """Every tier's answers on the router, dev and calibration pools in one table per pool (the
+        all-pairs evaluation); calibration answers give the conformal thresholds."""
+        for tier in TIER_ORDER:
+            self.build_tier_answers(tier)
+
+        def build(out: Path) -> dict:
+            counts = {}
+            for pool in ANSWER_POOLS:
+                parts = [(self.root / "tier_answers" / tier / f"{pool}.jsonl").read_text(encoding="utf-8") for tier in TIER_ORDER]
+                (out / f"{pool}.jsonl").write_text("".join(parts), encoding="utf-8")
+                counts[pool] = sum(part.count("\n") for part in parts)
+            return counts
+
+        upstream = {tier: self.cache.key(f"tier_answers/{tier}") for tier in TIER_ORDER}
+        return self.cache.run("answers", {"step": "answers", "upstream": upstream}, build, self.log)
 
     def load_answers(self, pool: str) -> dict[str, dict[str, dict]]:
         table: dict[str, dict[str, dict]] = {}
@@ -349,7 +371,7 @@ class PortfolioBuild:
             self.log(f"[{name}] {step_seconds[name]:.1f}s")
         steps["seconds"] = round(time.perf_counter() - started, 1)
         steps["step_seconds"] = step_seconds  # this run's: a cached step takes ~0 s
-        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), "answers", "router", "router_ablations", "onnx"]
+        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), *(f"tier_answers/{t}" for t in TIER_ORDER), "answers", "router", "router_ablations", "onnx"]
         built = {stage: self.cache.build_seconds(stage) for stage in stages}
         steps["stage_build_seconds"] = built  # what each cached artefact cost when it was built
         steps["full_build_seconds"] = round(sum(built.values()), 1) if all(v is not None for v in built.values()) else None
