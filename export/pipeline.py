@@ -150,8 +150,9 @@ class PortfolioBuild:
     def build_decoder(self, tier_name: str) -> dict:
         """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
         independent steps, so they can also be built in parallel processes."""
-        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
+        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder, upcycle
         import torch
+        from transformers import AutoModelForCausalLM
 
         from export.train_decoder import train_decoder
 
@@ -161,13 +162,18 @@ class PortfolioBuild:
         lr = float(tier.train.get("lr", DECODER_LR))
         epochs = int(tier.train.get("epochs", self.profile.decoder_epochs))
         data = self.decoder_data(tier_name)
+        source = tier.train.get("init_from")
 
         def build(out: Path) -> dict:
             pairs = self.decoder_pairs(**data)
             arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
             torch.manual_seed(SEED)
-            model = build_decoder(arch, self.tokenizer())
-            self.log(f"  {tier.name}: {arch.family}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
+            if source:  # grown from the cheaper tier's trained weights, then trained further
+                model = upcycle(AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(source))), arch, self.tokenizer())
+            else:
+                model = build_decoder(arch, self.tokenizer())
+            start = f", from {source}" if source else ""
+            self.log(f"  {tier.name}: {arch.family}{start}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
             stats = train_decoder(
                 model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
                 lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
@@ -175,7 +181,8 @@ class PortfolioBuild:
             save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
             return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
 
-        inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data)
+        inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data,
+                              init_from=self.decoder_key(source) if source else None)
         return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
 
     def decoder_key(self, tier_name: str) -> str:

@@ -15,7 +15,7 @@ from routenlp.tasks import TASK_NAMES, get_task
 DEFAULT_PORTFOLIO = Path(__file__).with_name("portfolios") / "default.toml"
 TIER_ORDER = ("t1", "t2", "t3", "t4")
 SERVING_KINDS = ("onnx", "vllm", "openai")
-TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats")
+TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats", "init_from")
 
 
 class PortfolioError(ValueError):
@@ -36,8 +36,9 @@ class Tier:
     max_retries: int = 2
     # Training settings for a tier trained here (ignored with a checkpoint): `lr`, `epochs`
     # (default: the profile's decoder_epochs), `max_per_task` (training records per task; default
-    # the profile's max_train_per_task) and `task_repeats` ({task: k}: that task's pairs k times
-    # per epoch). Larger models want a lower rate; a pricier tier gets more data and passes.
+    # the profile's max_train_per_task), `task_repeats` ({task: k}: that task's pairs k times
+    # per epoch) and `init_from` (a cheaper decoder tier whose trained weights it starts from, e.g.
+    # a Mixtral-style MoE upcycled from the Mistral-style T2). Larger models want a lower rate.
     train: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -147,6 +148,9 @@ def _tier(name: str, raw: Mapping, where: str) -> Tier:
         raise PortfolioError(f"{where}: unknown train setting(s) {', '.join(sorted(unknown_train))} (known: {', '.join(TRAIN_SETTINGS)})")
     for task in train.get("task_repeats", {}):
         get_task(task)  # raises UnknownTaskError listing valid tasks
+    source = train.get("init_from")
+    if source is not None and (source not in TIER_ORDER[1:] or TIER_ORDER.index(source) >= TIER_ORDER.index(name)):
+        raise PortfolioError(f"{where}: init_from {source!r} must name a cheaper decoder tier ({', '.join(TIER_ORDER[1:TIER_ORDER.index(name)]) or 'none'})")
     return Tier(name=name, **{**raw, "price_per_1k_tokens": price, "arch": dict(raw.get("arch", {})), "train": train})
 
 
