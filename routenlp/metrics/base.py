@@ -22,6 +22,16 @@ class Metric:
         check_pairs(predictions, references)
         return mean(self.example(p, r) for p, r in zip(predictions, references))
 
+    @property
+    def mean_of_examples(self) -> bool:
+        """corpus() is the mean of example(): a bootstrap may average per-example scores computed
+        once instead of recomputing the corpus score on every resample."""
+        return type(self).corpus is Metric.corpus
+
+    def examples(self, predictions: Sequence, references: Sequence) -> list[float]:
+        """Per-example scores of a set (a subclass may score them in one batch)."""
+        return [self.example(p, r) for p, r in zip(predictions, references)]
+
     def secondary(self, predictions: Sequence, references: Sequence) -> dict[str, float]:
         """Extra numbers a report should show beside the official one (none by default)."""
         return {}
