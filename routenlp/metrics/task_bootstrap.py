@@ -34,9 +34,10 @@ def mean_quality(task_idx: Mapping[str, np.ndarray], predictions: Sequence, targ
 class Bootstrap:
     """Task-stratified resamples drawn once and shared by every system (a paired bootstrap).
 
-    For metrics that are a mean of per-example scores (ROUGE-L, ...) each system's example scores
-    are computed once and averaged per resample; corpus metrics (macro-F1, entity F1, chrF) are
-    recomputed on each resample."""
+    For metrics that are a mean of per-example scores (ROUGE-L, chrF, ...) each system's example
+    scores are computed once and averaged per resample; decomposable corpus metrics (macro-F1,
+    accuracy, clause F1, entity F1) are recomputed on each resample from summed per-example
+    counts; any other metric is recomputed on the resampled records."""
 
     def __init__(self, task_idx: Mapping[str, np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -50,9 +51,13 @@ class Bootstrap:
         out = {}
         for task, idx in self.task_idx.items():
             metric = metric_for(task)
+            task_predictions, task_targets = [predictions[i] for i in idx], [targets[i] for i in idx]
             if metric.mean_of_examples:
-                scores = np.array(metric.examples([predictions[i] for i in idx], [targets[i] for i in idx]), dtype=float)
+                scores = np.array(metric.examples(task_predictions, task_targets), dtype=float)
                 out[task] = np.array([scores[r[task]].mean() for r in self.resamples])
+            elif metric.decomposable:  # a resample's score from its summed per-example counts
+                weights = np.stack([np.bincount(r[task], minlength=len(idx)) for r in self.resamples]).astype(float)
+                out[task] = np.asarray(metric.from_counts(weights @ metric.counts(task_predictions, task_targets)), dtype=float)
             else:
                 out[task] = np.array([corpus_score(task, [predictions[i] for i in idx[r[task]]], [targets[i] for i in idx[r[task]]]) for r in self.resamples])
         return out
