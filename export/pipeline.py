@@ -150,7 +150,8 @@ class PortfolioBuild:
     def build_decoder(self, tier_name: str) -> dict:
         """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
         independent steps, so they can also be built in parallel processes."""
-        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder, upcycle
+        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
+        from export.upcycle import upcycle
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -181,8 +182,8 @@ class PortfolioBuild:
             save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
             return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
 
-        inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data,
-                              init_from=self.decoder_key(source) if source else None)
+        grown = {"init_from": self.decoder_key(source), "upcycle_code": _code_fingerprint("export.upcycle")} if source else {}
+        inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data, **grown)
         return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
 
     def decoder_key(self, tier_name: str) -> str:

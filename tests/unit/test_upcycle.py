@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from export.decoder import DecoderArch, build_decoder, upcycle
+from export.decoder import DecoderArch, build_decoder
+from export.upcycle import upcycle
 from export.tokenizer import train_tokenizer
 from routenlp.portfolio import PortfolioError, load_portfolio, parse_portfolio
 
