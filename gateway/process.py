@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import free_port, log_tail, stop_process_group
+from routenlp.processes import free_port, stop_process_group, wait_until_ready
 
 
 class GatewayStartError(RuntimeError):
@@ -51,8 +50,8 @@ class GatewayProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(self.env) if self.env else None, start_new_session=True)
         try:
-            self.wait_ready(timeout_s)
-        except BaseException:
+            wait_until_ready(self.process, self.is_ready, timeout_s, what="gateway", log_path=self.log_path, error=GatewayStartError, poll_s=0.3)
+        except BaseException:  # Ctrl-C included: no orphan process
             self.stop()
             raise
         return self
@@ -63,16 +62,6 @@ class GatewayProcess:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise GatewayStartError(f"gateway exited with code {self.process.returncode} before it was ready; log {self.log_path}:\n{log_tail(self.log_path)}")
-            if self.is_ready():
-                return
-            time.sleep(0.3)
-        raise GatewayStartError(f"gateway not ready after {timeout_s:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}")
 
     def stop(self, grace_s: float = 15.0) -> None:
         proc, self.process = self.process, None
