@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -46,6 +47,7 @@ LEDGER_FILE = "gateway_ledger.sqlite"  # in the state folder
 HEADER_TASK, HEADER_MAX_TIER, HEADER_POLICY, HEADER_REQUEST_ID = "x-routenlp-task", "x-routenlp-max-tier", "x-routenlp-policy", "x-request-id"
 HEALTH_TIERS = ("router", "t1", "t2", "t3", "t4")
 PERIOD_WORDS = {"day": "daily", "month": "monthly"}
+HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")  # printable ASCII stays as is
 
 
 @dataclass
@@ -159,7 +161,7 @@ class Gateway:
 
 def routing_headers(meta: dict[str, Any]) -> dict[str, str]:
     return {
-        "x-request-id": str(meta["request_id"]),
+        "x-request-id": quote(str(meta["request_id"]), safe=HEADER_SAFE),  # any printable id, as header-safe ASCII
         "x-routenlp-tier": str(meta["tier"]),
         "x-routenlp-path": ">".join(meta["path"]),
         "x-routenlp-cost-usd": f"{meta['cost_usd']:.8f}",

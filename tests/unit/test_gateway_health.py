@@ -73,3 +73,19 @@ def test_traffic_window_counts_increases_over_the_last_minute():
 def test_redact_masks_bearer_tokens_and_bounds_length():
     assert redact("Authorization: Bearer abcdefgh123") == "Authorization: Bearer ***"
     assert len(redact("x" * 1000)) == 300
+
+
+def test_breaker_trip_opens_at_once_and_does_not_extend_a_running_cool_down():
+    from bls_router.circuit_breaker import BreakerState, CircuitBreaker
+
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=5, reset_timeout_s=10, clock=clock)
+    breaker.trip()
+    assert breaker.state is BreakerState.OPEN and breaker.seconds_until_trial() == 10
+    clock.now += 6
+    breaker.trip()  # still cooling down: the cool-down keeps its end
+    assert breaker.seconds_until_trial() == 4
+    clock.now += 4
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.trip()  # a failed check while half-open: open again, a fresh cool-down
+    assert breaker.state is BreakerState.OPEN and breaker.seconds_until_trial() == 10
