@@ -145,10 +145,9 @@ class Gateway:
             self.ledger.release(admission.reservation)  # nothing was answered, nothing is charged
             raise
         meta = answer.metadata
-        self.ledger.settle(admission.reservation, meta["cost_usd"], request_id)
+        budget = self.ledger.settle(admission.reservation, meta["cost_usd"], request_id, tenant.caps())
         self.metrics.spend.labels(tenant.name).inc(meta["cost_usd"])
         self.board.observe_answer(meta)
-        budget = self.ledger.standing(tenant.name, tenant.caps())
         self.metrics.remaining.labels(tenant.name, budget.period).set(budget.remaining_usd)
         out_headers = {**routing_headers(meta), **budget.headers()}
         completion_tokens = len(self.tokenizer.encode(answer.output, add_special_tokens=False).ids) if self.tokenizer else 0

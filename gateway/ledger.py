@@ -168,9 +168,11 @@ class BudgetLedger:
         budget = self._budget(standing, now) if standing else Budget("day", float("inf"), float("inf"), period_end("day", now))
         return Admission(reservation, budget)
 
-    def settle(self, reservation: Reservation, cost_usd: float, request_id: str) -> None:
-        """Charge the request's real cost to the periods it was admitted in; its hold is freed."""
+    def settle(self, reservation: Reservation, cost_usd: float, request_id: str, caps: Mapping[str, float] | None = None) -> Budget | None:
+        """Charge the request's real cost to the periods it was admitted in; its hold is freed.
+        With `caps`, returns the tenant's standing after the charge (same transaction)."""
         cost = max(0, to_nano(cost_usd))
+        now = self.clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -183,12 +185,14 @@ class BudgetLedger:
                     )
                 self._db.execute(
                     "INSERT INTO charges (ts, tenant, day, request_id, cost_nusd) VALUES (?, ?, ?, ?, ?)",
-                    (self.clock(), reservation.tenant, reservation.day, request_id, cost),
+                    (now, reservation.tenant, reservation.day, request_id, cost),
                 )
+                standing = self._standing(reservation.tenant, caps, periods(now), now) if caps else None
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return self._budget(standing, now) if standing else None
 
     def release(self, reservation: Reservation) -> None:
         """Free a hold without a charge: the request failed before any tier ran (no cost)."""

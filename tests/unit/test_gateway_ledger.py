@@ -58,8 +58,8 @@ def test_holds_of_requests_in_flight_count_and_a_release_frees_them(tmp_path):
         assert first.admitted and second.admitted
         assert not ledger.reserve("acme", DAY, 0.01).admitted  # 1.2 held >= cap
         ledger.release(second.reservation)  # e.g. the BLS refused the text: no cost
-        ledger.settle(first.reservation, 0.25, "r1")  # the real cost is charged, not the hold
-        assert ledger.spent_usd("acme") == 0.25
+        after = ledger.settle(first.reservation, 0.25, "r1", DAY)  # the real cost is charged, not the hold
+        assert ledger.spent_usd("acme") == 0.25 and after.remaining_usd == pytest.approx(0.75)
         assert ledger.standing("acme", DAY).remaining_usd == pytest.approx(0.75)
 
 
