@@ -92,12 +92,15 @@ def model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "routenlp"}
 
 
-def usage(metadata: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+def usage(metadata: dict[str, Any], answer_tokens: int) -> dict[str, int]:
     """total_tokens: every token billed along the cascade (METADATA tokens, what cost_usd is
-    computed from); completion_tokens: the returned answer's tokens; prompt_tokens: the rest."""
-    billed = int(sum((metadata.get("tokens") or {}).values()))
-    total = max(billed, completion_tokens)
-    return {"prompt_tokens": total - completion_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+    computed from); completion_tokens: the answer's tokens when a decoder tier wrote it (at most
+    what that tier billed; T1 classifies and writes none); prompt_tokens: the rest."""
+    tokens = metadata.get("tokens") or {}
+    total = int(sum(tokens.values()))
+    tier = metadata.get("tier")
+    completion = 0 if tier == "t1" else min(answer_tokens, int(tokens.get(tier, 0)))
+    return {"prompt_tokens": total - completion, "completion_tokens": completion, "total_tokens": total}
 
 
 Kind = Literal["chat", "completion"]

@@ -84,7 +84,9 @@ def stack(tiny_build, tmp_path_factory):
         f'[tenants.tight]\nkeys = ["{hash_key(KEYS["tight"])}"]\ndaily_usd = {tight_cap!r}\n'
         f'[tenants.former]\nkeys = []\nrevoked = ["{hash_key(KEYS["revoked"])}"]\ndaily_usd = 1.0\n'
     )
-    t4 = T4Endpoint(tiny_build.decoder_dir("t4"), root / "t4.log")
+    # normal priority: it starts beside a loading Triton, and at nice 19 on a busy shared runner it
+    # did not get the CPU to start within START_TIMEOUT_S; it serves only a handful of requests here
+    t4 = T4Endpoint(tiny_build.decoder_dir("t4"), root / "t4.log", nice=None)
     started = time.perf_counter()
     with deployment_with_t4_behind_proxy(t4, repository, START_TIMEOUT_S, state_dir=state, extra_env=T4_SETTINGS, openai_port=0) as (deployment, proxy):
         print(f"\n[timing] tritonserver + gateway + T4 ready in {time.perf_counter() - started:.0f} s; logs {state}")
@@ -127,7 +129,8 @@ def test_chat_and_completions_answer_every_task(stack):
         assert meta["task"] == task and meta["tier"] in meta["path"] and meta["cost_usd"] > 0 and meta["errors"] == {}
         assert raw.headers["x-routenlp-tier"] == meta["tier"] and raw.headers["x-routenlp-path"] == ">".join(meta["path"])
         assert raw.headers["x-request-id"] == meta["request_id"] and float(raw.headers["x-routenlp-budget-remaining-usd"]) < 1000
-        assert chat.usage.total_tokens == sum(meta["tokens"].values()) and chat.usage.completion_tokens > 0
+        assert chat.usage.total_tokens == sum(meta["tokens"].values())
+        assert (chat.usage.completion_tokens > 0) == (meta["tier"] != "t1")  # T1 classifies, writes no tokens
         completion = client.completions.create(model="routenlp", prompt=text, extra_body={"task": task, "max_tier": "t3"}, extra_headers={"X-Request-Id": f"gw-{task}"})
         cmeta = completion.model_extra["routenlp"]
         assert cmeta["request_id"] == f"gw-{task}" and cmeta["max_tier"] == "t3" and "t4" not in cmeta["path"]
@@ -343,5 +346,5 @@ def test_triton_down_gives_503_and_not_ready(stack):
         stack.client().chat.completions.create(model="routenlp-cs_intent", messages=[{"role": "user", "content": "my card has not arrived"}])
     assert caught.value.status_code == 503 and caught.value.body["type"] == "service_unavailable"
     assert httpx.get(stack.root_url + "/health/ready", timeout=10).status_code == 503
-    assert stack.tiers()["t1"]["state"] in ("open", "serving")  # shown open once the next probe ran
-    _wait_for_state(stack, "router", "open", 2 * BREAKER_RESET_S)
+    for tier in ("router", "t1", "t2", "t3"):  # every Triton tier fails its readiness probe
+        _wait_for_state(stack, tier, "open", 2 * BREAKER_RESET_S)
