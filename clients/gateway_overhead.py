@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import threading
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         deployment.start()
         grpc_url, gateway_url = deployment.server.grpc_url, deployment.gateway.base_url
         print(f"deployment ready in {deployment.startup_s:.0f} s (gRPC {grpc_url}, gateway {gateway_url})", flush=True)
+    load_before = os.getloadavg()
     try:
         rows = [measure(grpc_url, gateway_url, key, records, c) for c in args.concurrency]
     finally:
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": f"{len(records)} dev texts of {', '.join(STRUCTURED_TASKS)} with MAX_TIER t1, each sent both ways per level",
         "note": "shared 2-core machine: sides interleaved pair by pair; read the differences and ratios",
         "profile": config.profile,
+        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2), "cores": os.cpu_count()},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,9 @@ class Gateway:
 
     # ---- one request --------------------------------------------------------------------------
 
+    def _answer_tokens(self, output: str) -> int:
+        return len(self.tokenizer.encode(output, add_special_tokens=False).ids) if self.tokenizer else 0
+
     def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
         try:
             return self.tenants.authenticate(credentials.credentials if credentials else None)
@@ -150,8 +153,7 @@ class Gateway:
         self.board.observe_answer(meta)
         self.metrics.remaining.labels(tenant.name, budget.period).set(budget.remaining_usd)
         out_headers = {**routing_headers(meta), **budget.headers()}
-        completion_tokens = len(self.tokenizer.encode(answer.output, add_special_tokens=False).ids) if self.tokenizer else 0
-        counted = usage(meta, completion_tokens)
+        counted = usage(meta, self._answer_tokens(answer.output) if meta["tier"] != "t1" else 0)
         if body.stream:
             chunks = stream_chunks(kind, body.model, answer.output, meta, counted, body.include_usage)
             return EventSourceResponse(_sse(chunks), headers=out_headers)
