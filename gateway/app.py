@@ -140,7 +140,10 @@ class Gateway:
             self.metrics.refusals.labels(tenant.name, "budget").inc()
             self.metrics.remaining.labels(tenant.name, budget.period).set(budget.remaining_usd)
             retry = {"retry-after": str(max(1, math.ceil(budget.resets_at - time.time())))}
-            message = f"tenant {tenant.name!r} reached its {PERIOD_WORDS[budget.period]} budget of ${budget.cap_usd:g}; it resets at {budget.headers()['x-routenlp-budget-reset']}"
+            message = (
+                f"tenant {tenant.name!r} has no {PERIOD_WORDS[budget.period]} budget left (cap ${budget.cap_usd:g}, spent or held by "
+                f"its requests in flight); it resets at {budget.headers()['x-routenlp-budget-reset']}"
+            )  # fmt: skip
             raise GatewayError(429, message, "insufficient_quota", code="budget_exceeded", headers={**budget.headers(), **retry})
         try:
             answer = await self.upstream.route(text, task, request_id=request_id, max_tier=max_tier, policy=policy)
