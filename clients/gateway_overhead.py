@@ -67,9 +67,11 @@ def _worker(grpc_url: str, gateway_url: str, key: str, records: Sequence[dict], 
         http.close()
 
 
-def measure(grpc_url: str, gateway_url: str, key: str, records: Sequence[dict], concurrency: int) -> dict[str, Any]:
-    """Each of `concurrency` threads sends its share of `records` as interleaved pairs."""
+def measure(grpc_url: str, gateway_url: str, key: str, records: Sequence[dict], concurrency: int, gateway_pid: int | None = None) -> dict[str, Any]:
+    """Each of `concurrency` threads sends its share of `records` as interleaved pairs. With the
+    gateway's pid, also its CPU time per request: what it costs whatever the machine's load."""
     _worker(grpc_url, gateway_url, key, records[:WARMUP_PAIRS], 0, [], [])
+    cpu_before = _cpu_seconds(gateway_pid)
     direct: list[float] = []
     gateway: list[float] = []
     threads = [threading.Thread(target=_worker, args=(grpc_url, gateway_url, key, records[i::concurrency], i, direct, gateway)) for i in range(concurrency)]
@@ -90,7 +92,18 @@ def measure(grpc_url: str, gateway_url: str, key: str, records: Sequence[dict], 
     row["added_p95_ms"] = round(row["gateway_p95_ms"] - row["direct_p95_ms"], 3)
     row["paired_added_median_ms"] = round(float(np.median(added)), 3) if concurrency == 1 else None
     row["p50_ratio"] = round(row["gateway_p50_ms"] / row["direct_p50_ms"], 3)
+    if gateway_pid:
+        row["gateway_cpu_ms_per_request"] = round((_cpu_seconds(gateway_pid) - cpu_before) * 1e3 / len(gateway), 3)
     return row
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def dev_records(config, per_task: int) -> list[dict]:
@@ -129,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deployment ready in {deployment.startup_s:.0f} s (gRPC {grpc_url}, gateway {gateway_url})", flush=True)
     load_before = os.getloadavg()
     try:
-        rows = [measure(grpc_url, gateway_url, key, records, c) for c in args.concurrency]
+        pid = deployment.gateway.process.pid if deployment else None
+        rows = [measure(grpc_url, gateway_url, key, records, c, pid) for c in args.concurrency]
     finally:
         if deployment is not None:
             deployment.stop()
