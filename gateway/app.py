@@ -220,7 +220,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         logger.exception("gateway error")
         return GatewayError(500, f"internal error: {type(err).__name__}", "api_error").response()
 
-    def tenant(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Tenant:
+    async def tenant(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Tenant:
+        # async: FastAPI runs a sync dependency in a worker thread, a thread hop per request
         return gateway.authenticate(credentials)
 
     async def counted(endpoint: str, tenant_: Tenant, run) -> Response:
