@@ -21,7 +21,6 @@ until then they hold their share of the budget. Committed spend survives restart
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import threading
 import time
 import uuid

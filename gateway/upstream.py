@@ -6,7 +6,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from clients.route_client import ENTRY_MODEL, RoutedAnswer, answer_from_outputs, entry_inputs
-from gateway.errors import GatewayError, from_triton
+from gateway.errors import from_triton
 
 
 class Upstream:
@@ -32,6 +32,3 @@ class Upstream:
     async def close(self) -> None:
         await self.client.close()
 
-
-def unavailable(message: str) -> GatewayError:
-    return GatewayError(503, message, "service_unavailable")
