@@ -39,7 +39,7 @@ from gateway.metrics import UNKNOWN_TENANT, GatewayMetrics
 from gateway.openai_schema import GENERIC_MODEL, MODEL_PREFIX, ChatRequest, CompletionRequest, Kind, RoutingFields, completion_body, model_card, model_list, stream_chunks, usage
 from gateway.pricing import max_cost
 from gateway.probes import Prober, probe_interval, tier_models
-from gateway.tenants import AuthError, Tenant, TenantTable
+from gateway.tenants import AuthError, Tenant, TenantSource
 from gateway.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.config = settings.config
-        self.tenants = TenantTable.load(settings.state_dir)
+        self.tenants = TenantSource(settings.state_dir)
         self.ledger = BudgetLedger(settings.state_dir / LEDGER_FILE, reservation_ttl_s=max(600.0, 2 * settings.timeout_s))
         t4 = self.config.t4.with_env_overrides()
         self.board = HealthBoard(HEALTH_TIERS, t4.breaker_failures, t4.breaker_reset_s)
@@ -110,7 +110,7 @@ class Gateway:
 
     def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
         try:
-            return self.tenants.authenticate(credentials.credentials if credentials else None)
+            return self.tenants.table().authenticate(credentials.credentials if credentials else None)
         except AuthError as err:
             self.metrics.refusals.labels(UNKNOWN_TENANT, "auth").inc()
             raise GatewayError(401, str(err), "invalid_request_error", code="invalid_api_key") from None

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import secrets
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ ENV_TENANTS_FILE = "ROUTENLP_TENANTS"
 ENV_TENANTS_JSON = "ROUTENLP_TENANTS_JSON"
 TENANTS_FILE = "tenants.toml"  # in the state folder
 HASH_PREFIX = "sha256:"
+logger = logging.getLogger(__name__)
 KEY_PREFIX = "rnlp-"
 
 
@@ -110,7 +113,7 @@ class TenantTable:
                 return cls.from_mapping(json.loads(inline), ENV_TENANTS_JSON)
             except json.JSONDecodeError as err:
                 raise TenantConfigError(f"{ENV_TENANTS_JSON} is not JSON: {err}") from None
-        path = Path(environ.get(ENV_TENANTS_FILE, "").strip() or Path(state_dir) / TENANTS_FILE)
+        path = tenants_path(state_dir, environ)
         if not path.exists():
             return cls({}, {}, {})
         try:
@@ -129,6 +132,44 @@ class TenantTable:
             hint = "" if self.tenants else " (no tenants configured: see `python -m gateway.tenants new`)"
             raise AuthError("invalid API key" + hint)
         return self.tenants[name]
+
+
+def tenants_path(state_dir: Path, environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get(ENV_TENANTS_FILE, "").strip() or Path(state_dir) / TENANTS_FILE)
+
+
+class TenantSource:
+    """The tenant table, loaded again when its file changes (checked at most every `recheck_s`),
+    so a key added or revoked in tenants.toml takes effect without a restart. A file that no
+    longer parses keeps the last good table (and the error is logged)."""
+
+    def __init__(self, state_dir: Path, environ: Mapping[str, str] = os.environ, recheck_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.state_dir, self.environ, self.recheck_s, self.clock = Path(state_dir), environ, recheck_s, clock
+        self._table = TenantTable.load(self.state_dir, environ)  # a broken table at start fails loudly
+        self._stamp = self._file_stamp()
+        self._checked = clock()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if self.environ.get(ENV_TENANTS_JSON, "").strip():
+            return None  # the environment cannot change under a running process
+        try:
+            stat = tenants_path(self.state_dir, self.environ).stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def table(self) -> TenantTable:
+        now = self.clock()
+        if now - self._checked >= self.recheck_s:
+            self._checked = now
+            stamp = self._file_stamp()
+            if stamp != self._stamp:
+                try:
+                    self._table = TenantTable.load(self.state_dir, self.environ)
+                    self._stamp = stamp
+                except TenantConfigError as err:
+                    logger.error("tenant table not reloaded, the previous one stays: %s", err)
+        return self._table
 
 
 def new_tenant_block(name: str, daily_usd: float, monthly_usd: float | None = None) -> tuple[str, str]:

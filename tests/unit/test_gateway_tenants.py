@@ -48,3 +48,22 @@ def test_json_in_the_environment_wins_over_the_file(tmp_path):
 def test_malformed_tables_name_the_tenant_and_the_field(entry, says):
     with pytest.raises(TenantConfigError, match=f"'acme'.*{says}|{says}"):
         TenantTable.from_mapping({"tenants": {"acme": entry}})
+
+
+def test_an_edited_file_is_reloaded_so_a_revoked_key_is_refused_without_a_restart(tmp_path):
+    from gateway.tenants import TenantSource
+
+    now = [0.0]
+    path = tmp_path / "tenants.toml"
+    path.write_text(f'[tenants.acme]\nkeys = ["{hash_key("k1")}"]\ndaily_usd = 1\n')
+    source = TenantSource(tmp_path, environ={}, clock=lambda: now[0])
+    assert source.table().authenticate("k1").name == "acme"
+    path.write_text(f'[tenants.acme]\nkeys = []\nrevoked = ["{hash_key("k1")}"]\ndaily_usd = 1\n')
+    assert source.table().authenticate("k1")  # within the recheck interval: the old table
+    now[0] += 1.0
+    with pytest.raises(AuthError, match="revoked"):
+        source.table().authenticate("k1")
+    path.write_text("[tenants.acme\n")  # broken: the last good table stays
+    now[0] += 1.0
+    with pytest.raises(AuthError, match="revoked"):
+        source.table().authenticate("k1")
