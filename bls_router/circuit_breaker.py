@@ -94,6 +94,13 @@ class CircuitBreaker:
             # A failure reported while already open (a call let through before it opened) does not
             # restart the cool-down, so stragglers cannot keep the breaker open forever.
 
+    def trip(self) -> None:
+        """Open now, whatever the streak: an outside check (a failed health probe) saw the
+        endpoint down, which needs no N failures in a row to be believed."""
+        with self._lock:
+            if self._state is not BreakerState.OPEN or self._cooled_down():  # half-open: a failed trial
+                self._open()
+
     def _open(self) -> None:
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()

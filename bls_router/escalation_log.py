@@ -79,17 +79,24 @@ def _enable_wal(connection: sqlite3.Connection) -> None:
             time.sleep(0.1)
 
 
+def open_wal_database(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file at `path` in WAL mode with synchronous=NORMAL (committed
+    transactions survive a process crash), shared by threads and tolerant of other writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = _connect(path)
+    _enable_wal(connection)
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return connection
+
+
 class EscalationLog:
     """Append-only store of routing records (RouteResult.record dicts)."""
 
     def __init__(self, path: Path | str, *, keep_text: bool = False) -> None:
         self.path = Path(path)
         self.keep_text = keep_text
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one connection per log, shared by the model's threads
-        self._db = _connect(self.path)
-        _enable_wal(self._db)
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_wal_database(self.path)
         self._db.executescript(_SCHEMA)
 
     def append(self, record: Mapping[str, Any]) -> None:

@@ -43,6 +43,22 @@ class RoutedAnswer:
     metadata: dict[str, Any]
 
 
+def entry_inputs(module, text: str | bytes, task: str, max_tier: str | None = None, request_id: str | None = None, policy: str | None = None) -> list:
+    """The entry model's input tensors (shape [1, 1] BYTES; optional ones only when given), built
+    with `module`'s InferInput (tritonclient.grpc, .grpc.aio or .http)."""
+
+    def tensor(name: str, value: str | bytes):
+        inferred = module.InferInput(name, [1, 1], "BYTES")
+        inferred.set_data_from_numpy(np.array([[value.encode() if isinstance(value, str) else value]], dtype=object))
+        return inferred
+
+    inputs = [tensor("TEXT", text), tensor("TASK", task)]
+    for name, value in (("MAX_TIER", max_tier), ("REQUEST_ID", request_id), ("POLICY", policy)):
+        if value:
+            inputs.append(tensor(name, value))
+    return inputs
+
+
 def _client_module(protocol: str):
     if protocol == "grpc":
         import tritonclient.grpc as module
@@ -58,18 +74,10 @@ class RouteClient:
         self.module = _client_module(protocol)
         self.client = self.module.InferenceServerClient(url)
 
-    def _tensor(self, name: str, value: str | bytes):
-        tensor = self.module.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value.encode() if isinstance(value, str) else value]], dtype=object))
-        return tensor
-
     def route(
         self, text: str | bytes, task: str, max_tier: str | None = None, request_id: str | None = None, policy: str | None = None, timeout_s: float | None = None
     ) -> RoutedAnswer:
-        inputs = [self._tensor("TEXT", text), self._tensor("TASK", task)]
-        for name, value in (("MAX_TIER", max_tier), ("REQUEST_ID", request_id), ("POLICY", policy)):
-            if value:
-                inputs.append(self._tensor(name, value))
+        inputs = entry_inputs(self.module, text, task, max_tier, request_id, policy)
         kwargs = {"client_timeout": timeout_s} if timeout_s and self.module.__name__.endswith("grpc") else {}
         result = self.client.infer(ENTRY_MODEL, inputs, **kwargs)
         return answer_from_outputs(result.as_numpy("OUTPUT"), result.as_numpy("METADATA"), request_id)

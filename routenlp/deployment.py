@@ -7,6 +7,10 @@ Triton learns T4's URL, the escalation-log path and whether to keep raw text thr
 environment (bls_router/serving_config.py, bls_router/escalation_log.py). The repository API
 (load/unload) is restricted to holders of the admin key unless `open_admin` is set.
 
+With `openai_port` set, the OpenAI-compatible gateway (gateway/, `python -m gateway`) starts once
+Triton is ready, with Triton's environment (T4 URL and key variable, breaker settings), and stops
+first.
+
 While Triton runs, a StubSupervisor (routenlp/stub_supervisor.py) reloads any model whose python
 backend stub died, since Triton itself never restarts one; it logs to stub_supervisor.log.
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from bls_router.calibrate import BLS_MODEL
 from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
 from bls_router.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
+from gateway.process import GatewayProcess
 from routenlp.paths import REPO_ROOT
 from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
@@ -36,15 +41,20 @@ ESCALATION_LOG_FILE = "escalation_log.sqlite"  # in the state folder
 ADMIN_HEADER = "admin-key"
 
 
-def latest_serving_config(repository: Path) -> ServingConfig:
-    """The serving config of the newest `routenlp` version (names the portfolio and profile)."""
+def latest_version_dir(repository: Path) -> Path:
+    """The newest `routenlp` version folder that holds a serving config."""
     from export.repository import latest_version
 
     model_dir = Path(repository) / BLS_MODEL
     version = latest_version(model_dir) if model_dir.is_dir() else 0
     if not version or not (model_dir / str(version) / SERVING_CONFIG_FILE).exists():
         raise FileNotFoundError(f"{model_dir} has no version with {SERVING_CONFIG_FILE}: run `routenlp export` first")
-    return load_serving_config(model_dir / str(version))
+    return model_dir / str(version)
+
+
+def latest_serving_config(repository: Path) -> ServingConfig:
+    """The serving config of the newest `routenlp` version (names the portfolio and profile)."""
+    return load_serving_config(latest_version_dir(repository))
 
 
 def local_t4_checkpoint(config: ServingConfig) -> Path:
@@ -83,7 +93,9 @@ class Deployment:
     keep_text: bool = False
     escalation_log: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ROUTENLP_T4_TIMEOUT_S for the BLS
+    openai_port: int | None = None  # the OpenAI-compatible gateway's port (0: a free one; None: no gateway)
     server: TritonServer | None = None
+    gateway: GatewayProcess | None = None
     t4: T4Endpoint | None = None
     supervisor: StubSupervisor | None = None
     startup_s: float | None = None
@@ -130,6 +142,8 @@ class Deployment:
                 thread.join()
             if failures:
                 raise failures[0]
+            if self.openai_port is not None:
+                self.gateway = self._start_gateway(env)
         except BaseException:
             if thread:
                 thread.join()
@@ -138,6 +152,20 @@ class Deployment:
         self.startup_s = time.perf_counter() - started
         self.supervisor = self._supervise()
         return self
+
+    def _start_gateway(self, env: dict[str, str]) -> GatewayProcess:
+        gateway = GatewayProcess(
+            self.repository, self.server.grpc_url, self.server.metrics_url, self.state_dir, self.state_dir / "gateway.log",
+            host=self.host, port=self.openai_port or 0, env=env,
+        )  # fmt: skip
+        return gateway.start()
+
+    def gateway_died(self) -> bool:
+        return self.gateway is not None and self.gateway.process is not None and self.gateway.process.poll() is not None
+
+    def restart_gateway(self) -> None:
+        self.gateway.stop()
+        self.gateway.start()
 
     def repository_api(self):
         """The running server's model-control API (coopt.deploy.RepositoryAPI) with the admin key."""
@@ -164,10 +192,12 @@ class Deployment:
         return time.perf_counter() - started
 
     def alive(self) -> bool:
-        processes = [p for p in (self.server and self.server.process, self.t4 and self.t4.process) if p is not None]
+        processes = [p for p in (self.server and self.server.process, self.t4 and self.t4.process, self.gateway and self.gateway.process) if p is not None]
         return bool(processes) and all(p.poll() is None for p in processes)
 
     def stop(self) -> None:
+        if self.gateway is not None:  # first: no request should reach a server on its way down
+            self.gateway.stop()
         if self.supervisor is not None:  # first, or it would take the shutdown for dead stubs
             self.supervisor.stop()
         if self.server is not None:
@@ -183,6 +213,7 @@ class Deployment:
             "gRPC": self.server.grpc_url,
             "HTTP": f"http://{self.server.http_url}",
             "metrics": self.server.metrics_url,
+            "OpenAI API": self.gateway.base_url if self.gateway else "off",
             "T4": self.t4.base_url if self.t4 else (self.t4_url or "portfolio base_url / none"),
             "escalation log": str(self.escalation_log),
             "logs": str(self.state_dir),

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
@@ -119,3 +119,18 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float, *, term_group: bo
     while group_pids(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     remove_unmapped(shared)
+
+
+def wait_until_ready(
+    process: subprocess.Popen, is_ready: Callable[[], bool], timeout_s: float, *, what: str, log_path: Path, error: type[Exception], poll_s: float = 0.5
+) -> None:
+    """Poll is_ready() until it holds; raise `error` with the log's tail if the process exits first
+    or timeout_s runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise error(f"{what} exited with code {process.returncode} before it was ready; log {log_path}:\n{log_tail(log_path)}")
+        if is_ready():
+            return
+        time.sleep(poll_s)
+    raise error(f"{what} not ready after {timeout_s:.0f}s; log {log_path}:\n{log_tail(log_path)}")

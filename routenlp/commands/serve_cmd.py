@@ -11,6 +11,7 @@ from pathlib import Path
 from routenlp.paths import MODEL_REPOSITORY_DIR
 
 STANDARD_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaults
+OPENAI_PORT = 8080
 VERSION_POLL_S = 10.0  # how often the live model versions are recorded (restored after a crash)
 
 
@@ -20,6 +21,12 @@ def register(sub) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address Triton listens on (0.0.0.0 for other machines)")
     for name, port in STANDARD_PORTS.items():
         parser.add_argument(f"--{name}-port", type=int, default=port, help=f"{name} port (default {port}; 0 picks a free one)")
+    openai = parser.add_mutually_exclusive_group()
+    openai.add_argument(
+        "--openai-port", type=int, default=OPENAI_PORT,
+        help=f"port of the OpenAI-compatible gateway (default {OPENAI_PORT}; 0 picks a free one); tenants from <state-dir>/tenants.toml or ROUTENLP_TENANTS",
+    )  # fmt: skip
+    openai.add_argument("--no-openai", action="store_true", help="do not start the OpenAI-compatible gateway")
     t4 = parser.add_mutually_exclusive_group()
     t4.add_argument("--t4-url", default="", help="OpenAI-compatible T4 base URL instead of the local endpoint")
     t4.add_argument("--no-t4", action="store_true", help="no T4 endpoint: requests that need T4 fall back to T3")
@@ -47,6 +54,7 @@ def run(args) -> int:
     deployment = Deployment(
         args.repository, state_dir=args.state_dir or STATE_DIR, local_t4=not (args.no_t4 or args.t4_url), t4_url=args.t4_url,
         host=args.host, ports=ports, open_admin=args.open_admin, keep_text=args.log_text,
+        openai_port=None if args.no_openai else args.openai_port,
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"starting tritonserver on {args.repository}" + " (vLLM engines load in about a minute each) ...", flush=True)
@@ -70,6 +78,10 @@ def run(args) -> int:
                     restarter.record_live_versions()
                     watched = time.monotonic()
                 time.sleep(1.0)
+                continue
+            if deployment.gateway_died() and deployment.server.process.poll() is None:
+                print(f"the OpenAI gateway exited; restarting it (log {deployment.gateway.log_path})", flush=True)
+                deployment.restart_gateway()
                 continue
             t4_dead = deployment.t4 is not None and deployment.t4.process.poll() is not None
             if t4_dead or not restarter.restart():

@@ -36,6 +36,7 @@ from export.repository_builder import MANIFEST, write_repository
 from routenlp.deployment import Deployment
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.tasks import TASK_NAMES
+from tests.integration.t4_behind_proxy import deployment_with_t4_behind_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -70,29 +71,8 @@ def chaos(tiny_build, tmp_path_factory):
     repository = root / "model_repository"
     write_repository(tiny_build, repository, target="cpu")
     t4 = T4Endpoint(tiny_build.decoder_dir("t4"), root / "t4.log", api_key_env=KEY_ENV, env={KEY_ENV: SECRET})
-    proxy = FaultProxy(t4.base_url.removesuffix("/v1")).start()
-    deployment = Deployment(repository, state_dir=root / "state", local_t4=False, t4_url=proxy.base_url, extra_env={KEY_ENV: SECRET, **T4_SETTINGS})
-    failures: list[BaseException] = []
-
-    def start_t4():
-        try:
-            t4.start(timeout_s=START_TIMEOUT_S)
-        except BaseException as err:
-            failures.append(err)
-
-    thread = threading.Thread(target=start_t4)
-    thread.start()
-    try:
-        deployment.start(timeout_s=START_TIMEOUT_S)
-        thread.join()
-        if failures:
-            raise failures[0]
+    with deployment_with_t4_behind_proxy(t4, repository, START_TIMEOUT_S, state_dir=root / "state", extra_env={KEY_ENV: SECRET, **T4_SETTINGS}) as (deployment, proxy):
         yield Chaos(deployment, t4, proxy, tiny_build, [])
-    finally:
-        thread.join()
-        deployment.stop()
-        t4.stop()
-        proxy.stop()
 
 
 def _always_t4(chaos: Chaos, text: str = "my card has not arrived yet", task: str = "cs_intent"):

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_serve_prints_urls_answers_restarts_a_crashed_server_and_stops_cleanly_o
     state = tmp_path / "state"
     command = [
         sys.executable, "-m", "routenlp.cli", "serve", "--repository", str(tiny_repository), "--no-t4",
-        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--state-dir", str(state),
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--openai-port", "0", "--state-dir", str(state),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -71,6 +72,9 @@ def test_serve_prints_urls_answers_restarts_a_crashed_server_and_stops_cleanly_o
         assert "Ctrl-C or SIGTERM" in printed, printed
         grpc_url = re.search(r"gRPC\s+(\S+)", printed).group(1)
         assert re.search(r"HTTP\s+http://127\.0\.0\.1:\d+", printed) and "restricted" in printed
+        openai_url = re.search(r"OpenAI API\s+(http://127\.0\.0\.1:\d+)/v1", printed).group(1)
+        with urllib.request.urlopen(openai_url + "/health/ready", timeout=10) as ready:
+            assert ready.status == 200  # the gateway is up beside Triton (tenants: none, so keys get 401)
         client = RouteClient(grpc_url)
         answer = client.route("The provider may terminate this agreement at any time.", "legal_risk", max_tier="t1", request_id="serve-test")
         client.close()

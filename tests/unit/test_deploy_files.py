@@ -28,6 +28,7 @@ DOCKER = REPO_ROOT / "docker"
 K8S = DOCKER / "k8s"
 K8S_VERSION = "1.31.0"
 BLS_SOURCE = REPO_ROOT / "bls_router" / "triton_models" / "routenlp_bls.py"
+GATEWAY_METRICS_SOURCE = REPO_ROOT / "gateway" / "metrics.py"
 SECRET_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN")
 
 
@@ -441,6 +442,13 @@ def metric_families(bls_source: Path) -> set[str]:
     return set(re.findall(r"\"(routenlp_[a-z0-9_]+)\"", bls_source.read_text()))
 
 
+def gateway_series(gateway_metrics: Path = GATEWAY_METRICS_SOURCE) -> set[str]:
+    """The series the OpenAI gateway exports (prometheus_client adds _total to a Counter's name)."""
+    text = gateway_metrics.read_text()
+    counters = {name + "_total" for name in re.findall(r"Counter\(\"(routenlp_gateway_[a-z0-9_]+)\"", text)}
+    return counters | set(re.findall(r"Gauge\(\"(routenlp_gateway_[a-z0-9_]+)\"", text))
+
+
 HISTOGRAMS = ("_bucket", "_sum", "_count")
 REQUIRED_SERIES = ("routenlp_requests_total", "routenlp_escalations_total", "routenlp_escalation_rate", "routenlp_escalation_alert",
                    "routenlp_cost_dollars_total", "routenlp_latency_ms_bucket", "routenlp_fallbacks_total", "routenlp_request_failures_total")
@@ -451,7 +459,7 @@ def dashboard_problems(dashboard_path: Path, bls_source: Path) -> list[str]:
         dashboard = json.loads(dashboard_path.read_text())
     except ValueError as err:
         return [f"not JSON: {err}"]
-    families = metric_families(bls_source)
+    families = metric_families(bls_source) | gateway_series()
     problems, used = [], set()
     queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
     queries += [("variable " + v["name"], v["definition"]) for v in dashboard.get("templating", {}).get("list", [])]
