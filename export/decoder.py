@@ -150,4 +150,3 @@ def read_meta(model_dir: Path) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     return asdict(value) if isinstance(value, DecoderArch) else value
-
