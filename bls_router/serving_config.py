@@ -96,7 +96,7 @@ class ServingConfig:
     router_tiers: tuple[str, ...]  # router logit order
     router_max_len: int
     t1: Mapping[str, T1Head]
-    thresholds: Mapping[str, Mapping[str, float]]  # -inf: never trust (always escalate)
+    thresholds: Mapping[str, Mapping[str, float]]  # -inf: never trust (always escalate); 1.0: accept all
     prices: Mapping[str, float]  # dollars per 1K tokens
     bars: Mapping[str, float]  # effective quality bar per task
     latency_sla_ms: Mapping[str, float]
@@ -105,7 +105,8 @@ class ServingConfig:
     max_text_bytes: int
     t4: T4Settings
     tier_timeout_s: float = DEFAULT_TIER_TIMEOUT_S
-    calibration: Mapping[str, Any] = field(default_factory=dict)  # alpha, pool, counts per (task, tier)
+    # alpha per task, gamma per task, cascade_first tasks, escalate_to, and what each cell rests on
+    calibration: Mapping[str, Any] = field(default_factory=dict)
     router_models: tuple[str, ...] = ()  # router ablations in this repository version (their POLICY)
 
     def policy(self) -> CascadePolicy:
@@ -301,13 +302,13 @@ def build_serving_config(
     target: str = "cpu",
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     calibration: Mapping[str, Any] | None = None,
-    alpha: float = DEFAULT_ALPHA,
+    alpha: float | None = None,
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
 ) -> ServingConfig:
     """The serving config of `build` (export.pipeline.PortfolioBuild) for repository version N.
 
     Without `thresholds`, they are calibrated here from the build's calibration answers
-    (bls_router.calibrate); a build without them gets none (every answer accepted) and says so
+    (bls_router.calibrate; alpha None: each task's alpha from the portfolio); a build without them gets none (every answer accepted) and says so
     in `calibration`."""
     from export.repository_builder import ablation_routers
     from routenlp.tasks import get_task
