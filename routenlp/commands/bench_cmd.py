@@ -19,7 +19,8 @@ def register(sub) -> None:
     parser = sub.add_parser("bench", help="RouteNLP vs baselines through the live server: table, JSON, report with plots")
     parser.add_argument("--split", default="dev", help="benchmark split to route (default dev)")
     parser.add_argument("--data", type=Path, default=None, help="a benchmark JSONL file instead of a split (records with task, text, target)")
-    parser.add_argument("--per-task", type=int, default=100, help="records per task (default 100; 0 = all)")
+    parser.add_argument("--per-task", type=int, default=100, help="records per task, drawn at random stratified by label (default 100; 0 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-task sample")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR)
     parser.add_argument("--url", default=None, help="gRPC address of a running server (default: start one)")
@@ -39,8 +40,39 @@ def load_records(args) -> list[dict]:
             by_task.setdefault(record["task"], []).append(record)
     else:
         by_task = {task: load_split(task, args.split) for task in TASK_NAMES}
-    limit = args.per_task or None
-    return [r for task in sorted(by_task) for r in by_task[task][:limit]]
+    return [r for task in sorted(by_task) for r in stratified_sample(by_task[task], args.per_task or None, args.seed)]
+
+
+def stratified_sample(records: list[dict], n: int | None, seed: int) -> list[dict]:
+    """n records drawn at random, stratified by label (each label's share kept, largest remainders
+    first), in a seeded order; never the first n by id, which covers few labels and one document."""
+    import random
+
+    if n is None or n >= len(records):
+        return list(records)
+    rng = random.Random(seed)
+    strata: dict[str, list[dict]] = {}
+    for record in records:
+        strata.setdefault(label_of(record), []).append(record)
+    quotas = {label: n * len(rows) / len(records) for label, rows in strata.items()}
+    counts = {label: int(q) for label, q in quotas.items()}
+    for label in sorted(quotas, key=lambda l: (quotas[l] - counts[l], rng.random()), reverse=True)[: n - sum(counts.values())]:
+        counts[label] += 1
+    chosen = [r for label, rows in sorted(strata.items()) for r in rng.sample(rows, counts[label])]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def label_of(record: dict) -> str:
+    """The stratum: the label of a classification, the first entity type of NER, else one stratum."""
+    from routenlp.tasks import get_task
+
+    target = record.get("target")
+    if get_task(record["task"]).kind == "classification":
+        return str(target)
+    if isinstance(target, list):
+        return next((str(t) for t in target if str(t) != "O"), "O")
+    return "all"
 
 
 def run(args) -> int:
