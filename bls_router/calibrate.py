@@ -311,14 +311,28 @@ def check_pool(pool: str, records, answers: Answers, probs: Probabilities | None
                 losses.setdefault((task, stage.tier), []).append((min(1.0, loss), stage.accepted and wrong, not stage.accepted))
         quality, cost = system_quality_cost(task, task_records, answers, [r.outcome for r in runs])
         t4_quality, t4_cost = always_quality_cost(task, "t4", task_records, answers, prices)
+        oracle = [oracle_tier(task, answers[r["id"]], bars, structured) for r in task_records]
         summary[task] = {"n": len(task_records), "quality": round(quality, 4), "cost": cost, "t4_quality": round(t4_quality, 4), "t4_cost": t4_cost,
-                         "quality_ratio": round(quality / t4_quality, 4) if t4_quality else None, "cost_ratio": round(cost / t4_cost, 4) if t4_cost else None}
+                         "quality_ratio": round(quality / t4_quality, 4) if t4_quality else None, "cost_ratio": round(cost / t4_cost, 4) if t4_cost else None,
+                         "oracle_agreement": round(sum(r.outcome.tier == o for r, o in zip(runs, oracle)) / len(runs), 4),
+                         "cheapest_agreement": round(sum(servable(task, structured)[0] == o for o in oracle) / len(runs), 4)}
     cells = []
     for (task, tier), rows in sorted(losses.items()):
         cells.append(CellCheck(pool, task, tier, targets[(task, tier)], alphas[task], realised_risk([r[0] for r in rows]),
                                sum(r[1] for r in rows) / len(rows) if task in structured and bars is not None else None,
                                sum(r[2] for r in rows) / len(rows)))
     return cells, summary
+
+
+def oracle_tier(task: str, rows: Mapping[str, Mapping[str, Any]], bars: Mapping[str, float] | None, structured) -> str:
+    """The cheapest tier meeting the example's bar (the router's label: the task's bar, or T4's
+    quality less T4_TOLERANCE on generation tasks), else the best answer."""
+    from export.router_loss import T4_TOLERANCE
+
+    tiers = [t for t in servable(task, structured) if t in rows]
+    quality = {t: float(rows[t]["quality"]) for t in tiers}
+    bar = (bars or {}).get(task, 1.0) if task in structured else quality.get("t4", 1.0) - T4_TOLERANCE
+    return next((t for t in tiers if quality[t] >= bar), max(tiers, key=lambda t: (quality[t], -TIERS.index(t))))
 
 
 def check_build(build, thresholds, calibration, pools: Sequence[str] = ("dev",), bars=None) -> tuple[list[CellCheck], dict]:

@@ -67,15 +67,15 @@ def test_replay_runs_the_served_decision_over_recorded_answers():
 
 
 def test_calibrated_cascade_keeps_its_promise_on_fresh_data():
-    """8 worlds: calibrate on 400 records, check on 2000 fresh ones. Conformal risk control bounds
+    """6 worlds: calibrate on 400 records, check on 1500 fresh ones. Conformal risk control bounds
     the regret in expectation over calibration draws, so the mean realised regret over worlds is
     <= alpha up to noise; no single world misses by more than calibration noise (sqrt(alpha / n)
     is about 0.011 here); and T1 really accepts answers (the rule is not vacuous)."""
     realised = {}
-    for seed in range(8):
+    for seed in range(6):
         records, answers, probs = world(400, seed)
         rules, fit = calibrate_answers(records, answers, probs, PRICES, STRUCTURED, ALPHAS)
-        fresh = world(2000, 100 + seed, prefix="f")
+        fresh = world(1500, 100 + seed, prefix="f")
         cells, summary = check_pool("fresh", *fresh, rules, PRICES, STRUCTURED, ALPHAS, {"legal_risk": 0.5})
         for cell in cells:
             if cell.target is not None:
@@ -83,6 +83,8 @@ def test_calibrated_cascade_keeps_its_promise_on_fresh_data():
                 realised.setdefault(cell.tier, []).append(cell.regret.risk)
         t1 = next(c for c in cells if c.tier == "t1")
         assert t1.target == "router" and 0.1 < 1 - t1.escalated < 0.9
+        # the oracle picks T1 where it is right (~62%); the promise makes the cascade escalate more
+        assert 0.55 < summary["legal_risk"]["cheapest_agreement"] < 0.7 and 0 < summary["legal_risk"]["oracle_agreement"] < 1
         assert fit["cells"]["legal_risk"]["t1"]["population"] == "routed"
     t1_risks = np.array(realised["t1"])
     assert t1_risks.mean() <= 0.05 + 3 * t1_risks.std() / math.sqrt(len(t1_risks))
