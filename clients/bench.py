@@ -214,13 +214,13 @@ def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- one bench run
 
 
-def peer_systems(build, config, seed: int = 0) -> list:
+def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
     """Every peer as a swept decision rule (clients/curves.py); the learned parts are fitted on the
     build's router pool, rule-by-task on the calibration pool's quality table. Never on dev."""
     from clients import curves
     from export.quality import quality_table
 
-    bars = dict(config.bars)
+    bars = dict(bars)
     pool_answers = build.load_answers("router")
     pool = [r for r in build.pools.flat("router") if r["id"] in pool_answers]
     routellm = bl.TierPassClassifier(seed=seed).fit(pool, bl.routellm_labels(pool, pool_answers, bars))
@@ -252,7 +252,7 @@ def peer_systems(build, config, seed: int = 0) -> list:
     ]
 
 
-def fit_baselines(build, config, seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
+def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
     """Every peer at the operating point it would be deployed at: the cheapest knob setting whose
     quality on the calibration pool is >= 0.97 x Always-T4's there (else its best quality)."""
     from bls_router.calibrate import build_prices
@@ -262,22 +262,36 @@ def fit_baselines(build, config, seed: int = 0) -> list[tuple[bl.Policy, dict[st
     records = [r for r in build.pools.flat("calibration") if r["id"] in answers and all(t in answers[r["id"]] for t in bl.servable(r["task"]))]
     table = curves.table_from_answers(answers, build_prices(build))
     fitted = []
-    for system in peer_systems(build, config, seed):
+    for system in peer_systems(build, bars, seed):
         knob, fit = curves.choose_knob(system, records, table)
         fitted.append((bl.SystemPolicy(system, knob), fit))
     return fitted
 
 
-def sweep_curves(build, config, records, table, n_boot: int) -> dict[str, Any]:
-    """Every system's cost-quality curve over the served answers, and the matched-quality headline."""
+def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], records, table, n_boot: int) -> dict[str, Any]:
+    """Every system's cost-quality curve over `table` (served or labelled answers), and the
+    matched-quality headline."""
     from bls_router.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
     from clients import curves
 
     usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
-    rules = rules_from_calibration(config.thresholds, config.calibration)
+    rules = rules_from_calibration(thresholds, calibration)
     probs = router_pass_probabilities(build, usable)
-    systems = [curves.routenlp(rules, probs, build_prices(build)), *(curves.fixed(t) for t in TIERS), *peer_systems(build, config)]
+    systems = [curves.routenlp(rules, probs, build_prices(build)), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
     return curves.sweep(systems, usable, table, n_boot=n_boot)
+
+
+def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT) -> dict[str, Any]:
+    """The curves over a build's labelled answers on `pool`, with freshly calibrated rules: no
+    server (the method's numbers before a repository is written; `routenlp bench --offline`)."""
+    from bls_router.calibrate import build_prices, calibrate_build
+    from bls_router.serving_config import effective_bars
+    from clients import curves
+
+    bars = effective_bars(build)
+    thresholds, calibration = calibrate_build(build, bars=bars)
+    table = curves.table_from_answers(build.load_answers(pool), build_prices(build))
+    return sweep_curves(build, thresholds, calibration, bars, build.pools.flat(pool), table, n_boot)
 
 
 def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, concurrency: int = 4, n_boot: int = N_BOOT, progress: bool = True, log=print) -> dict[str, Any]:
@@ -302,7 +316,7 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
                 runs[policy] = timed(ServedPolicy(policy, caller))
         task_idx = task_indices(records)
         reference = reference_stats(runs[REFERENCE], records, task_idx)
-        for policy, fitted in fit_baselines(build, config):
+        for policy, fitted in fit_baselines(build, config.bars):
             run = timed(policy)
             run.fitted = fitted
             runs[run.name] = run
@@ -323,6 +337,6 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
         "seconds": seconds,
         "systems": systems,
         "guarantee": guarantee_rows(build, config, records, table),
-        "curves": sweep_curves(build, config, records, table, n_boot),
+        "curves": sweep_curves(build, config.thresholds, config.calibration, config.bars, records, table, n_boot),
         "latency_ms": {name: run.latency_ms for name, run in runs.items()},
     }

@@ -26,6 +26,8 @@ def register(sub) -> None:
     parser.add_argument("--url", default=None, help="gRPC address of a running server (default: start one)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the quality-ratio CI")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--offline", metavar="POOL", default=None, help="no server: every system's cost-quality curve over the build's labelled answers on POOL (e.g. dev), rules calibrated afresh; prints the matched-quality table, writes RESULTS/curves_POOL.json")
+    parser.add_argument("--profile", default=None, help="build profile for --offline (default: the repository's)")
     parser.set_defaults(handler=run)
 
 
@@ -75,7 +77,26 @@ def label_of(record: dict) -> str:
     return "all"
 
 
+def run_offline(args) -> int:
+    from clients.bench import offline_curves
+    from clients.bench_report import matched_table
+    from export.pipeline import PortfolioBuild
+    from routenlp.portfolio import load_portfolio
+    from routenlp.table import format_table
+
+    build = PortfolioBuild(load_portfolio(profile=args.profile or "default"), progress=False)
+    curves = offline_curves(build, args.offline, args.bootstrap)
+    print(format_table(matched_table({"curves": curves})))
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"curves_{args.offline}.json"
+    path.write_text(json.dumps(curves, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def run(args) -> int:
+    if args.offline:
+        return run_offline(args)
     from clients.bench import run_bench
     from clients.bench_report import table_rows, task_rows, write_outputs
     from export.pipeline import PortfolioBuild

@@ -7,7 +7,7 @@ import pytest
 
 from clients import baselines as bl
 from clients import curves
-from clients.bench import Bootstrap, SystemRun, mean_quality, oracle_run, quality_ratio_ci, reference_stats, system_row, task_indices
+from clients.bench import Bootstrap, served_table, SystemRun, mean_quality, oracle_run, quality_ratio_ci, reference_stats, system_row, task_indices
 from clients.served_eval import ServedAnswer
 
 PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
@@ -158,3 +158,16 @@ def test_bootstrap_shortcut_for_mean_metrics_matches_the_corpus_metric():
     fast = bootstrap.qualities(predictions, targets)
     slow = [mean_quality(idx, predictions, targets, resample)[0] for resample in bootstrap.resamples]
     assert fast == pytest.approx(slow, abs=1e-9)
+
+
+def test_served_table_holds_each_tiers_served_answer_for_the_offline_replays():
+    records = [_record(i, right_from="t2") for i in range(3)]
+    server = FakeServer({"t1": 0.7, "t2": 0.2, "t3": 0.1, "t4": 0.05})
+    fixed = {f"always-{t}": SystemRun(f"always-{t}", [bl.FixedTier(t).answer(r, server) for r in records], [5.0] * 3) for t in bl.TIERS}
+    table = served_table(fixed, records)
+    assert table["r0"]["t1"] == {"task": "legal_risk", "prediction": "low", "u": 0.7, "tokens": 100, "dollars": pytest.approx(0.001), "quality": 0.0}
+    assert table["r2"]["t4"]["quality"] == 1.0 and set(table["r1"]) == set(bl.TIERS)
+    # replaying a system over the table reproduces what serving it live does
+    automix = curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence)
+    point = curves.replay_system(curves.System("automix", automix.decide, (0.5,)), records, table)[0]
+    assert point.tiers == ("t4", "t4", "t4") and point.dollars[0] == pytest.approx(0.001 + 0.8)
