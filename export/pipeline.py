@@ -228,7 +228,8 @@ class PortfolioBuild:
 
         def build(out: Path) -> dict:
             dev_quality = quality_table(self.load_answers("dev"), self.pools.flat("dev"))
-            bars = self.bars_for(dev_quality)
+            # the bars are a fitted setting: from the calibration pool, so dev only reports
+            bars = self.bars_for(quality_table(self.load_answers("calibration"), self.pools.flat("calibration")))
             model, summary = self._train_router(bars)
             save_router(model, out, {"train": summary["train"], "dev_accuracy": summary["dev_accuracy_vs_oracle"], "bars": bars, "max_len": self.profile.max_input_tokens})
             return {**summary, "bars": bars, "dev_quality": dev_quality}

@@ -56,7 +56,7 @@ class TaskPolicy:
     alpha: float = 0.05
 
     def effective_bar(self, tier_quality: Mapping[str, float]) -> float:
-        """The paper's bar where the best tier reaches it, else relative_bar x the best tier's dev
+        """The paper's bar where the best tier reaches it, else relative_bar x the best tier's (calibration)
         quality. The best tier, not T4: a from-scratch T4 can fall below the cheaper tiers (even to
         0 on a task), and a bar of 0 would call every answer good enough."""
         best = max(tier_quality.values(), default=None)
@@ -65,7 +65,7 @@ class TaskPolicy:
         return self.relative_bar * best
 
     def bar_source(self, bar: float) -> str:
-        return "paper" if bar == self.paper_bar else f"{self.relative_bar} x best tier's dev quality"
+        return "paper" if bar == self.paper_bar else f"{self.relative_bar} x best tier's calibration quality"
 
 
 @dataclass(frozen=True)
