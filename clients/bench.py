@@ -99,11 +99,10 @@ class Bootstrap:
     def qualities(self, predictions: Sequence, targets: Sequence) -> np.ndarray:
         """[n_boot] macro-average quality of `predictions` on each resample."""
         from routenlp.metrics import corpus_score, example_score, metric_for
-        from routenlp.metrics.base import Metric
 
         per_task = np.zeros((len(self.resamples), len(self.task_idx)))
         for column, (task, idx) in enumerate(self.task_idx.items()):
-            if type(metric_for(task)).corpus is Metric.corpus:  # a mean of example scores
+            if metric_for(task).corpus_is_mean:
                 scores = np.array([example_score(task, predictions[i], targets[i]) for i in idx])
                 per_task[:, column] = [scores[r[task]].mean() for r in self.resamples]
             else:

@@ -61,35 +61,48 @@ def replay_system(system: System, records: Sequence[Mapping[str, Any]], table: T
 
 
 class Scorer:
-    """Macro quality over tasks of a per-record tier choice, on the records and on the shared
-    task-stratified resamples (clients.bench.Bootstrap: a paired bootstrap); memoised per choice,
-    since many knob settings make the same decisions."""
+    """Macro quality over tasks of a per-record tier choice, on the records and on shared
+    task-stratified resamples (a paired bootstrap), memoised per choice (many knob settings make
+    the same decisions). Metrics that are a mean of example scores average the table's stored
+    per-example quality; the others (macro-F1, entity F1) are scored again per resample."""
 
     def __init__(self, records, table: Table, n_boot: int, seed: int) -> None:
-        from clients.bench import Bootstrap, task_indices
+        from clients.bench import task_indices
 
         self.records, self.table = records, table
         self.task_idx = task_indices(records)
-        self.bootstrap = Bootstrap(self.task_idx, n_boot, seed)
-        self.targets = [r["target"] for r in records]
-        self._memo: dict[tuple[str, ...], tuple[float, np.ndarray]] = {}
+        rng = np.random.default_rng(seed)
+        self.resamples = [{task: rng.integers(0, len(idx), len(idx)) for task, idx in self.task_idx.items()} for _ in range(n_boot)]
+        self._memo: dict[tuple[tuple[str, ...], bool], tuple[float, np.ndarray]] = {}
 
-    def predictions(self, tiers: Sequence[str]) -> list:
-        return [self.table[r["id"]][t]["prediction"] for r, t in zip(self.records, tiers)]
-
-    def quality(self, tiers: Sequence[str], boot: bool = True) -> tuple[float, np.ndarray | None]:
-        from clients.bench import mean_quality
-
-        key = tuple(tiers)
-        if key not in self._memo or (boot and self._memo[key][1] is None):
-            predictions = self.predictions(tiers)
-            self._memo[key] = (mean_quality(self.task_idx, predictions, self.targets)[0], self.bootstrap.qualities(predictions, self.targets) if boot else None)
+    def quality(self, tiers: Sequence[str], boot: bool = True) -> tuple[float, np.ndarray]:
+        key = (tuple(tiers), boot)
+        if key not in self._memo:
+            self._memo[key] = self._score(tiers, boot)
         return self._memo[key]
+
+    def _score(self, tiers, boot: bool) -> tuple[float, np.ndarray]:
+        from routenlp.metrics import corpus_score, metric_for
+
+        main, per_resample = [], np.zeros((len(self.resamples) if boot else 0, len(self.task_idx)))
+        for column, (task, idx) in enumerate(self.task_idx.items()):
+            rows = [self.table[self.records[i]["id"]][tiers[i]] for i in idx]
+            if metric_for(task).corpus_is_mean:
+                scores = np.array([float(row["quality"]) for row in rows])
+                main.append(float(scores.mean()))
+                if boot:
+                    per_resample[:, column] = [scores[r[task]].mean() for r in self.resamples]
+                continue
+            predictions, targets = [row["prediction"] for row in rows], [self.records[i]["target"] for i in idx]
+            main.append(corpus_score(task, predictions, targets))
+            if boot:
+                per_resample[:, column] = [corpus_score(task, [predictions[j] for j in r[task]], [targets[j] for j in r[task]]) for r in self.resamples]
+        return float(np.mean(main)), per_resample.mean(axis=1)
 
     def cost(self, dollars: np.ndarray) -> tuple[float, np.ndarray]:
         """Macro over tasks, as the quality is; and per resample."""
         whole = float(np.mean([dollars[idx].mean() for idx in self.task_idx.values()]))
-        boot = np.array([np.mean([dollars[idx[r[t]]].mean() for t, idx in self.task_idx.items()]) for r in self.bootstrap.resamples])
+        boot = np.array([np.mean([dollars[idx[r[t]]].mean() for t, idx in self.task_idx.items()]) for r in self.resamples])
         return whole, boot
 
 

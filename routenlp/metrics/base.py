@@ -15,6 +15,12 @@ class Metric:
     key: str = ""
     name: str = ""
 
+    @property
+    def corpus_is_mean(self) -> bool:
+        """True when the corpus score is the mean of the example scores, so a bootstrap can
+        average stored example scores instead of scoring every resample again."""
+        return type(self).corpus is Metric.corpus
+
     def example(self, prediction, reference) -> float:
         raise NotImplementedError
 

@@ -146,6 +146,7 @@ class ResponseQuality(Metric):
     """Pluggable response metric, its backend chosen on first use (env read then, not at import)."""
 
     key = "response_quality"
+    corpus_is_mean = True  # corpus() batches the backend call, but it is still a mean of example scores
 
     def __init__(self, backend=None) -> None:
         self._backend = backend

@@ -171,3 +171,20 @@ def test_served_table_holds_each_tiers_served_answer_for_the_offline_replays():
     automix = curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence)
     point = curves.replay_system(curves.System("automix", automix.decide, (0.5,)), records, table)[0]
     assert point.tiers == ("t4", "t4", "t4") and point.dollars[0] == pytest.approx(0.001 + 0.8)
+
+
+def test_curve_scorer_uses_stored_example_scores_only_where_the_metric_is_their_mean():
+    from routenlp.metrics import corpus_score, example_score
+
+    records = [{"id": f"s{i}", "task": "fin_summary", "target": f"revenue rose {i} percent"} for i in range(6)]
+    records += [{"id": f"c{i}", "task": "cs_intent", "target": "card_arrival" if i % 2 else "lost_card"} for i in range(6)]
+    table = {}
+    for i, r in enumerate(records):
+        guess = {"t2": "revenue fell", "t4": f"revenue rose {i}"} if r["task"] == "fin_summary" else {"t2": "card_arrival", "t4": r["target"]}
+        table[r["id"]] = {t: {"prediction": p, "quality": example_score(r["task"], p, r["target"])} for t, p in guess.items()}
+    scorer = curves.Scorer(records, table, n_boot=20, seed=0)
+    tiers = ["t4", "t2"] * 6
+    quality, boot = scorer.quality(tiers)
+    expected = np.mean([corpus_score(task, [table[r["id"]][t]["prediction"] for r, t in zip(records, tiers) if r["task"] == task],
+                                     [r["target"] for r in records if r["task"] == task]) for task in ("cs_intent", "fin_summary")])
+    assert quality == pytest.approx(expected) and boot.shape == (20,) and boot.std() > 0
