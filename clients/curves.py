@@ -67,7 +67,7 @@ class Scorer:
     per-example quality; the others (macro-F1, entity F1) are scored again per resample."""
 
     def __init__(self, records, table: Table, n_boot: int, seed: int) -> None:
-        from clients.bench import task_indices
+        from routenlp.metrics.task_bootstrap import task_indices
 
         self.records, self.table = records, table
         self.task_idx = task_indices(records)
@@ -87,7 +87,7 @@ class Scorer:
         main, per_resample = [], np.zeros((len(self.resamples) if boot else 0, len(self.task_idx)))
         for column, (task, idx) in enumerate(self.task_idx.items()):
             rows = [self.table[self.records[i]["id"]][tiers[i]] for i in idx]
-            if metric_for(task).corpus_is_mean:
+            if metric_for(task).mean_of_examples:
                 scores = np.array([float(row["quality"]) for row in rows])
                 main.append(float(scores.mean()))
                 if boot:
