@@ -1,6 +1,15 @@
-"""Conformal risk control thresholds (paper 3.2): per (task, tier), delta is the
-ceil((1 - alpha)(n + 1))-th smallest uncertainty among the calibration examples the tier got right.
-Escalating when u > delta then bounds Pr[wrong and accepted] at alpha under exchangeability."""
+"""Conformal risk control (Angelopoulos et al., 2022) for the cascade's acceptance threshold.
+
+Accepting an answer with uncertainty u when u <= delta costs L_i(delta) = 1[u_i <= delta] * l_i,
+where l_i in [0, B] is what accepting answer i loses (here: the quality its escalation target
+would have added). L is non-decreasing in delta, so with n exchangeable calibration answers
+
+    delta = max{ delta : (sum_i L_i(delta) + B) / (n + 1) <= alpha }
+
+gives E[L_{n+1}(delta)] <= alpha for a new answer from the same population. When no delta
+qualifies (even accepting nothing: B / (n + 1) > alpha, i.e. n < B / alpha - 1), delta = -inf:
+always escalate. When every delta does, delta = U_MAX: accept everything (u never exceeds 1).
+"""
 
 from __future__ import annotations
 
@@ -10,36 +19,68 @@ from dataclasses import dataclass
 
 from routenlp.metrics import wilson_interval
 
+U_MAX = 1.0  # uncertainties are 1 - max prob or mean(1 - p(token)): never above 1
+
 
 @dataclass(frozen=True)
 class Threshold:
     delta: float
-    n_correct: int
     n: int
     alpha: float
+    calibration_risk: float  # mean L_i(delta) over the n calibration answers
+    accepted: int  # calibration answers with u <= delta
 
 
-def conformal_delta(uncertainties: Sequence[float], correct: Sequence[bool], alpha: float = 0.05) -> Threshold:
-    """delta from calibration pairs (u, correct).
+def crc_delta(uncertainties: Sequence[float], losses: Sequence[float], alpha: float, bound: float = 1.0) -> Threshold:
+    """The largest delta whose conformal risk bound (sum of accepted losses + B) / (n + 1) is <= alpha.
 
-    No correct example: the tier is never trusted (delta = -inf, always escalate). Fewer than
-    (1 - alpha) / alpha correct examples (19 at alpha 0.05): the rank exceeds n, where textbook
-    conformal gives +inf (never escalate); we take the largest correct u instead, the cautious
-    choice for a tier we know little about."""
-    if len(uncertainties) != len(correct):
-        raise ValueError("uncertainties and correct must have the same length")
+    Answers with equal u are accepted or escalated together (delta is one of the u values)."""
+    if len(uncertainties) != len(losses):
+        raise ValueError("uncertainties and losses must have the same length")
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
-    scores = sorted(u for u, ok in zip(uncertainties, correct) if ok)
-    n = len(scores)
-    if n == 0:
-        return Threshold(-math.inf, 0, len(correct), alpha)
-    rank = math.ceil((1 - alpha) * (n + 1))
-    return Threshold(scores[min(rank, n) - 1], n, len(correct), alpha)
-
-
-def violation_rate(uncertainties: Sequence[float], correct: Sequence[bool], delta: float) -> tuple[float, tuple[float, float], int]:
-    """Empirical Pr[wrong and accepted (u <= delta)] with its Wilson 95% interval, and n."""
+    if any(not 0.0 <= loss <= bound for loss in losses):
+        raise ValueError(f"losses must lie in [0, {bound}]")
     n = len(uncertainties)
-    violations = sum(1 for u, ok in zip(uncertainties, correct) if not ok and u <= delta)
-    return (violations / n if n else 0.0), wilson_interval(violations, n), n
+    if n == 0 or bound / (n + 1) > alpha:
+        return Threshold(-math.inf, n, alpha, 0.0, 0)
+    pairs = sorted(zip(uncertainties, losses))
+    delta, total, accepted, kept = -math.inf, 0.0, 0, 0.0
+    i = 0
+    while i < n:
+        u = pairs[i][0]
+        while i < n and pairs[i][0] == u:  # the whole tie group at once
+            total += pairs[i][1]
+            i += 1
+        if (total + bound) / (n + 1) > alpha:
+            break
+        delta, accepted, kept = u, i, total
+    if accepted == n:
+        delta = max(delta, U_MAX)  # everything qualifies: accept any u
+    return Threshold(delta, n, alpha, kept / n, accepted)
+
+
+def min_calibration_size(alpha: float, bound: float = 1.0) -> int:
+    """The smallest n at which accepting anything can be certified: (0 + B) / (n + 1) <= alpha."""
+    return max(0, math.ceil(bound / alpha - 1 - 1e-12))
+
+
+@dataclass(frozen=True)
+class RiskCheck:
+    n: int
+    risk: float  # mean loss over the population (losses of escalated answers count 0)
+    wilson: tuple[float, float]  # 95%; for losses in [0, 1] the binomial variance bounds theirs
+
+    def status(self, alpha: float) -> str:
+        if self.n == 0:
+            return "no data"
+        if self.wilson[0] > alpha:
+            return "VIOLATED"  # even the optimistic end of the interval exceeds alpha
+        return "ok" if self.risk <= alpha else "above alpha (within CI)"
+
+
+def realised_risk(losses: Sequence[float]) -> RiskCheck:
+    """Mean realised loss of a served population with its Wilson 95% interval."""
+    n = len(losses)
+    total = float(sum(losses))
+    return RiskCheck(n, total / n if n else 0.0, wilson_interval(total, n))

@@ -79,6 +79,7 @@ class RouteResult:
     metadata: dict[str, Any]  # METADATA
     outcome: CascadeOutcome
     record: dict[str, Any] = field(default_factory=dict)  # for the escalation log
+    cascade_policy: CascadePolicy | None = None  # the rules this request's cascade ran by
 
     def metadata_json(self) -> str:
         return json.dumps(self.metadata, sort_keys=True, allow_nan=False)
@@ -120,20 +121,56 @@ def allowed_tiers(task: str, max_tier: str, config: ServingConfig) -> list[str]:
     return [t for t in servable if TIERS.index(t) <= TIERS.index(max_tier)]
 
 
-def choose_tier(logits: Sequence[float], router_tiers: Sequence[str], allowed: Sequence[str]) -> str:
-    """The router's pick: argmax of its logits over the allowed tiers (ties: the cheaper tier)."""
+def cheapest_confident_tier(probabilities: Mapping[str, float], allowed: Sequence[str], gamma: float) -> str:
+    """The cheapest allowed tier whose predicted probability of meeting the bar is >= gamma; when
+    none is, the allowed tier most likely to meet it (ties: the cheaper tier)."""
     if not allowed:
         raise ValueError("no allowed tier")
-    if len(logits) != len(router_tiers):
-        raise ValueError(f"router returned {len(logits)} logits for {len(router_tiers)} tiers")
-    score = {tier: float(value) for tier, value in zip(router_tiers, logits)}
-    return max(allowed, key=lambda t: (score[t], -TIERS.index(t)))
+    ordered = sorted(allowed, key=TIERS.index)
+    for tier in ordered:
+        if probabilities[tier] >= gamma:
+            return tier
+    return max(ordered, key=lambda t: (probabilities[t], -TIERS.index(t)))
 
 
 def router_probabilities(logits: Sequence[float], router_tiers: Sequence[str]) -> dict[str, float]:
+    """Per tier, the router's probability that its answer meets the bar (one sigmoid per tier)."""
+    if len(logits) != len(router_tiers):
+        raise ValueError(f"router returned {len(logits)} logits for {len(router_tiers)} tiers")
     values = np.asarray(logits, dtype=np.float64)
-    exp = np.exp(values - values.max())
-    return {tier: round(float(p), 4) for tier, p in zip(router_tiers, exp / exp.sum())}
+    return {tier: float(p) for tier, p in zip(router_tiers, 1.0 / (1.0 + np.exp(-values)))}
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    start: str  # the tier the cascade starts at
+    policy: CascadePolicy  # the cascade rules for this one request
+    escalate_above_t1: str | None = None  # cascade-first: the router's pick among the tiers above T1
+
+
+def decide_route(
+    task: str, probabilities: Mapping[str, float] | None, allowed: Sequence[str], base: CascadePolicy, gamma: float, cascade_first: bool
+) -> RouteDecision:
+    """Where one request starts and how its cascade runs, from the router's pass probabilities
+    (None: router unavailable, start at the cheapest allowed tier).
+
+    Cascade-first (structured tasks, T1 allowed): T1 always answers first; its own confidence
+    1 - u stands in for the router's T1 probability, so T1 is kept when 1 - u >= gamma and u is
+    within its calibrated delta, else the request goes to the router's pick among the tiers above
+    T1 (unless calibration found those no better than T1 where T1 is unsure: escalate_to None).
+    Plain Python: the BLS and the offline replays (calibration, bench curves) call the same rule."""
+    if probabilities is None:
+        return RouteDecision(allowed[0], base)
+    if not (cascade_first and allowed[0] == "t1" and len(allowed) > 1):
+        return RouteDecision(cheapest_confident_tier(probabilities, allowed, gamma), base)
+    above = cheapest_confident_tier(probabilities, allowed[1:], gamma)
+    by_tier = dict(base.escalate_to.get(task, {}))
+    if "t1" in by_tier and by_tier["t1"] is None:
+        return RouteDecision("t1", base)  # T1 is final for this task
+    by_tier["t1"] = above
+    thresholds = {t: dict(d) for t, d in base.thresholds.items()}
+    thresholds.setdefault(task, {})["t1"] = min(base.delta(task, "t1"), 1.0 - gamma)
+    return RouteDecision("t1", replace(base, thresholds=thresholds, escalate_to={**base.escalate_to, task: by_tier}), above)
 
 
 def format_output(task: str, prediction: Any, text: str) -> str:
@@ -246,33 +283,37 @@ class RoutingService:
         notes: list[str] = []
         router_info: dict[str, Any] = {}
         fixed = FIXED_TIER_POLICIES.get(request.policy)
+        base = self.cascade_policy_for(request)
         if fixed is not None:
-            start, router_info = fixed, {"tier": None, "skipped": f"policy {request.policy}"}
+            decision, router_info = RouteDecision(fixed, base), {"tier": None, "skipped": f"policy {request.policy}"}
         else:
+            gamma = self.config.gamma(request.task)
             try:
                 logits = self.call_router(request.text, request.task, ROUTER_ABLATION_POLICIES.get(request.policy, ROUTER_MODEL))
-                start = choose_tier(logits, self.config.router_tiers, allowed)
-                router_info = {"tier": start, "p": router_probabilities(logits, self.config.router_tiers)}
+                p = router_probabilities(logits, self.config.router_tiers)
+                decision = decide_route(request.task, p, allowed, base, gamma, request.task in self.config.cascade_first)
+                router_info = {"tier": decision.escalate_above_t1 or decision.start, "p": {t: round(v, 4) for t, v in p.items()}, "gamma": gamma}
             except (TierUnavailable, ValueError) as err:
-                start = allowed[0]
+                decision = decide_route(request.task, None, allowed, base, gamma, False)
                 router_info = {"tier": None, "error": str(err)}
-                notes.append(f"router unavailable: started at {start}")
+                notes.append(f"router unavailable: started at {decision.start}")
         router_ms = (self.clock() - started) * 1e3
 
         outcome = run_cascade(
             request.task,
-            start,
+            decision.start,
             lambda tier: self.call_tier(tier, request.task, request.text),
-            self.cascade_policy_for(request),
+            decision.policy,
             max_tier=request.max_tier,
             clock=self.clock,
         )
+        start = decision.start
         if outcome.fallback:
             notes.append(outcome.fallback)
         total_ms = (self.clock() - started) * 1e3
         output = format_output(request.task, outcome.output, request.text)
         metadata = self._metadata(request, outcome, start, router_info, router_ms, total_ms, notes)
-        result = RouteResult(request, output, metadata, outcome)
+        result = RouteResult(request, output, metadata, outcome, cascade_policy=decision.policy)
         result.record = self._record(result)
         self._emit(result.record)
         return result
@@ -315,7 +356,7 @@ class RoutingService:
         return {
             "ts": round(self.wall_clock(), 3),
             **{k: meta[k] for k in ("request_id", "task", "policy", "tier", "start_tier", "max_tier", "path", "u", "escalations", "fallback", "errors", "cost_usd", "latency_ms", "total_ms", "repository_version", "bls_version")},
-            "thresholds": {tier: _finite(self.cascade_policy_for(result.request).delta(result.request.task, tier)) for tier in meta["path"]},
+            "thresholds": {tier: _finite((result.cascade_policy or self.cascade_policy_for(result.request)).delta(result.request.task, tier)) for tier in meta["path"]},
             "text_bytes": result.request.text_bytes,
             "text_sha256": hashlib.sha256(result.request.text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16],
             # coopt distils the frontier tier's answers on escalated inputs, so the log keeps them

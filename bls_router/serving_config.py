@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 ENV_T4_BASE_URL = "ROUTENLP_T4_BASE_URL"
 DEFAULT_MAX_TEXT_BYTES = 32 * 1024
 DEFAULT_ALPHA = 0.05
+DEFAULT_GAMMA = 0.5
 # Bound on a BLS call to a local tier (router, T1, T2, T3), queued and answering: the vLLM tiers
 # answer from a thread, so a tier whose stub died with the request inside never answers and the
 # cascade must fall back well before a client gives up (a generation takes < 2 s here).
@@ -95,7 +96,7 @@ class ServingConfig:
     router_tiers: tuple[str, ...]  # router logit order
     router_max_len: int
     t1: Mapping[str, T1Head]
-    thresholds: Mapping[str, Mapping[str, float]]  # -inf: never trust (always escalate)
+    thresholds: Mapping[str, Mapping[str, float]]  # -inf: never trust (always escalate); 1.0: accept all
     prices: Mapping[str, float]  # dollars per 1K tokens
     bars: Mapping[str, float]  # effective quality bar per task
     latency_sla_ms: Mapping[str, float]
@@ -104,12 +105,23 @@ class ServingConfig:
     max_text_bytes: int
     t4: T4Settings
     tier_timeout_s: float = DEFAULT_TIER_TIMEOUT_S
-    calibration: Mapping[str, Any] = field(default_factory=dict)  # alpha, pool, counts per (task, tier)
+    # alpha per task, gamma per task, cascade_first tasks, escalate_to, and what each cell rests on
+    calibration: Mapping[str, Any] = field(default_factory=dict)
     router_models: tuple[str, ...] = ()  # router ablations in this repository version (their POLICY)
 
     def policy(self) -> CascadePolicy:
         escalate_to = self.calibration.get("escalate_to") or {}
         return CascadePolicy(thresholds=self.thresholds, prices=self.prices, structured_tasks=frozenset(self.structured_tasks), escalate_to=escalate_to)
+
+    def gamma(self, task: str) -> float:
+        """The router's confidence level for `task`: the cheapest tier predicted to meet the bar
+        with probability >= gamma answers (calibration fits it; 0.5 before any calibration)."""
+        return float((self.calibration.get("gamma") or {}).get(task, DEFAULT_GAMMA))
+
+    @property
+    def cascade_first(self) -> frozenset[str]:
+        """Tasks where T1 always answers first and its own confidence replaces the router's."""
+        return frozenset(self.calibration.get("cascade_first") or ())
 
     def with_thresholds(self, thresholds: Mapping[str, Mapping[str, float]], calibration: Mapping[str, Any]) -> "ServingConfig":
         updated = replace(self, thresholds={t: dict(d) for t, d in thresholds.items()}, calibration=dict(calibration))
@@ -234,6 +246,12 @@ def validate(config: ServingConfig, where: str = SERVING_CONFIG_FILE) -> None:
         for tier, target in by_tier.items():
             if tier not in TIERS or (target is not None and (target not in TIERS or TIERS.index(target) <= TIERS.index(tier))):
                 fail(f"calibration.escalate_to.{task}.{tier} = {target!r}: escalation goes from a tier to a pricier one")
+    for task, gamma in (config.calibration.get("gamma") or {}).items():
+        if task not in config.tasks or not 0.0 <= float(gamma) <= 1.0:
+            fail(f"calibration.gamma.{task} = {gamma!r}: a registered task and a probability in [0, 1]")
+    for task in config.calibration.get("cascade_first") or ():
+        if task not in config.structured_tasks:
+            fail(f"calibration.cascade_first names {task!r}, which has no T1 head")
     for name in ("router_max_len", "max_input_tokens", "max_answer_tokens", "max_text_bytes"):
         if getattr(config, name) < 1:
             fail(f"{name} must be >= 1")
@@ -284,13 +302,13 @@ def build_serving_config(
     target: str = "cpu",
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     calibration: Mapping[str, Any] | None = None,
-    alpha: float = DEFAULT_ALPHA,
+    alpha: float | None = None,
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
 ) -> ServingConfig:
     """The serving config of `build` (export.pipeline.PortfolioBuild) for repository version N.
 
     Without `thresholds`, they are calibrated here from the build's calibration answers
-    (bls_router.calibrate); a build without them gets none (every answer accepted) and says so
+    (bls_router.calibrate; alpha None: each task's alpha from the portfolio); a build without them gets none (every answer accepted) and says so
     in `calibration`."""
     from export.repository_builder import ablation_routers
     from routenlp.tasks import get_task

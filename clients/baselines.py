@@ -4,19 +4,22 @@ Every policy answers a record by sending requests to the running server with a f
 (`always-tK`: that tier's served answer, u and billed cost, no router, no escalation) and deciding
 from what comes back, so each baseline's cost and latency are measured on the same Triton models
 as RouteNLP's. The learned parts (RouteLLM / HybridLLM classifiers, the FrugalGPT answer scorer,
-the cascade thresholds) are fitted on the build's router pool: the same all-tier answers, on text
+the cascade scorers) are fitted on the build's router pool: the same all-tier answers, on text
 no tier was trained on, that RouteNLP's router learns from.
 
   Always-tK      one tier (T1 has no generation heads: generation tasks use T2)
-  rule-by-task   per task the cheapest tier whose dev quality meets the bar (the build's table)
-  random         T4 with probability p, else the cheapest tier; p matches a target cost
-  RouteLLM       strong T4 / weak T2; TF-IDF + logistic regression P(weak meets the bar)
-  HybridLLM      T2 / T4 by a quality-gap classifier P(q(T2) >= q(T4))
+  rule-by-task   per task the cheapest tier whose calibration-pool quality meets the bar
+  random         T4 with probability p, else the cheapest tier; p swept (matched cost)
+  RouteLLM-MF    matrix factorisation (TF-IDF -> SVD query embedding, a vector per tier):
+                 P(tier meets the bar); binary T2/T4 and 4-tier (cheapest with P >= threshold)
+  HybridLLM      the same model on its relaxed label q(tier) >= q(T4) - 0.02 (both below the bar
+                 is not "fine"); binary T2/T4 and 4-tier
   FrugalGPT      cascade over the servable tiers; logistic answer scorer on (u, length, tier,
-                 task); one acceptance threshold searched under a cost budget
+                 task); acceptance threshold swept
   AutoMix        small -> T4; self-verification by the small tier's own token confidence
-                 (1 - u; our from-scratch tiers cannot follow a verification prompt), threshold
-                 searched under the same budget
+                 (1 - u; our from-scratch tiers cannot follow a verification prompt), threshold swept
+Each is a decision rule with one knob (clients/curves.py): swept offline for its cost-quality
+curve, served live (SystemPolicy) at the knob fitted on the calibration pool.
 """
 
 from __future__ import annotations
@@ -75,68 +78,6 @@ class FixedTier(Policy):
         return Routed([call(record, tier)])
 
 
-@dataclass
-class RuleByTask(Policy):
-    tier_by_task: Mapping[str, str]
-    name: str = "rule-by-task"
-
-    def answer(self, record, call):
-        return Routed([call(record, self.tier_by_task[record["task"]])])
-
-
-@dataclass
-class RandomMatchedCost(Policy):
-    p_top: float  # probability of T4
-    seed: int = 0
-    name: str = "random (matched cost)"
-    _rng: np.random.Generator = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._rng = np.random.default_rng(self.seed)
-
-    def answer(self, record, call):
-        tier = "t4" if self._rng.random() < self.p_top else cheapest(record["task"])
-        return Routed([call(record, tier)])
-
-
-@dataclass
-class BinaryRouter(Policy):
-    """Weak tier when P(weak is good enough | text) >= threshold, else strong (RouteLLM, HybridLLM)."""
-
-    name: str
-    classifier: "TextClassifier"
-    weak: str = "t2"
-    strong: str = "t4"
-    threshold: float = 0.5
-
-    def answer(self, record, call):
-        p_weak = self.classifier.probability([record])[0]
-        return Routed([call(record, self.weak if p_weak >= self.threshold else self.strong)])
-
-
-@dataclass
-class ScoredCascade(Policy):
-    """Call tiers in order; accept the first answer whose score >= threshold (FrugalGPT, AutoMix)."""
-
-    name: str
-    chain: Callable[[str], Sequence[str]]  # task -> tiers to try, cheapest first
-    score: Callable[[Mapping[str, Any], str, float, int], float]  # (record, tier, u, tokens) -> P(good)
-    threshold: float
-
-    def answer(self, record, call):
-        calls = []
-        chain = list(self.chain(record["task"]))
-        for i, tier in enumerate(chain):
-            served = call(record, tier)
-            calls.append(served)
-            if served.error is not None or i == len(chain) - 1:
-                continue
-            u, tokens = _u_and_tokens(served, tier)
-            if self.score(record, tier, u, tokens) >= self.threshold:
-                break
-        return Routed(calls)
-
-
 def _u_and_tokens(served: ServedAnswer, tier: str) -> tuple[float, int]:
     meta = served.metadata or {}
     return float(meta.get("u", {}).get(tier, 1.0)), int(meta.get("tokens", {}).get(tier, 0))
@@ -145,33 +86,9 @@ def _u_and_tokens(served: ServedAnswer, tier: str) -> tuple[float, int]:
 # ---------------------------------------------------------------- learned parts (router pool)
 
 
-class TextClassifier:
-    """TF-IDF (word 1-2 grams, with a task token) + logistic regression."""
-
-    def __init__(self, seed: int = 0) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=20000, sublinear_tf=True)
-        self.model = LogisticRegression(max_iter=2000, C=2.0, random_state=seed)
-        self.constant: float | None = None
-
-    @staticmethod
-    def _texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
-        return [f"task_{r['task']} {r['text']}" for r in records]
-
-    def fit(self, records: Sequence[Mapping[str, Any]], labels: Sequence[bool]) -> "TextClassifier":
-        labels = np.asarray(labels, dtype=int)
-        if labels.min() == labels.max():  # one class only: predict its rate
-            self.constant = float(labels[0])
-            return self
-        self.model.fit(self.vectorizer.fit_transform(self._texts(records)), labels)
-        return self
-
-    def probability(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        if self.constant is not None:
-            return np.full(len(records), self.constant)
-        return self.model.predict_proba(self.vectorizer.transform(self._texts(records)))[:, 1]
+def classifier_texts(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The text a learned peer reads: a task token, then the request."""
+    return [f"task_{r['task']} {r['text']}" for r in records]
 
 
 class AnswerScorer:
@@ -212,54 +129,10 @@ def self_confidence(record: Mapping[str, Any], tier: str, u: float, tokens: int)
     return 1.0 - u
 
 
-# ---------------------------------------------------------------- offline simulation for fitting
-
-
-def simulate_cascade(
-    answers: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    records: Sequence[Mapping[str, Any]],
-    chain: Callable[[str], Sequence[str]],
-    score: Callable[[Mapping[str, Any], str, float, int], float],
-    threshold: float,
-    prices: Mapping[str, float],
-    bars: Mapping[str, float],
-) -> tuple[float, float]:
-    """(mean dollars, share meeting the bar) of a scored cascade over cached all-tier answers."""
-    dollars, good = 0.0, 0
-    for record in records:
-        by_tier = answers[record["id"]]
-        tiers = [t for t in chain(record["task"]) if t in by_tier]
-        for i, tier in enumerate(tiers):
-            row = by_tier[tier]
-            dollars += row["tokens"] / 1000.0 * prices[tier]
-            if i == len(tiers) - 1 or score(record, tier, float(row["u"]), int(row["tokens"])) >= threshold:
-                good += float(row["quality"]) >= bars[record["task"]]
-                break
-    return dollars / len(records), good / len(records)
-
-
-def search_threshold(
-    answers, records, chain, score, prices, bars, budget: float, grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 41))
-) -> tuple[float, dict[str, float]]:
-    """The threshold with the most answers meeting the bar at mean cost <= budget (FrugalGPT's
-    budgeted search); if none fits, the cheapest one."""
-    results = [(t, *simulate_cascade(answers, records, chain, score, t, prices, bars)) for t in grid]
-    fitting = [r for r in results if r[1] <= budget]
-    best = max(fitting, key=lambda r: (r[2], -r[1])) if fitting else min(results, key=lambda r: r[1])
-    return float(best[0]), {"threshold": float(best[0]), "pool_dollars": round(best[1], 6), "pool_meets_bar": round(best[2], 4)}
-
-
-def p_top_for_cost(target: float, cheap_cost: float, top_cost: float) -> float:
-    """P(T4) for the random router so that its expected cost per request equals `target`."""
-    if top_cost <= cheap_cost:
-        return 0.0
-    return float(min(1.0, max(0.0, (target - cheap_cost) / (top_cost - cheap_cost))))
-
-
-def rule_by_task(dev_quality: Mapping[str, Mapping[str, float]], bars: Mapping[str, float]) -> dict[str, str]:
-    """Per task the cheapest tier whose dev quality meets the bar, else the best tier."""
+def rule_by_task(quality: Mapping[str, Mapping[str, float]], bars: Mapping[str, float]) -> dict[str, str]:
+    """Per task the cheapest tier whose (calibration) quality meets the bar, else the best tier."""
     rules = {}
-    for task, by_tier in dev_quality.items():
+    for task, by_tier in quality.items():
         meeting = [t for t in TIERS if t in by_tier and by_tier[t] >= bars[task]]
         rules[task] = meeting[0] if meeting else max(by_tier, key=by_tier.get)
     return rules
@@ -269,3 +142,104 @@ def oracle_tier(task: str, example_quality: Mapping[str, float], bar: float) -> 
     """The cheapest tier whose answer meets the bar, else the best answer (the lower bound)."""
     meeting = [t for t in servable(task) if t in example_quality and example_quality[t] >= bar]
     return meeting[0] if meeting else max(example_quality, key=example_quality.get)
+
+
+# ---------------------------------------------------------------- swept peers (clients/curves.py)
+
+
+class TierPassClassifier:
+    """RouteLLM's matrix-factorisation router, per tier: the query is embedded (TF-IDF with a task
+    token, truncated SVD) and each tier has its own learned vector and bias over that embedding
+    (a logistic regression per tier), giving P(tier k's answer is good enough | text)."""
+
+    def __init__(self, dim: int = 64, seed: int = 0) -> None:
+        self.dim, self.seed = dim, seed
+        self.models: dict[str, Any] = {}
+        self.constant: dict[str, float] = {}
+
+    def fit(self, records: Sequence[Mapping[str, Any]], labels: Mapping[str, Sequence[bool]]) -> "TierPassClassifier":
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=20000, sublinear_tf=True)
+        x = self.vectorizer.fit_transform(classifier_texts(records))
+        self.svd = TruncatedSVD(n_components=max(1, min(self.dim, x.shape[1] - 1)), random_state=self.seed)
+        z = self.svd.fit_transform(x)
+        for tier, y in labels.items():
+            y = np.asarray(y, dtype=int)
+            if y.min() == y.max():
+                self.constant[tier] = float(y[0])
+            else:
+                self.models[tier] = LogisticRegression(max_iter=2000, C=2.0, random_state=self.seed).fit(z, y)
+        return self
+
+    def probabilities(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+        z = self.svd.transform(self.vectorizer.transform(classifier_texts(records)))
+        columns = {tier: np.full(len(records), p) for tier, p in self.constant.items()}
+        columns.update({tier: model.predict_proba(z)[:, 1] for tier, model in self.models.items()})
+        return [{tier: float(values[i]) for tier, values in columns.items()} for i in range(len(records))]
+
+
+def routellm_labels(records, answers, bars: Mapping[str, float]) -> dict[str, list[bool]]:
+    """Per tier: its answer meets the example's bar (the labels RouteNLP's router learns)."""
+    from export.router_loss import example_bars
+
+    quality = np.array([[float(answers[r["id"]][t]["quality"]) if t in answers[r["id"]] else -1.0 for t in TIERS] for r in records])
+    bar = example_bars(records, quality, bars)
+    return {tier: list(quality[:, k] >= bar) for k, tier in enumerate(TIERS)}
+
+
+def hybrid_labels(records, answers, bars: Mapping[str, float], tolerance: float = 0.02) -> dict[str, list[bool]]:
+    """HybridLLM's relaxed label per tier: q(tier) >= q(T4) - tolerance, except when both miss the
+    task's bar (both wrong is not "the cheap tier is fine": nothing was gained by it)."""
+    labels: dict[str, list[bool]] = {tier: [] for tier in TIERS}
+    for r in records:
+        rows, bar = answers[r["id"]], bars[r["task"]]
+        top = float(rows["t4"]["quality"])
+        for tier in TIERS:
+            q = float(rows[tier]["quality"]) if tier in rows else -1.0
+            labels[tier].append(q >= top - tolerance and not (q < bar and top < bar))
+    return labels
+
+
+class LazyRows(Mapping):
+    """A record's tier answers fetched from the server on first access, in the order asked: lets a
+    System's decision rule (clients/curves.py) run live exactly as it was replayed offline."""
+
+    def __init__(self, record: Mapping[str, Any], call: Call) -> None:
+        self.record, self.call, self.calls = record, call, {}
+
+    def __getitem__(self, tier: str) -> Mapping[str, Any]:
+        if tier not in self.calls:
+            served = self.call(self.record, tier)
+            u, tokens = _u_and_tokens(served, tier)
+            self.calls[tier] = (served, {"u": u, "tokens": tokens})
+        return self.calls[tier][1]
+
+    def __contains__(self, tier) -> bool:
+        return tier in servable(self.record["task"])
+
+    def __iter__(self):
+        return iter(servable(self.record["task"]))
+
+    def __len__(self) -> int:
+        return len(servable(self.record["task"]))
+
+
+@dataclass
+class SystemPolicy(Policy):
+    """A swept System served at one knob setting: the same decision rule, live."""
+
+    system: Any  # clients.curves.System
+    knob: float
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.system.name
+
+    def answer(self, record, call):
+        rows = LazyRows(record, call)
+        for tier in self.system.decide(record, rows, self.knob):
+            rows[tier]
+        return Routed([served for served, _ in rows.calls.values()])

@@ -4,7 +4,10 @@ Each system answers the same records by sending real requests (RouteNLP with POL
 others client-side over the fixed-tier policies, clients/baselines.py); the oracle is the
 hindsight lower bound over the fixed-tier answers. Per system: quality ratio vs Always-T4 with a
 paired, task-stratified bootstrap 95% CI, cost ratio, p50/p99 latency, SLA violation, escalation
-rate; per task quality against its bar; per (task, tier) conformal violation with Wilson intervals.
+rate; per task quality against its bar; per (task, tier) the cascade's realised regret with Wilson
+intervals; and every system's cost-quality curve, swept offline over the served Always-tK answers
+(clients/curves.py), with each system's cost at quality ratio >= 0.97 and paired bootstrap CIs of
+its difference to RouteNLP. Peers are served at the operating point fitted on calibration.
 """
 
 from __future__ import annotations
@@ -129,57 +132,121 @@ def oracle_run(fixed: Mapping[str, SystemRun], records, bars: Mapping[str, float
     return SystemRun("oracle", routed, latency)
 
 
-def conformal_rows(fixed: Mapping[str, SystemRun], records, thresholds: Mapping[str, Mapping[str, float]], bars: Mapping[str, float]) -> list[dict[str, Any]]:
-    """Served violation Pr[wrong and accepted (u <= delta)] per (task, tier), Wilson 95%."""
-    from routenlp.metrics import example_score, wilson_interval
+def served_table(fixed: Mapping[str, SystemRun], records) -> dict[str, dict[str, dict[str, Any]]]:
+    """id -> tier -> the served Always-tier answer (prediction, u, tokens, dollars, quality): what
+    the offline curves and the guarantee check replay every system's decisions over."""
+    from routenlp.metrics import example_score
 
-    rows = []
-    for tier in TIERS[:-1]:
-        run = fixed.get(f"always-{tier}")
-        if run is None:
-            continue
-        for task, delta in sorted((t, d.get(tier)) for t, d in thresholds.items()):
-            if delta is None:
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, run in fixed.items():
+        for record, routed in zip(records, run.routed):
+            final = routed.final
+            if final.error is not None:
                 continue
-            served = [(r, a.final) for r, a in zip(records, run.routed) if r["task"] == task and a.final.error is None and a.final.metadata["tier"] == tier]
-            if not served:
-                continue
-            violations = sum(
-                1 for r, a in served if a.metadata["u"][tier] <= delta and example_score(task, served_prediction(a), r["target"]) < bars[task]
-            )
-            low, high = wilson_interval(violations, len(served))
-            rows.append({"task": task, "tier": tier, "delta": delta, "n": len(served), "violation": round(violations / len(served), 4), "wilson95": [round(low, 4), round(high, 4)]})
-    return rows
+            tier = final.metadata["tier"]
+            prediction = served_prediction(final)
+            table.setdefault(record["id"], {})[tier] = {
+                "task": record["task"], "prediction": prediction, "u": float(final.metadata["u"].get(tier, 1.0)),
+                "tokens": int(final.metadata["tokens"].get(tier, 0)), "dollars": float(final.metadata["cost_usd"]),
+                "quality": float(example_score(record["task"], prediction, record["target"])),
+            }
+    return table
+
+
+def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
+    """The cascade's promise checked on the served answers: per (task, tier) realised regret of
+    the served rules with its Wilson 95% interval (bls_router.calibrate.check_pool)."""
+    from bls_router.calibrate import build_prices, check_pool, router_pass_probabilities, rules_from_calibration, structured_tasks, task_alphas
+
+    rules = rules_from_calibration(config.thresholds, config.calibration)
+    alphas = {**task_alphas(build, None), **(config.calibration.get("alpha") if isinstance(config.calibration.get("alpha"), Mapping) else {})}
+    usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
+    probs = router_pass_probabilities(build, usable) if rules.gamma else None
+    cells, _ = check_pool("bench", usable, table, probs, rules, build_prices(build), structured_tasks(), alphas, dict(config.bars))
+    return [cell.as_table_row() for cell in cells]
 
 
 # ---------------------------------------------------------------- one bench run
 
 
-def fit_baselines(build, config, budget: float, cheap_dollars: float, top_dollars: float, seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
-    """Every client-side baseline, fitted on the build's router pool under RouteNLP's budget."""
-    bars, prices = dict(config.bars), dict(config.prices)
+def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
+    """Every peer as a swept decision rule (clients/curves.py); the learned parts are fitted on the
+    build's router pool, rule-by-task on the calibration pool's quality table. Never on dev."""
+    from clients import curves
+    from export.quality import quality_table
+
+    bars = dict(bars)
     pool_answers = build.load_answers("router")
     pool = [r for r in build.pools.flat("router") if r["id"] in pool_answers]
-    dev_quality = build.cache.stamp("router")["summary"]["dev_quality"]
-
-    def quality(record, tier):
-        return float(pool_answers[record["id"]][tier]["quality"])
-
-    routellm = bl.TextClassifier(seed).fit(pool, [quality(r, "t2") >= bars[r["task"]] for r in pool])
-    hybrid = bl.TextClassifier(seed).fit(pool, [quality(r, "t2") >= quality(r, "t4") for r in pool])
+    routellm = bl.TierPassClassifier(seed=seed).fit(pool, bl.routellm_labels(pool, pool_answers, bars))
+    hybrid = bl.TierPassClassifier(seed=seed).fit(pool, bl.hybrid_labels(pool, pool_answers, bars))
     scorer = bl.AnswerScorer(seed).fit([row for by_tier in pool_answers.values() for row in by_tier.values()], bars)
-    frugal_t, frugal_fit = bl.search_threshold(pool_answers, pool, bl.frugal_chain, scorer, prices, bars, budget)
-    automix_t, automix_fit = bl.search_threshold(pool_answers, pool, bl.automix_chain, bl.self_confidence, prices, bars, budget)
-    rules = bl.rule_by_task(dev_quality, bars)
-    p_top = bl.p_top_for_cost(budget, cheap_dollars, top_dollars)
+    calibration = build.pools.flat("calibration")
+    rules = bl.rule_by_task(quality_table(build.load_answers("calibration"), calibration), bars)
+
+    def memo(classifier):
+        cache: dict[str, dict[str, float]] = {}
+
+        def probabilities(record):
+            if record["id"] not in cache:
+                cache[record["id"]] = classifier.probabilities([record])[0]
+            return cache[record["id"]]
+
+        return probabilities
+
+    p_routellm, p_hybrid = memo(routellm), memo(hybrid)
     return [
-        (bl.RandomMatchedCost(p_top, seed), {"p_t4": round(p_top, 4), "budget": round(budget, 6)}),
-        (bl.RuleByTask(rules), {"tier_by_task": rules}),
-        (bl.BinaryRouter("routellm (T2/T4)", routellm), {"classifier": "tf-idf + logistic regression", "label": "t2 meets bar", "threshold": 0.5}),
-        (bl.BinaryRouter("hybridllm (T2/T4)", hybrid), {"classifier": "tf-idf + logistic regression", "label": "q(t2) >= q(t4)", "threshold": 0.5}),
-        (bl.ScoredCascade("frugalgpt", bl.frugal_chain, scorer, frugal_t), {**frugal_fit, "budget": round(budget, 6)}),
-        (bl.ScoredCascade("automix", bl.automix_chain, bl.self_confidence, automix_t), {**automix_fit, "budget": round(budget, 6)}),
+        curves.random_matched(seed),
+        curves.rule_by_task(rules),
+        curves.pass_router("routellm-mf (T2/T4)", p_routellm, ("t2", "t4")),
+        curves.pass_router("routellm-mf (4-tier)", p_routellm),
+        curves.pass_router("hybridllm (T2/T4)", p_hybrid, ("t2", "t4")),
+        curves.pass_router("hybridllm (4-tier)", p_hybrid),
+        curves.scored_cascade("frugalgpt", bl.frugal_chain, scorer),
+        curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence),
     ]
+
+
+def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
+    """Every peer at the operating point it would be deployed at: the cheapest knob setting whose
+    quality on the calibration pool is >= 0.97 x Always-T4's there (else its best quality)."""
+    from bls_router.calibrate import build_prices
+    from clients import curves
+
+    answers = build.load_answers("calibration")
+    records = [r for r in build.pools.flat("calibration") if r["id"] in answers and all(t in answers[r["id"]] for t in bl.servable(r["task"]))]
+    table = curves.table_from_answers(answers, build_prices(build))
+    fitted = []
+    for system in peer_systems(build, bars, seed):
+        knob, fit = curves.choose_knob(system, records, table)
+        fitted.append((bl.SystemPolicy(system, knob), fit))
+    return fitted
+
+
+def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], records, table, n_boot: int) -> dict[str, Any]:
+    """Every system's cost-quality curve over `table` (served or labelled answers), and the
+    matched-quality headline."""
+    from bls_router.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
+    from clients import curves
+
+    usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
+    rules = rules_from_calibration(thresholds, calibration)
+    probs = router_pass_probabilities(build, usable)
+    systems = [curves.routenlp(rules, probs, build_prices(build)), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
+    return curves.sweep(systems, usable, table, n_boot=n_boot)
+
+
+def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT) -> dict[str, Any]:
+    """The curves over a build's labelled answers on `pool`, with freshly calibrated rules: no
+    server (the method's numbers before a repository is written; `routenlp bench --offline`)."""
+    from bls_router.calibrate import build_prices, calibrate_build
+    from bls_router.serving_config import effective_bars
+    from clients import curves
+
+    bars = effective_bars(build)
+    thresholds, calibration = calibrate_build(build, bars=bars)
+    table = curves.table_from_answers(build.load_answers(pool), build_prices(build))
+    return sweep_curves(build, thresholds, calibration, bars, build.pools.flat(pool), table, n_boot)
 
 
 def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, concurrency: int = 4, n_boot: int = N_BOOT, progress: bool = True, log=print) -> dict[str, Any]:
@@ -204,15 +271,14 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
                 runs[policy] = timed(ServedPolicy(policy, caller))
         task_idx = task_indices(records)
         reference = reference_stats(runs[REFERENCE], records, task_idx)
-        budget = float(np.mean([_dollars(r) for r in runs["routenlp"].routed]))
-        cheap = float(np.mean([_dollars(r) for r in runs["always-t1"].routed]))
-        for policy, fitted in fit_baselines(build, config, budget, cheap, reference["dollars"]):
+        for policy, fitted in fit_baselines(build, config.bars):
             run = timed(policy)
             run.fitted = fitted
             runs[run.name] = run
     finally:
         caller.close()
     fixed = {name: run for name, run in runs.items() if name.startswith("always-")}
+    table = served_table(fixed, records)
     runs["oracle"] = oracle_run(fixed, records, config.bars)
     sla = dict(config.latency_sla_ms)
     bootstrap = Bootstrap(task_idx, n_boot)
@@ -225,6 +291,7 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
         "bars": dict(config.bars),
         "seconds": seconds,
         "systems": systems,
-        "conformal": conformal_rows(fixed, records, config.thresholds, config.bars),
+        "guarantee": guarantee_rows(build, config, records, table),
+        "curves": sweep_curves(build, config.thresholds, config.calibration, config.bars, records, table, n_boot),
         "latency_ms": {name: run.latency_ms for name, run in runs.items()},
     }

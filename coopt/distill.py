@@ -4,9 +4,12 @@ Each selected query is sent to T4 through the live server (POLICY always-t4: a r
 and its answer becomes the training target of the cheapest tier that serves the task: T1's head for
 structured tasks, T2 for generation tasks (the tiers whose gains move traffic off T4).
 
-A teacher answer is kept only when it scores better than the student's own answer on that query
-(the pool has references, which is how failures were found in the first place): a from-scratch T4
-is not right everywhere, and training a student on a worse answer only teaches it mistakes.
+Only tasks where T4 is the better tier on the router pool (task metric, teacher vs student) are
+distilled at all: on a task where the student already beats T4, T4's answers only teach mistakes.
+Within those, a teacher answer to one of the cluster-targeted queries is kept only when it scores
+better than the student's own answer on that query (the pool has references, which is how failures
+were found in the first place); the random share is kept unfiltered, as a random replay of the
+teacher's behaviour (filtering it would leave only the cases the student already gets wrong).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Distillation:
     asked: int = 0  # queries sent to the teacher
     teacher_dollars: float = 0.0
     teacher_errors: int = 0
+    skipped_tasks: tuple[str, ...] = ()  # tasks where T4 is not the better tier: nothing distilled
 
     def for_student(self, tier: str) -> list[Example]:
         return [e for e in self.examples if e.student == tier]
@@ -81,30 +85,55 @@ class Distillation:
             "kept_by_task": dict(sorted(by_task.items())),
             "teacher_dollars": round(self.teacher_dollars, 4),
             "teacher_errors": self.teacher_errors,
+            "skipped_tasks": list(self.skipped_tasks),
         }
+
+
+def teacher_better_tasks(student_rows: Mapping[str, Mapping[str, Mapping[str, Any]]], records: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
+    """task -> whether T4's answers beat the student tier's on the router pool (the task metric)."""
+    from routenlp.metrics import corpus_score
+
+    by_task: dict[str, list] = {}
+    for record in records:
+        rows = student_rows.get(record["id"], {})
+        if TEACHER in rows and student_tier(record["task"]) in rows:
+            by_task.setdefault(record["task"], []).append(record)
+    better = {}
+    for task, rows in by_task.items():
+        score = {tier: corpus_score(task, [student_rows[r["id"]][tier]["prediction"] for r in rows], [r["target"] for r in rows]) for tier in (TEACHER, student_tier(task))}
+        better[task] = score[TEACHER] > score[student_tier(task)]
+    return better
 
 
 def build_distillation(
     teacher_answers: Sequence[ServedAnswer],
     student_rows: Mapping[str, Mapping[str, Mapping[str, Any]]],
     previously_trained: Mapping[str, set[str]],
+    *,
+    filtered: set[str] | frozenset[str] | None = None,
+    teacher_better: Mapping[str, bool] | None = None,
 ) -> Distillation:
     """Distillation examples from served T4 answers on the selected queries.
 
     `student_rows`: id -> tier -> the latest answer row of each tier on the pool (export.labeling
-    rows: prediction, quality). A query whose teacher call failed is skipped and counted."""
-    distillation = Distillation(trained_on={tier: set(ids) for tier, ids in previously_trained.items()}, asked=len(teacher_answers))
+    rows: prediction, quality). `filtered`: the query ids whose teacher answer must beat the
+    student's to be kept (None: all of them); the others are kept as they are. `teacher_better`:
+    task -> False skips the task. A query whose teacher call failed is skipped and counted."""
+    skipped = tuple(sorted(task for task, ok in (teacher_better or {}).items() if not ok))
+    distillation = Distillation(trained_on={tier: set(ids) for tier, ids in previously_trained.items()}, asked=len(teacher_answers), skipped_tasks=skipped)
     for answer in teacher_answers:
         if answer.error is not None:
             distillation.teacher_errors += 1
             continue
         distillation.teacher_dollars += float(answer.metadata.get("cost_usd", 0.0))
         record = answer.record
+        if record["task"] in skipped:
+            continue
         student = student_tier(record["task"])
         prediction = served_prediction(answer)
         teacher_quality = example_score(record["task"], prediction, record["target"])
         student_quality = float(student_rows[record["id"]][student]["quality"])
-        if teacher_quality <= student_quality:
+        if (filtered is None or record["id"] in filtered) and teacher_quality <= student_quality:
             continue
         distillation.examples.append(Example({**record, "target": prediction}, student, round(teacher_quality, 6), student_quality))
         distillation.trained_on.setdefault(student, set()).add(record["id"])

@@ -164,8 +164,10 @@ class CooptLoop:
 
     # ---- one iteration ------------------------------------------------------------------------
 
-    def select(self, state: State, failures: list[Failure], pool, mode: str, iteration: int) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]]]:
-        """The queries to ask the teacher: cluster-targeted, or random at the same budget."""
+    def select(self, state: State, failures: list[Failure], pool, mode: str, iteration: int) -> tuple[list[Mapping[str, Any]], list[dict[str, Any]], set[str]]:
+        """The queries to ask the teacher (cluster-targeted, or random at the same budget), and the
+        ids among them whose teacher answer must beat the student's: the cluster-hardest ones (the
+        random share is kept unfiltered)."""
         from export.router_model import load_router, router_embeddings
 
         s = self.settings
@@ -176,14 +178,19 @@ class CooptLoop:
         else:
             chosen = []
         targeted = distillation_records(chosen, pool, hardest_share=s.hardest_share, random_share=s.random_share, seed=s.seed + iteration)
+        hardest = {r["id"] for r in distillation_records(chosen, pool, hardest_share=s.hardest_share, random_share=0.0)}
         summaries = [c.summary() for c in chosen]
         if mode == "targeted":
-            return targeted, summaries
-        return random_records(pool, len(targeted), seed=s.seed + 1000 + iteration), summaries
+            return targeted, summaries, hardest
+        return random_records(pool, len(targeted), seed=s.seed + 1000 + iteration), summaries, set()
 
-    def distill(self, state: State, queries) -> Distillation:
+    def distill(self, state: State, queries, filtered: set[str]) -> Distillation:
+        from coopt.distill import teacher_better_tasks
+
         teacher = self._route(queries, REFERENCE_POLICY, f"teacher (T4) on {len(queries)} queries")
-        return build_distillation(teacher, state.build.load_answers("router"), state.trained_on)
+        rows = state.build.load_answers("router")
+        better = teacher_better_tasks(rows, state.build.pools.flat("router"))
+        return build_distillation(teacher, rows, state.trained_on, filtered=filtered, teacher_better=better)
 
     def deploy(self, build, label: str) -> tuple[int, dict[str, Any]]:
         """Write `build` as a new repository version and load it while traffic flows."""
@@ -223,9 +230,9 @@ class CooptLoop:
             started = time.perf_counter()
             self.log(f"\n[{mode} {iteration}] collecting failures on the live version {state.version}")
             failures, pool = self.mine(state)
-            queries, clusters = self.select(state, failures, pool, mode, iteration)
+            queries, clusters, filtered = self.select(state, failures, pool, mode, iteration)
             self.clusters[f"{mode}/{iteration}"] = clusters
-            distillation = self.distill(state, queries)
+            distillation = self.distill(state, queries, filtered)
             self.log(f"[{mode} {iteration}] {len(failures)} failures, {len(clusters)} clusters, teacher asked {len(queries)}, kept {len(distillation.examples)}")
             build = IterationBuild(state.build, self.root / mode / f"iter{iteration}", distillation, self.bars, self.settings.finetune, progress=self.progress, log=self.log)
             build.run()

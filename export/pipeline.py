@@ -287,7 +287,8 @@ class PortfolioBuild:
 
         def build(out: Path) -> dict:
             dev_quality = quality_table(self.load_answers("dev"), self.pools.flat("dev"))
-            bars = self.bars_for(dev_quality)
+            # the bars are a fitted setting: from the calibration pool, so dev only reports
+            bars = self.bars_for(quality_table(self.load_answers("calibration"), self.pools.flat("calibration")))
             model, summary = self._train_router(bars)
             save_router(model, out, {"train": summary["train"], "dev_accuracy": summary["dev_accuracy_vs_oracle"], "bars": bars, "max_len": self.profile.max_input_tokens})
             return {**summary, "bars": bars, "dev_quality": dev_quality}
@@ -302,16 +303,16 @@ class PortfolioBuild:
         from export.train_router import router_accuracy, train_router
 
         records = self.pools.flat("router")
-        quality, bar = quality_matrix(self.load_answers("router"), records, bars)
+        quality, _ = quality_matrix(self.load_answers("router"), records, bars)
         prices = [t.price_per_1k_tokens for t in self.portfolio.ordered_tiers()]
         with torch_threads(1):
             model, stats = train_router(
-                records, quality, bar, self.tokenizer(), self.portfolio.router, prices,
+                records, quality, bars, self.tokenizer(), self.portfolio.router, prices,
                 epochs=self.profile.router_epochs, max_len=self.profile.max_input_tokens, seed=SEED, progress=self.progress, **loss_weights,
             )
         dev_records = self.pools.flat("dev")
-        dev_q, dev_bar = quality_matrix(self.load_answers("dev"), dev_records, bars)
-        accuracy = router_accuracy(model, self.tokenizer(), dev_records, dev_q, dev_bar, self.profile.max_input_tokens)
+        dev_q, _ = quality_matrix(self.load_answers("dev"), dev_records, bars)
+        accuracy = router_accuracy(model, self.tokenizer(), dev_records, dev_q, bars, self.profile.max_input_tokens)
         return model, {"dev_accuracy_vs_oracle": round(accuracy, 4), "train": stats}
 
     def build_router_ablations(self) -> dict:

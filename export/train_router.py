@@ -1,8 +1,10 @@
 """Train RouterNet on all-pairs tier quality: every training query scored on every tier.
 
-Labels come from the data (oracle_labels: cheapest tier meeting the bar); the loss is the composite
+Labels come from the data: per tier, does its answer meet the example's bar (example_bars: the
+task's bar, or T4's own quality less a tolerance on generation tasks); the loss is the composite
 of export/router_loss.py with the portfolio's weights unless overridden (ablations pass
-cost_weight=0 or quality_weight=0). A seeded 10% of the queries is held out for early stopping on
+cost_weight=0 or quality_weight=0). Accuracy is agreement of the served decision at gamma 0.5
+(the cheapest tier predicted to pass) with the oracle tier (the cheapest tier that passes). A seeded 10% of the queries is held out for early stopping on
 the held-out loss (patience 3); the best epoch's weights are restored.
 """
 
@@ -21,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from export.encoder import encode_texts, pad_batch
 from export.training import length_bucketed_batches, optimizer_step, warmup_linear
-from export.router_loss import oracle_labels, router_loss
+from export.router_loss import example_bars, oracle_labels, router_loss
 from export.router_model import RouterNet, router_logits
 from routenlp.portfolio import TIER_ORDER, RouterSettings
 
@@ -64,18 +66,18 @@ def train_router(
     patience: int = 3,
     weight_decay: float = 0.01,
 ) -> tuple[RouterNet, dict[str, Any]]:
-    """Train a router on records {text, task} with per-tier quality [N, K] and bars [N].
+    """Train a router on records {text, task} with per-tier quality [N, K] and task bars {task: bar}.
 
     Returns the model with the best held-out epoch's weights (eval mode) and the training stats.
     """
     quality = np.asarray(tier_quality, dtype=np.float32)
-    bars = np.asarray(bars, dtype=np.float32)
+    bars = example_bars(records, quality, bars)
     prices = tier_price_vector(tier_prices)
     n = len(records)
     if n < 2:
         raise ValueError("need at least 2 records (one is held out)")
-    if quality.shape != (n, len(prices)) or bars.shape != (n,):
-        raise ValueError(f"tier_quality must be [{n}, {len(prices)}] and bars [{n}]; got {quality.shape} and {bars.shape}")
+    if quality.shape != (n, len(prices)):
+        raise ValueError(f"tier_quality must be [{n}, {len(prices)}]; got {quality.shape}")
     cost_weight = settings.cost_weight if cost_weight is None else float(cost_weight)
     quality_weight = settings.quality_weight if quality_weight is None else float(quality_weight)
 
@@ -88,6 +90,7 @@ def train_router(
     task_ids = np.asarray(model.task_ids([r["task"] for r in records]), dtype=np.int64)
     train_idx, val_idx = held_out_split(n, val_fraction, seed)
     cost = torch.from_numpy(prices)
+    servable = servable_mask(records, len(prices))
 
     def batch_tensors(rows: Sequence[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         input_ids, attention = pad_batch([ids[i] for i in rows], tokenizer.pad_token_id)
@@ -98,6 +101,7 @@ def train_router(
         }
         targets = {
             "oracle_tier": torch.from_numpy(labels[list(rows)]),
+            "servable": torch.from_numpy(servable[list(rows)]),
             "tier_quality": torch.from_numpy(quality[list(rows)]),
             "bar": torch.from_numpy(bars[list(rows)]),
         }
@@ -105,7 +109,7 @@ def train_router(
 
     def loss_of(inputs, targets):
         logits = model(**inputs)
-        total, parts = router_loss(logits, targets["oracle_tier"], cost, targets["tier_quality"], targets["bar"], cost_weight, quality_weight)
+        total, parts = router_loss(logits, cost, targets["tier_quality"], targets["bar"], cost_weight, quality_weight)
         return logits, total, parts
 
     def evaluate() -> tuple[float, float]:
@@ -117,7 +121,8 @@ def train_router(
                 inputs, targets = batch_tensors(rows)
                 logits, total, _ = loss_of(inputs, targets)
                 loss_sum += total.item() * len(rows)
-                correct += int((logits.argmax(-1) == targets["oracle_tier"]).sum())
+                picks = confident_picks(logits.sigmoid().numpy(), targets["servable"].numpy())
+                correct += int((picks == targets["oracle_tier"].numpy()).sum())
         model.train()
         return loss_sum / len(val_idx), correct / len(val_idx)
 
@@ -186,12 +191,37 @@ def router_accuracy(
     tokenizer: PreTrainedTokenizerBase,
     records: Sequence[Mapping[str, Any]],
     tier_quality,
-    bars,
+    bars: Mapping[str, float],
     max_len: int,
+    gamma: float = 0.5,
 ) -> float:
-    """Share of records whose argmax tier equals the oracle tier (cheapest tier meeting the bar)."""
+    """Share of records whose served pick (the cheapest servable tier predicted to pass at
+    `gamma`) equals the oracle tier (the cheapest tier that passes, else the best one)."""
     if not records:
         raise ValueError("no records to score")
-    labels = oracle_labels(torch.as_tensor(np.asarray(tier_quality, dtype=np.float32)), torch.as_tensor(np.asarray(bars, dtype=np.float32))).numpy()
-    predicted = router_logits(model, tokenizer, records, max_len).argmax(axis=-1)
+    quality = np.asarray(tier_quality, dtype=np.float32)
+    labels = oracle_labels(torch.as_tensor(quality), torch.as_tensor(example_bars(records, quality, bars))).numpy()
+    probs = 1.0 / (1.0 + np.exp(-router_logits(model, tokenizer, records, max_len)))
+    predicted = confident_picks(probs, servable_mask(records, quality.shape[1]), gamma)
     return float((predicted == labels).mean())
+
+
+def servable_mask(records: Sequence[Mapping[str, Any]], tiers: int) -> np.ndarray:
+    """[N, K] bool: T1 serves structured tasks only."""
+    from routenlp.tasks import get_task
+
+    mask = np.ones((len(records), tiers), dtype=bool)
+    for i, record in enumerate(records):
+        mask[i, 0] = get_task(record["task"]).structured
+    return mask
+
+
+def confident_picks(probs: np.ndarray, servable: np.ndarray, gamma: float = 0.5) -> np.ndarray:
+    """[N] tier index the service would pick from [N, K] pass probabilities (the same rule)."""
+    from bls_router.service import cheapest_confident_tier
+
+    names = TIER_ORDER[: probs.shape[1]]
+    return np.array([
+        names.index(cheapest_confident_tier(dict(zip(names, row)), [t for t, ok in zip(names, mask) if ok], gamma))
+        for row, mask in zip(probs, servable)
+    ], dtype=np.int64)

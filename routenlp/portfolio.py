@@ -56,9 +56,11 @@ class TaskPolicy:
     paper_bar: float
     relative_bar: float
     latency_sla_ms: float
+    # the cascade's risk level: per tier, expected quality lost by accepting instead of escalating
+    alpha: float = 0.05
 
     def effective_bar(self, tier_quality: Mapping[str, float]) -> float:
-        """The paper's bar where the best tier reaches it, else relative_bar x the best tier's dev
+        """The paper's bar where the best tier reaches it, else relative_bar x the best tier's (calibration)
         quality. The best tier, not T4: a from-scratch T4 can fall below the cheaper tiers (even to
         0 on a task), and a bar of 0 would call every answer good enough."""
         best = max(tier_quality.values(), default=None)
@@ -67,7 +69,7 @@ class TaskPolicy:
         return self.relative_bar * best
 
     def bar_source(self, bar: float) -> str:
-        return "paper" if bar == self.paper_bar else f"{self.relative_bar} x best tier's dev quality"
+        return "paper" if bar == self.paper_bar else f"{self.relative_bar} x best tier's calibration quality"
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,9 @@ def parse_portfolio(raw: Mapping, profile: str, source: Path) -> Portfolio:
     if missing_tasks:
         raise PortfolioError(f"{where}: tasks {', '.join(missing_tasks)} have no [tasks.NAME] section")
     tasks = {name: TaskPolicy(name=name, **tasks_raw[name]) for name in TASK_NAMES}
+    for name, policy in tasks.items():
+        if not 0 < policy.alpha < 1:
+            raise PortfolioError(f"{where}: tasks.{name}.alpha = {policy.alpha} must be in (0, 1)")
     try:
         return Portfolio(
             name=str(raw.get("name", source.stem)),

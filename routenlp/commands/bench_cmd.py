@@ -18,12 +18,15 @@ def register(sub) -> None:
     parser = sub.add_parser("bench", help="RouteNLP vs baselines through the live server: table, JSON, report with plots")
     parser.add_argument("--split", default="dev", help="benchmark split to route (default dev)")
     parser.add_argument("--data", type=Path, default=None, help="a benchmark JSONL file instead of a split (records with task, text, target)")
-    parser.add_argument("--per-task", type=int, default=100, help="records per task (default 100; 0 = all)")
+    parser.add_argument("--per-task", type=int, default=100, help="records per task, drawn at random stratified by label (default 100; 0 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-task sample")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR)
     parser.add_argument("--url", default=None, help="gRPC address of a running server (default: start one)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the quality-ratio CI")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--offline", metavar="POOL", default=None, help="no server: every system's cost-quality curve over the build's labelled answers on POOL (e.g. dev), rules calibrated afresh; prints the matched-quality table, writes RESULTS/curves_POOL.json")
+    parser.add_argument("--profile", default=None, help="build profile for --offline (default: the repository's)")
     parser.set_defaults(handler=run)
 
 
@@ -38,11 +41,61 @@ def load_records(args) -> list[dict]:
             by_task.setdefault(record["task"], []).append(record)
     else:
         by_task = {task: load_split(task, args.split) for task in TASK_NAMES}
-    limit = args.per_task or None
-    return [r for task in sorted(by_task) for r in by_task[task][:limit]]
+    return [r for task in sorted(by_task) for r in stratified_sample(by_task[task], args.per_task or None, args.seed)]
+
+
+def stratified_sample(records: list[dict], n: int | None, seed: int) -> list[dict]:
+    """n records drawn at random, stratified by label (each label's share kept, largest remainders
+    first), in a seeded order; never the first n by id, which covers few labels and one document."""
+    import random
+
+    if n is None or n >= len(records):
+        return list(records)
+    rng = random.Random(seed)
+    strata: dict[str, list[dict]] = {}
+    for record in records:
+        strata.setdefault(label_of(record), []).append(record)
+    quotas = {label: n * len(rows) / len(records) for label, rows in strata.items()}
+    counts = {label: int(q) for label, q in quotas.items()}
+    for label in sorted(quotas, key=lambda l: (quotas[l] - counts[l], rng.random()), reverse=True)[: n - sum(counts.values())]:
+        counts[label] += 1
+    chosen = [r for label, rows in sorted(strata.items()) for r in rng.sample(rows, counts[label])]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def label_of(record: dict) -> str:
+    """The stratum: the label of a classification, the first entity type of NER, else one stratum."""
+    from routenlp.tasks import get_task
+
+    target = record.get("target")
+    if get_task(record["task"]).kind == "classification":
+        return str(target)
+    if isinstance(target, list):
+        return next((str(t) for t in target if str(t) != "O"), "O")
+    return "all"
+
+
+def run_offline(args) -> int:
+    from clients.bench import offline_curves
+    from clients.bench_report import matched_table
+    from export.pipeline import PortfolioBuild
+    from routenlp.portfolio import load_portfolio
+    from routenlp.table import format_table
+
+    build = PortfolioBuild(load_portfolio(profile=args.profile or "default"), progress=False)
+    curves = offline_curves(build, args.offline, args.bootstrap)
+    print(format_table(matched_table({"curves": curves})))
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"curves_{args.offline}.json"
+    path.write_text(json.dumps(curves, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
 
 
 def run(args) -> int:
+    if args.offline:
+        return run_offline(args)
     from clients.bench import run_bench
     from clients.bench_report import table_rows, task_rows, write_outputs
     from export.pipeline import PortfolioBuild

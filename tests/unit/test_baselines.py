@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from clients import baselines as bl
-from clients.bench import Bootstrap, SystemRun, mean_quality, oracle_run, quality_ratio_ci, reference_stats, system_row, task_indices
+from clients import curves
+from clients.bench import Bootstrap, served_table, SystemRun, mean_quality, oracle_run, quality_ratio_ci, reference_stats, system_row, task_indices
 from clients.served_eval import ServedAnswer
 
 PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
@@ -40,36 +41,85 @@ def test_fixed_tier_uses_t2_for_generation_tasks_and_rule_by_task_picks_the_chea
     assert bl.rule_by_task(quality, BARS) == {"legal_risk": "t2", "cs_response": "t4"}  # none meets 0.3: the best
 
 
-def test_scored_cascade_stops_at_the_first_confident_answer():
-    server = FakeServer({"t1": 0.9, "t2": 0.05, "t3": 0.0, "t4": 0.0})
-    routed = bl.ScoredCascade("frugalgpt", bl.frugal_chain, bl.self_confidence, 0.9).answer(_record(0), server)
-    assert server.calls == ["t1", "t2"] and routed.final.metadata["tier"] == "t2"
+def _table(records):
+    """The offline table of the fake world: right answers are confident (u 0.1), wrong ones not."""
+    table = {}
+    for r in records:
+        table[r["id"]] = {t: {"prediction": label, "u": 0.1 if label == "high" else 0.8, "tokens": 100, "dollars": 0.1 * PRICES[t],
+                              "quality": float(label == "high")} for t, label in r["answers"].items()}
+    return table
+
+
+def test_a_swept_system_is_served_with_the_same_decisions_it_was_replayed_with():
+    # FrugalGPT's rule: stop at the first answer whose score reaches the knob
+    system = curves.scored_cascade("frugalgpt", bl.frugal_chain, bl.self_confidence)
+    record = _record(0)
+    offline = curves.replay_system(curves.System(system.name, system.decide, (0.5,)), [record], _table([record]))[0]
+    server = FakeServer({"t1": 0.8, "t2": 0.8, "t3": 0.1, "t4": 0.1})
+    routed = bl.SystemPolicy(system, 0.5).answer(record, server)
+    assert server.calls == ["t1", "t2", "t3"] and routed.final.metadata["tier"] == "t3" == offline.tiers[0]
+    assert offline.dollars[0] == pytest.approx(sum(c.metadata["cost_usd"] for c in routed.calls))
     server.calls.clear()
-    bl.ScoredCascade("automix", bl.automix_chain, bl.self_confidence, 0.99).answer(_record(0), server)
+    bl.SystemPolicy(curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence), 0.99).answer(record, server)
     assert server.calls == ["t1", "t4"]  # small, then straight to the large model
 
 
-def test_budgeted_threshold_search_and_matched_random_cost():
-    records = [_record(i, right_from="t1" if i % 2 else "t4") for i in range(20)]
-    answers = {r["id"]: {t: {"quality": float(r["answers"][t] == "high"), "u": 0.1 if r["answers"][t] == "high" else 0.8, "tokens": 100} for t in bl.TIERS} for r in records}
-    generous, fit = bl.search_threshold(answers, records, bl.frugal_chain, bl.self_confidence, PRICES, BARS, budget=10.0)
-    assert fit["pool_meets_bar"] == 1.0  # confidence separates right from wrong: everything right
-    tight, tight_fit = bl.search_threshold(answers, records, bl.frugal_chain, bl.self_confidence, PRICES, BARS, budget=0.002)
-    assert tight_fit["pool_dollars"] <= 0.002 and tight_fit["pool_meets_bar"] == 0.5
-    assert bl.p_top_for_cost(0.1, cheap_cost=0.0, top_cost=1.0) == pytest.approx(0.1)
-    assert bl.p_top_for_cost(5.0, 0.0, 1.0) == 1.0 and bl.p_top_for_cost(0.1, 1.0, 1.0) == 0.0
-    policy = bl.RandomMatchedCost(0.25, seed=1)
-    tiers = [policy.answer(_record(i), FakeServer({t: 0.1 for t in bl.TIERS})).final.metadata["tier"] for i in range(400)]
-    assert 0.18 < tiers.count("t4") / 400 < 0.32 and set(tiers) == {"t1", "t4"}
+def test_sweeps_trace_a_curve_and_the_headline_takes_the_cheapest_matching_setting():
+    # half the records: T1 right; the other half only T4 right. Confidence separates them.
+    records = [_record(i, right_from="t1" if i % 2 else "t4") for i in range(40)]
+    table = _table(records)
+    systems = [curves.fixed("t1"), curves.fixed("t4"), curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence),
+               curves.random_matched(seed=1)]
+    result = curves.sweep(systems, records, table, n_boot=50, reference="automix")
+    automix = result["curves"]["automix"]
+    # confidence 0.2 on wrong answers, 0.9 on right ones: any knob in (0.2, 0.9] is perfect at ~half T4's cost
+    assert automix["matched"]["quality_ratio"] == 1.0 and automix["matched"]["cost_ratio"] < 0.52
+    random = result["curves"]["random (matched cost)"]["curve"]
+    assert random[0]["cost_ratio"] < 0.01 and random[-1]["cost_ratio"] == 1.0  # p = 0 ... 1
+    assert [c["cost_ratio"] for c in random] == sorted(c["cost_ratio"] for c in random)
+    rows = {r["name"]: r for r in result["headline"]}
+    assert rows["always-t1"]["cost_ratio_at_match"] is None  # never reaches 0.97 x T4
+    assert rows["always-t4"]["cost_ratio_at_match"] == 1.0
+    low, high = rows["always-t4"]["diff_vs_routenlp_ci95"]
+    assert 0.3 < low < 0.5 < high < 0.7  # Always-T4 costs about half of its own cost more than the cascade
+    knob, fit = curves.choose_knob(systems[2], records, table)
+    assert fit["met"] and 0.19 < knob <= 0.9  # 1 - u is 0.9 on right answers, just under 0.2 on wrong ones
 
 
-def test_text_classifier_learns_a_separable_label_and_handles_one_class():
-    records = [{"task": "legal_risk", "text": ("termination at any time" if i % 2 else "governing law of delaware") + f" {i}"} for i in range(60)]
-    labels = [bool(i % 2) for i in range(60)]
-    clf = bl.TextClassifier().fit(records, labels)
-    p = clf.probability([{"task": "legal_risk", "text": "termination at any time"}, {"task": "legal_risk", "text": "governing law of delaware"}])
-    assert p[0] > 0.5 > p[1]
-    assert bl.TextClassifier().fit(records, [True] * 60).probability(records[:2]).tolist() == [1.0, 1.0]
+def test_pass_routers_binary_and_four_tier():
+    p = {"t1": 0.2, "t2": 0.6, "t3": 0.9, "t4": 0.99}
+    binary = curves.pass_router("routellm-mf (T2/T4)", lambda r: p, ("t2", "t4"))
+    four = curves.pass_router("routellm-mf (4-tier)", lambda r: p)
+    record = _record(0)
+    assert binary.decide(record, {}, 0.5) == ["t2"] and binary.decide(record, {}, 0.7) == ["t4"]
+    assert four.decide(record, {}, 0.5) == ["t2"] and four.decide(record, {}, 0.7) == ["t3"] and four.decide(record, {}, 0.1) == ["t1"]
+    assert four.decide({**record, "task": "cs_response"}, {}, 0.1) == ["t2"]  # T1 does not serve generation
+
+
+def test_matrix_factorisation_router_learns_per_tier_labels_and_hybrid_labels_drop_both_wrong():
+    records = [{"id": f"r{i}", "task": "legal_risk", "text": ("termination at any time" if i % 2 else "governing law of delaware") + f" {i}"} for i in range(80)]
+    labels = {"t1": [bool(i % 2) for i in range(80)], "t2": [True] * 80, "t3": [False] * 80, "t4": [not (i % 2) for i in range(80)]}
+    clf = bl.TierPassClassifier(dim=8).fit(records, labels)
+    p = clf.probabilities([{"task": "legal_risk", "text": "termination at any time"}, {"task": "legal_risk", "text": "governing law of delaware"}])
+    assert p[0]["t1"] > 0.5 > p[1]["t1"] and p[1]["t4"] > 0.5 > p[0]["t4"]
+    assert p[0]["t2"] == 1.0 and p[0]["t3"] == 0.0  # one class only: its rate
+    answers = {"a": {"t1": {"quality": 0.0}, "t2": {"quality": 0.0}, "t3": {"quality": 1.0}, "t4": {"quality": 0.0}},
+               "b": {"t1": {"quality": 1.0}, "t2": {"quality": 0.0}, "t3": {"quality": 1.0}, "t4": {"quality": 1.0}}}
+    rows = [{"id": "a", "task": "legal_risk"}, {"id": "b", "task": "legal_risk"}]
+    hybrid = bl.hybrid_labels(rows, answers, {"legal_risk": 0.5})
+    assert hybrid == {"t1": [False, True], "t2": [False, False], "t3": [True, True], "t4": [False, True]}  # a: both wrong is not fine
+    assert bl.routellm_labels(rows, answers, {"legal_risk": 0.5})["t3"] == [True, True]
+
+
+def test_bench_sample_is_seeded_and_stratified_by_label_not_first_by_id():
+    from routenlp.commands.bench_cmd import stratified_sample
+
+    records = [{"id": f"r{i:03d}", "task": "legal_risk", "target": "fair" if i < 150 else "unfair"} for i in range(200)]
+    sample = stratified_sample(records, 40, seed=3)
+    assert len(sample) == 40 and sum(r["target"] == "unfair" for r in sample) == 10  # 25%, as in the split
+    assert sample != records[:40] and stratified_sample(records, 40, seed=3) == sample
+    assert stratified_sample(records, 40, seed=4) != sample
+    assert stratified_sample(records, None, 0) == records
 
 
 def test_oracle_takes_the_cheapest_fixed_tier_answer_meeting_the_bar():
@@ -108,3 +158,33 @@ def test_bootstrap_shortcut_for_mean_metrics_matches_the_corpus_metric():
     fast = bootstrap.qualities(predictions, targets)
     slow = [mean_quality(idx, predictions, targets, resample)[0] for resample in bootstrap.resamples]
     assert fast == pytest.approx(slow, abs=1e-9)
+
+
+def test_served_table_holds_each_tiers_served_answer_for_the_offline_replays():
+    records = [_record(i, right_from="t2") for i in range(3)]
+    server = FakeServer({"t1": 0.7, "t2": 0.2, "t3": 0.1, "t4": 0.05})
+    fixed = {f"always-{t}": SystemRun(f"always-{t}", [bl.FixedTier(t).answer(r, server) for r in records], [5.0] * 3) for t in bl.TIERS}
+    table = served_table(fixed, records)
+    assert table["r0"]["t1"] == {"task": "legal_risk", "prediction": "low", "u": 0.7, "tokens": 100, "dollars": pytest.approx(0.001), "quality": 0.0}
+    assert table["r2"]["t4"]["quality"] == 1.0 and set(table["r1"]) == set(bl.TIERS)
+    # replaying a system over the table reproduces what serving it live does
+    automix = curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence)
+    point = curves.replay_system(curves.System("automix", automix.decide, (0.5,)), records, table)[0]
+    assert point.tiers == ("t4", "t4", "t4") and point.dollars[0] == pytest.approx(0.001 + 0.8)
+
+
+def test_curve_scorer_uses_stored_example_scores_only_where_the_metric_is_their_mean():
+    from routenlp.metrics import corpus_score, example_score
+
+    records = [{"id": f"s{i}", "task": "fin_summary", "target": f"revenue rose {i} percent"} for i in range(6)]
+    records += [{"id": f"c{i}", "task": "cs_intent", "target": "card_arrival" if i % 2 else "lost_card"} for i in range(6)]
+    table = {}
+    for i, r in enumerate(records):
+        guess = {"t2": "revenue fell", "t4": f"revenue rose {i}"} if r["task"] == "fin_summary" else {"t2": "card_arrival", "t4": r["target"]}
+        table[r["id"]] = {t: {"prediction": p, "quality": example_score(r["task"], p, r["target"])} for t, p in guess.items()}
+    scorer = curves.Scorer(records, table, n_boot=20, seed=0)
+    tiers = ["t4", "t2"] * 6
+    quality, boot = scorer.quality(tiers)
+    expected = np.mean([corpus_score(task, [table[r["id"]][t]["prediction"] for r, t in zip(records, tiers) if r["task"] == task],
+                                     [r["target"] for r in records if r["task"] == task]) for task in ("cs_intent", "fin_summary")])
+    assert quality == pytest.approx(expected) and boot.shape == (20,) and boot.std() > 0

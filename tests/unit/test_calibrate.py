@@ -1,4 +1,5 @@
-"""Conformal thresholds from calibration answers, their dev check, the new BLS version and the CLI."""
+"""Calibration of the serving rules (gamma, conformal risk control per tier, escalation targets)
+from all-tier answers, their check on fresh data, the new BLS version and the CLI."""
 
 from __future__ import annotations
 
@@ -7,177 +8,172 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bls_router.calibrate import (
-    baseline_escalation_rates,
     CalibrationUnavailable,
+    Rules,
+    calibrate_answers,
     calibrate_build,
-    escalation_targets,
-    check_on,
-    scores_by_task_tier,
-    thresholds_from_answers,
+    check_pool,
+    fit_gamma,
+    replay,
     write_calibrated_version,
 )
-from bls_router.conformal import conformal_delta
+from bls_router.conformal import U_MAX
 from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config, write_serving_config
 from export.repository_builder import routenlp_model_spec
-from routenlp.metrics import wilson_interval
 
 from .test_service import make_config
 
-BARS = {"cs_intent": 0.5, "fin_summary": 0.3}
+PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
+STRUCTURED = frozenset({"cs_intent", "fin_ner", "legal_clause", "legal_risk"})
+ALPHAS = dict.fromkeys(("cs_intent", "cs_response", "fin_ner", "fin_summary", "legal_clause", "legal_risk"), 0.05)
+LABELS = ("fair", "unfair")
 
 
-def answers_for(rows):
-    """id -> tier -> row, the shape PortfolioBuild.load_answers returns."""
-    table, seen = {}, {}
-    for task, tier, u, quality in rows:
-        index = seen[(task, tier)] = seen.get((task, tier), -1) + 1  # n-th answer of this tier = n-th record
-        table.setdefault(f"{task}:{index}", {})[tier] = {"task": task, "tier": tier, "u": u, "quality": quality}
-    return table
+def world(n, seed, p_right=None, router=None, prefix="r"):
+    """legal_risk records with a known error structure: T1 is wrong with probability 0.8 u (u its
+    own uncertainty), T2/T3/T4 are right with fixed probabilities; the router's pass probabilities
+    are constant per tier unless given. Returns (records, answers, probs)."""
+    rng = np.random.default_rng(seed)
+    p_right = p_right or {"t2": 0.3, "t3": 0.6, "t4": 0.9}
+    router = router or {"t1": 0.6, "t2": 0.2, "t3": 0.4, "t4": 0.9}
+    records, answers, probs = [], {}, {}
+    for i in range(n):
+        rid, target = f"{prefix}{i}", LABELS[i % 2]
+        wrong = LABELS[(i + 1) % 2]
+        u1 = float(rng.random())
+        right = {"t1": rng.random() >= 0.8 * u1, **{t: rng.random() < p for t, p in p_right.items()}}
+        us = {"t1": u1, "t2": float(rng.random()), "t3": float(rng.random()), "t4": float(rng.random())}
+        records.append({"id": rid, "task": "legal_risk", "target": target})
+        answers[rid] = {t: {"task": "legal_risk", "prediction": target if ok else wrong, "u": us[t], "quality": float(ok), "tokens": 100} for t, ok in right.items()}
+        probs[rid] = dict(router)
+    return records, answers, probs
 
 
-def synthetic(n=40, seed=0):
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        for tier in ("t1", "t2", "t3", "t4"):
-            u = rng.random()
-            # higher u, more likely wrong
-            rows.append(("cs_intent", tier, round(u, 4), 1.0 if rng.random() > u else 0.0))
-    return rows
-
-
-def test_correct_means_quality_reaches_the_bar():
-    answers = answers_for([("cs_intent", "t1", 0.1, 0.5), ("cs_intent", "t2", 0.2, 0.49), ("fin_summary", "t2", 0.3, 0.31)])
-    scores = scores_by_task_tier(answers, BARS)
-    assert scores[("cs_intent", "t1")] == ([0.1], [True])
-    assert scores[("cs_intent", "t2")] == ([0.2], [False])
-    assert scores[("fin_summary", "t2")] == ([0.3], [True])
+def test_replay_runs_the_served_decision_over_recorded_answers():
+    records, answers, probs = world(1, 0)
+    answers["r0"]["t1"]["u"] = 0.3
+    rules = Rules({"legal_risk": {"t1": 0.5}}, {}, {"legal_risk": 0.6}, frozenset({"legal_risk"}))
+    run = replay(records[0], answers, probs, rules, PRICES, STRUCTURED)
+    # cascade-first: T1 answers; 1 - 0.3 >= gamma 0.6 and 0.3 <= delta 0.5: accepted
+    assert [s.tier for s in run.outcome.stages] == ["t1"] and run.above_t1 == "t4"
+    strict = Rules({"legal_risk": {"t1": 0.5}}, {}, {"legal_risk": 0.8}, frozenset({"legal_risk"}))
+    run = replay(records[0], answers, probs, strict, PRICES, STRUCTURED)
+    assert [s.tier for s in run.outcome.stages] == ["t1", "t4"]  # 0.7 < 0.8: the router's pick above T1
+    assert run.outcome.cost == pytest.approx(0.1 * 0.01 + 0.1 * 8.0)
 
 
-def test_thresholds_are_conformal_deltas_for_tiers_that_escalate():
-    rows = synthetic()
-    thresholds, counts = thresholds_from_answers(answers_for(rows), BARS, alpha=0.05)
-    assert set(thresholds["cs_intent"]) == {"t1", "t2", "t3"}  # a T4 answer is final: no threshold
-    for tier in ("t1", "t2", "t3"):
-        us = [u for task, t, u, q in rows if t == tier]
-        oks = [q >= BARS["cs_intent"] for task, t, u, q in rows if t == tier]
-        assert thresholds["cs_intent"][tier] == conformal_delta(us, oks, 0.05).delta
-        assert counts["cs_intent"][tier] == {"n": len(us), "correct": sum(oks)}
-    looser, _ = thresholds_from_answers(answers_for(rows), BARS, alpha=0.3)
-    assert all(looser["cs_intent"][t] <= thresholds["cs_intent"][t] for t in ("t1", "t2", "t3"))
+def test_calibrated_cascade_keeps_its_promise_on_fresh_data():
+    """6 worlds: calibrate on 400 records, check on 1500 fresh ones. Conformal risk control bounds
+    the regret in expectation over calibration draws, so the mean realised regret over worlds is
+    <= alpha up to noise; no single world misses by more than calibration noise (sqrt(alpha / n)
+    is about 0.011 here); and T1 really accepts answers (the rule is not vacuous)."""
+    realised = {}
+    for seed in range(6):
+        records, answers, probs = world(400, seed)
+        rules, fit = calibrate_answers(records, answers, probs, PRICES, STRUCTURED, ALPHAS)
+        fresh = world(1500, 100 + seed, prefix="f")
+        cells, summary = check_pool("fresh", *fresh, rules, PRICES, STRUCTURED, ALPHAS, {"legal_risk": 0.5})
+        for cell in cells:
+            if cell.target is not None:
+                assert cell.regret.wilson[0] <= 0.05 + 0.03, cell
+                realised.setdefault(cell.tier, []).append(cell.regret.risk)
+        t1 = next(c for c in cells if c.tier == "t1")
+        assert t1.target == "router" and 0.1 < 1 - t1.escalated < 0.9
+        # the oracle picks T1 where it is right (~62%); the promise makes the cascade escalate more
+        assert 0.55 < summary["legal_risk"]["cheapest_agreement"] < 0.7 and 0 < summary["legal_risk"]["oracle_agreement"] < 1
+        assert fit["cells"]["legal_risk"]["t1"]["population"] == "routed"
+    t1_risks = np.array(realised["t1"])
+    assert t1_risks.mean() <= 0.05 + 3 * t1_risks.std() / math.sqrt(len(t1_risks))
+    assert t1_risks.mean() >= 0.02  # not trivially conservative either
 
 
-def test_tier_with_no_correct_answer_is_never_trusted():
-    thresholds, _ = thresholds_from_answers(answers_for([("cs_intent", "t1", 0.1, 0.0)] * 5), BARS, 0.05)
-    assert thresholds["cs_intent"]["t1"] == -math.inf
+def test_the_cascade_escalates_only_to_a_tier_that_is_better_where_it_escalates():
+    # T2 and T3 are worse than T1 everywhere; T4 is better: T1 goes to T4, never to T2/T3.
+    records, answers, probs = world(400, 1, p_right={"t2": 0.1, "t3": 0.1, "t4": 0.95}, router={"t1": 0.6, "t2": 0.1, "t3": 0.1, "t4": 0.9})
+    rules, fit = calibrate_answers(records, answers, probs, PRICES, STRUCTURED, ALPHAS)
+    assert rules.escalate_to["legal_risk"]["t1"] == "t4"
+    # no tier is better than T1: T1 is final, and accepts everything
+    records, answers, _ = world(400, 2, p_right={"t2": 0.0, "t3": 0.0, "t4": 0.0})
+    rules, fit = calibrate_answers(records, answers, None, PRICES, STRUCTURED, ALPHAS)
+    assert rules.escalate_to["legal_risk"]["t1"] is None and rules.thresholds["legal_risk"]["t1"] == U_MAX
+    assert fit["cells"]["legal_risk"]["t1"]["target"] is None
 
 
-def test_dev_check_counts_wrong_and_accepted_with_wilson_interval():
-    thresholds = {"cs_intent": {"t1": 0.5}}
-    dev = answers_for(
-        [
-            ("cs_intent", "t1", 0.1, 0.0),  # wrong, accepted: a violation
-            ("cs_intent", "t1", 0.2, 1.0),  # right, accepted
-            ("cs_intent", "t1", 0.9, 0.0),  # wrong, escalated
-            ("cs_intent", "t1", 0.4, 1.0),  # right, accepted
-        ]
-    )
-    (row,) = check_on(dev, thresholds, BARS, {"cs_intent": {"t1": {"n": 10, "correct": 7}}})
-    assert (row.n_dev, row.violation, row.escalation_rate) == (4, 0.25, 0.25)
-    assert row.wilson == wilson_interval(1, 4) and (row.n_calibration, row.n_correct) == (10, 7)
-    assert row.status(0.05) == "above alpha (within CI)"
-    table_row = row.as_table_row(0.05)
-    assert table_row["delta"] == "0.5000" and table_row["wilson95"].startswith("[0.")
+def test_a_tier_the_router_rarely_reaches_is_calibrated_on_the_whole_task_and_says_so():
+    records, answers, probs = world(200, 3)
+    rules, fit = calibrate_answers(records, answers, probs, PRICES, STRUCTURED, ALPHAS)
+    # the router never picks T2 (p 0.2) and T1 escalates to T4: T2 sees no routed request
+    assert fit["cells"]["legal_risk"]["t2"]["population"] == "whole task (only 0 routed)"
+    assert fit["cells"]["legal_risk"]["t2"]["n"] == 200
 
 
-def test_check_status_flags_clear_violations():
-    thresholds = {"cs_intent": {"t1": 1.0}}
-    dev = answers_for([("cs_intent", "t1", 0.1, 0.0)] * 40)
-    (row,) = check_on(dev, thresholds, BARS)
-    assert row.violation == 1.0 and row.status(0.05) == "VIOLATED"
+def test_too_few_calibration_answers_to_certify_anything_escalate_always():
+    records, answers, _ = world(15, 4)  # n + 1 = 16 < 1 / alpha: no delta can be certified
+    rules, fit = calibrate_answers(records, answers, None, PRICES, STRUCTURED, ALPHAS)
+    assert rules.thresholds["legal_risk"]["t1"] == -math.inf
+    assert fit["cells"]["legal_risk"]["t1"]["delta"] is None
+
+
+def test_gamma_is_the_cheapest_setting_that_reaches_the_quality_target():
+    records, answers, probs = world(300, 5, router={"t1": 0.6, "t2": 0.2, "t3": 0.4, "t4": 0.9})
+    rules = Rules(cascade_first=frozenset({"legal_risk"}))
+    gamma, info = fit_gamma("legal_risk", records, answers, probs, rules, PRICES, STRUCTURED, ratio=0.97)
+    # T1 alone is right ~60% of the time, T4 ~90%: reaching 0.97 x T4 needs T1's confident answers only
+    assert info["met"] and info["quality"] >= 0.97 * info["t4_quality"]
+    assert 0.5 < gamma < 1.0 and info["cost"] < info["t4_cost"]
+    loose, loose_info = fit_gamma("legal_risk", records, answers, probs, rules, PRICES, STRUCTURED, ratio=0.5)
+    assert loose <= gamma and loose_info["cost"] <= info["cost"]  # a lower target never costs more
+    impossible, none_info = fit_gamma("legal_risk", records, answers, probs, rules, PRICES, STRUCTURED, ratio=2.0)
+    assert not none_info["met"]
 
 
 # ---------------------------------------------------------------- builds and repositories
 
 
-class FakeBuild:
-    """What calibrate reads from export.pipeline.PortfolioBuild: root, profile, cache stamps, answers."""
+class FakePools:
+    def __init__(self, pools):
+        self.pools = pools
 
-    def __init__(self, root: Path, bars=BARS):
+    def flat(self, pool, limit_per_task=None):
+        return self.pools[pool]
+
+
+class FakeBuild:
+    """What calibrate reads from export.pipeline.PortfolioBuild: root, profile, pools, answers (no router)."""
+
+    def __init__(self, root: Path):
         from export.pipeline import PortfolioBuild
         from routenlp.portfolio import load_portfolio
 
         real = PortfolioBuild(load_portfolio(profile="tiny"), root=root, progress=False)
-        self.root, self.profile, self.cache, self.load_answers, self.pools = root, real.profile, real.cache, real.load_answers, real.pools
+        self.root, self.profile, self.cache, self.load_answers, self.portfolio = root, real.profile, real.cache, real.load_answers, real.portfolio
+        self.pools = FakePools({})
         (root / "router").mkdir(parents=True, exist_ok=True)
-        (root / "router" / ".stage.json").write_text(json.dumps({"key": "k", "summary": {"bars": bars}}))
+        (root / "router" / ".stage.json").write_text(json.dumps({"key": "k", "summary": {"bars": {"legal_risk": 0.5}}}))
 
-    def write_answers(self, pool: str, rows) -> None:
+    def write_answers(self, pool: str, records, answers) -> None:
+        self.pools.pools[pool] = records
         (self.root / "answers").mkdir(exist_ok=True)
         with open(self.root / "answers" / f"{pool}.jsonl", "w") as handle:
-            for record_id, by_tier in answers_for(rows).items():
-                for row in by_tier.values():
-                    handle.write(json.dumps({"id": record_id, **row}) + "\n")
+            for record_id, by_tier in answers.items():
+                for tier, row in by_tier.items():
+                    handle.write(json.dumps({"id": record_id, "tier": tier, **row}) + "\n")
 
 
 def test_calibrate_build_reads_the_calibration_answers(tmp_path):
     build = FakeBuild(tmp_path / "build")
     with pytest.raises(CalibrationUnavailable, match="calibration.jsonl not found"):
         calibrate_build(build)
-    build.write_answers("calibration", synthetic())
+    records, answers, _ = world(100, 6)
+    build.write_answers("calibration", records, answers)
     thresholds, record = calibrate_build(build, alpha=0.1)
-    assert record["status"] == "calibrated" and record["alpha"] == 0.1 and record["counts"]["cs_intent"]["t1"]["n"] == 40
-    assert thresholds == thresholds_from_answers(build.load_answers("calibration"), BARS, 0.1)[0]
-    assert record["escalation_baseline"] == {}  # no router in this build: no baseline, no alerts
-
-
-def test_baseline_escalation_rate_is_the_share_of_first_tiers_above_their_threshold():
-    answers = {
-        "a": {"t1": {"task": "fin_ner", "u": 0.5}, "t4": {"task": "fin_ner", "u": 0.9}},
-        "b": {"t1": {"task": "fin_ner", "u": 0.1}},
-        "c": {"t2": {"task": "fin_ner", "u": 0.4}},
-        "d": {"t4": {"task": "fin_ner", "u": 0.99}},  # T4 is final: never escalates
-        "e": {"t2": {"task": "cs_response", "u": 0.3}},  # t2 has no threshold here: accepted
-    }
-    thresholds = {"fin_ner": {"t1": 0.2, "t2": 0.3}}
-    starts = {"a": "t1", "b": "t1", "c": "t2", "d": "t4", "e": "t2", "missing": "t1"}
-    assert baseline_escalation_rates(answers, starts, thresholds) == {"cs_response": 0.0, "fin_ner": 0.5}
-
-
-def _clause_answers(rows):
-    """Calibration records and answers: rows of (target, {tier: (prediction, u)})."""
-    records, answers = [], {}
-    for i, (target, by_tier) in enumerate(rows):
-        records.append({"id": f"c{i}", "task": "legal_risk", "target": target})
-        answers[f"c{i}"] = {tier: {"task": "legal_risk", "prediction": p, "u": u, "quality": float(p == target)} for tier, (p, u) in by_tier.items()}
-    return records, answers
-
-
-def test_escalation_goes_to_the_cheapest_tier_that_beats_the_uncertain_answers():
-    # T1 is right when confident (u 0.1) and wrong when not (u 0.9); on those, T2 is wrong too and
-    # T3 is right: T1 escalates to T3. T2's uncertain answers are beaten by nothing: accept.
-    confident = [("fair", {"t1": ("fair", 0.1), "t2": ("fair", 0.1), "t3": ("fair", 0.1), "t4": ("unfair", 0.1)})] * 6
-    unsure = [("unfair", {"t1": ("fair", 0.9), "t2": ("fair", 0.9), "t3": ("unfair", 0.2), "t4": ("fair", 0.1)})] * 4
-    records, answers = _clause_answers(confident + unsure)
-    thresholds = {"legal_risk": {"t1": 0.5, "t2": 0.5, "t3": 0.5}}
-    targets = escalation_targets(answers, records, thresholds)
-    assert targets == {"legal_risk": {"t1": "t3", "t2": "t3", "t3": None}}
-    # nothing escalates from T3 (all u <= 0.5): the whole task decides, where T4 is worse
-    assert escalation_targets(answers, records, {})["legal_risk"]["t3"] is None
-    # records missing a tier's answer are left out; a task with none gets no entry
-    assert escalation_targets({}, records, thresholds) == {}
-
-
-def test_baseline_escalation_rate_counts_no_escalation_where_no_tier_is_better():
-    answers = {"a": {"t1": {"task": "fin_ner", "u": 0.5}}, "b": {"t1": {"task": "fin_ner", "u": 0.1}}}
-    thresholds = {"fin_ner": {"t1": 0.2}}
-    assert baseline_escalation_rates(answers, {"a": "t1", "b": "t1"}, thresholds, {"fin_ner": {"t1": None}}) == {"fin_ner": 0.0}
-    assert baseline_escalation_rates(answers, {"a": "t1", "b": "t1"}, thresholds, {"fin_ner": {"t1": "t4"}}) == {"fin_ner": 0.5}
+    assert record["status"] == "calibrated" and record["alpha"]["legal_risk"] == 0.1 and record["cells"]["legal_risk"]["t1"]["n"] == 100
+    assert record["gamma"] == {} and record["cascade_first"] == []  # no router in this build
+    assert set(thresholds["legal_risk"]) == {"t1", "t2", "t3"} and "escalation_baseline" in record
 
 
 def make_repository(root: Path) -> Path:
@@ -230,8 +226,9 @@ def test_calibrate_command_prints_the_table_and_writes_a_version(tmp_path, monke
 
     monkeypatch.setattr("export.pipeline.ARTIFACTS_DIR", tmp_path / "artifacts")
     build = FakeBuild(tmp_path / "artifacts" / "default-tiny")
-    build.write_answers("calibration", synthetic(seed=1))
-    build.write_answers("dev", synthetic(seed=2))
+    build.write_answers("calibration", *world(100, 1)[:2])
+    build.write_answers("dev", *world(100, 2, prefix="d")[:2])
+    monkeypatch.setattr("export.pipeline.PortfolioBuild.pools", build.pools)
     repo = make_repository(tmp_path)
 
     parser = argparse.ArgumentParser()
@@ -240,11 +237,11 @@ def test_calibrate_command_prints_the_table_and_writes_a_version(tmp_path, monke
     args = parser.parse_args(["calibrate", "--profile", "tiny", "--repository", str(repo), "--results", str(results)])
     assert args.handler(args) == 0
     out = capsys.readouterr().out
-    header = next(line for line in out.splitlines() if line.startswith("task"))
-    assert header.split() == ["task", "tier", "n_cal", "correct", "delta", "n_dev", "violation", "wilson95", "escalate", "status"]
-    assert "cs_intent" in out and "routenlp/2" in out
-    assert len(json.loads(results.read_text())["rows"]) == 3
-    assert load_serving_config(repo / "routenlp" / "2").calibration["alpha"] == 0.05
+    header = next(line for line in out.splitlines() if line.startswith("pool"))
+    assert header.split() == ["pool", "task", "tier", "target", "alpha", "n", "regret", "wilson95", "escalated", "wrong_accepted", "status"]
+    assert "legal_risk" in out and "routenlp/2" in out
+    assert {row["tier"] for row in json.loads(results.read_text())["rows"]} >= {"t1"}
+    assert load_serving_config(repo / "routenlp" / "2").calibration["alpha"]["legal_risk"] == 0.05
 
     dry = parser.parse_args(["calibrate", "--profile", "tiny", "--repository", str(repo), "--results", str(results), "--dry-run"])
     assert dry.handler(dry) == 0 and not (repo / "routenlp" / "3").exists()

@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 
 from bls_router.cascade import CascadePolicy, TierResult, TierUnavailable, run_cascade
-from bls_router.conformal import conformal_delta, violation_rate
+from bls_router.conformal import U_MAX, crc_delta, min_calibration_size, realised_risk
 
 PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
 POLICY = CascadePolicy(
@@ -90,28 +91,89 @@ def test_everything_down_raises_with_every_cause():
         run_cascade("fin_summary", "t2", call, POLICY)
 
 
-def test_conformal_delta_is_the_ranked_correct_uncertainty():
-    # 20 correct examples with u = 0.00, 0.05, ..., 0.95 and two wrong ones.
-    us = [i / 20 for i in range(20)] + [0.01, 0.99]
-    ok = [True] * 20 + [False, False]
-    threshold = conformal_delta(us, ok, alpha=0.05)
-    # rank = ceil(0.95 * 21) = 20 -> the 20th smallest correct u = 0.95
-    assert threshold.delta == pytest.approx(0.95) and threshold.n_correct == 20 and threshold.n == 22
-    # alpha 0.5: rank = ceil(0.5 * 21) = 11 -> 0.50
-    assert conformal_delta(us, ok, alpha=0.5).delta == pytest.approx(0.50)
+def test_crc_delta_is_the_largest_u_whose_bound_stays_under_alpha():
+    # 39 answers: u = 0.00 .. 0.38; the ones at u = 0.10, 0.20, 0.30 lose 1 when accepted.
+    us = [i / 100 for i in range(39)]
+    losses = [1.0 if i in (10, 20, 30) else 0.0 for i in range(39)]
+    # alpha 0.05, n + 1 = 40: at most 2 - 1 = 1 loss may be accepted -> accept up to u = 0.19
+    threshold = crc_delta(us, losses, alpha=0.05)
+    assert threshold.delta == pytest.approx(0.19) and threshold.accepted == 20 and threshold.calibration_risk == pytest.approx(1 / 39)
+    # alpha 0.1: up to 3 losses -> everything qualifies, accept any u
+    assert crc_delta(us, losses, alpha=0.1).delta == U_MAX
+    # fractional losses add up the same way: (0.5 + 0.5 + 1) / 41 <= 0.05 < (0.5 * 3 + 1) / 41
+    assert crc_delta([0.1, 0.2, 0.3] + [0.5] * 37, [0.5, 0.5, 0.5] + [0.0] * 37, alpha=0.05).delta == pytest.approx(0.2)
 
 
-def test_conformal_delta_edge_cases():
-    assert conformal_delta([0.3, 0.4], [False, False]).delta == -math.inf  # never trust
-    assert conformal_delta([0.3, 0.4], [True, True]).delta == 0.4  # rank beyond n: largest correct
-    with pytest.raises(ValueError):
-        conformal_delta([0.1], [True, False])
+def test_crc_delta_edge_cases():
+    # too few answers to certify anything at alpha 0.05 (n < 19): always escalate
+    assert min_calibration_size(0.05) == 19
+    assert crc_delta([0.1] * 18, [0.0] * 18, alpha=0.05).delta == -math.inf
+    assert crc_delta([0.1] * 19, [0.0] * 19, alpha=0.05).delta == U_MAX
+    # the most certain answer already loses: nothing can be accepted
+    assert crc_delta([0.0] + [0.5] * 30, [1.0] + [0.0] * 30, alpha=0.05).delta == -math.inf
+    # ties are accepted or escalated together: a lossy answer at the tied u blocks the group
+    assert crc_delta([0.1] * 10 + [0.2] * 30, [0.0] * 10 + [1.0] + [0.0] * 29, alpha=0.03).delta == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same length"):
+        crc_delta([0.1], [0.0, 1.0], 0.05)
+    with pytest.raises(ValueError, match=r"\[0, 1.0\]"):
+        crc_delta([0.1], [2.0], 0.05)
 
 
-def test_violation_rate_counts_accepted_wrong_answers():
-    rate, (lo, hi), n = violation_rate([0.1, 0.2, 0.9, 0.1], [True, False, False, False], delta=0.5)
-    # wrong and accepted: u=0.2 and u=0.1 -> 2 of 4
-    assert (rate, n) == (0.5, 4) and lo < 0.5 < hi
+def test_crc_delta_is_monotone_in_alpha_and_in_the_losses():
+    rng = np.random.default_rng(3)
+    us = rng.random(200)
+    losses = (rng.random(200) < us).astype(float)  # uncertain answers lose more often
+    deltas = [crc_delta(us, losses, alpha).delta for alpha in (0.02, 0.05, 0.1, 0.2, 0.4)]
+    assert deltas == sorted(deltas) and deltas[0] < deltas[-1]
+    more = np.maximum(losses, (rng.random(200) < 0.3).astype(float))  # extra losses: never a larger delta
+    for alpha in (0.05, 0.1, 0.2):
+        assert crc_delta(us, more, alpha).delta <= crc_delta(us, losses, alpha).delta
+
+
+@pytest.mark.parametrize("alpha, loss_kind", [(0.05, "binary"), (0.1, "binary"), (0.1, "graded")])
+def test_crc_realised_risk_holds_over_random_splits_of_exchangeable_data(alpha, loss_kind):
+    """Data with a known error structure (loss more likely, and larger, at high u), split at random
+    into 100 calibration and 400 test answers 400 times: the test risk at the calibrated delta
+    averages <= alpha (CRC's guarantee is in expectation over splits), and the rule is not
+    vacuous (it accepts a real share of answers)."""
+    rng = np.random.default_rng(11)
+    n_cal, n_test, splits = 100, 400, 400
+    risks, accepted = [], []
+    for _ in range(splits):
+        u = rng.beta(2, 2, n_cal + n_test)
+        wrong = rng.random(n_cal + n_test) < 0.05 + 0.6 * u**2
+        loss = wrong.astype(float) if loss_kind == "binary" else wrong * rng.random(n_cal + n_test)
+        delta = crc_delta(u[:n_cal], loss[:n_cal], alpha).delta
+        take = u[n_cal:] <= delta
+        risks.append(float((loss[n_cal:] * take).mean()))
+        accepted.append(float(take.mean()))
+    mean_risk = float(np.mean(risks))
+    noise = 3 * float(np.std(risks)) / math.sqrt(splits)
+    assert mean_risk <= alpha + noise
+    assert mean_risk >= 0.5 * alpha  # not trivially conservative
+    assert 0.2 < float(np.mean(accepted)) < 1.0
+
+
+def test_the_old_rule_on_correct_answers_only_does_not_bound_wrong_and_accepted():
+    """Why the rank rule among correct answers was replaced: with u weakly informative, its delta
+    (95th percentile of correct-answer u) accepts most wrong answers; CRC's does not."""
+    rng = np.random.default_rng(5)
+    u = rng.random(2000)
+    wrong = rng.random(2000) < 0.2 + 0.3 * u
+    correct_u = np.sort(u[:1000][~wrong[:1000]])
+    old_delta = correct_u[math.ceil(0.95 * (len(correct_u) + 1)) - 1]
+    old_risk = float((wrong[1000:] & (u[1000:] <= old_delta)).mean())
+    new_delta = crc_delta(u[:1000], wrong[:1000].astype(float), 0.05).delta
+    new_risk = float((wrong[1000:] & (u[1000:] <= new_delta)).mean())
+    assert old_risk > 0.2 and new_risk <= 0.05 + 0.02
+
+
+def test_realised_risk_reports_a_wilson_interval():
+    check = realised_risk([1.0, 0.0, 0.0, 1.0] + [0.0] * 36)
+    assert check.n == 40 and check.risk == pytest.approx(0.05)
+    assert check.wilson[0] < 0.05 < check.wilson[1] and check.status(0.05) == "ok"
+    assert realised_risk([1.0] * 20 + [0.0] * 20).status(0.05) == "VIOLATED"
+    assert realised_risk([]).status(0.05) == "no data"
 
 
 LADDER = CascadePolicy(

@@ -3,7 +3,8 @@
 import json
 
 from clients.served_eval import ServedAnswer
-from coopt.distill import build_distillation, student_tier
+from coopt.distill import build_distillation, student_tier, teacher_better_tasks
+from coopt.iteration import with_replay
 from coopt.report import cluster_rows, iteration_rows, markdown, summary_rows
 
 
@@ -39,6 +40,37 @@ def test_teacher_answers_are_kept_only_where_they_beat_the_student():
     summary = distillation.summary()
     assert summary["asked_teacher"] == 4 and summary["kept"] == 2 and summary["teacher_errors"] == 1 and summary["teacher_dollars"] == 1.5
     assert distillation.key() != build_distillation(teacher[:1], student, {}).key()
+
+
+def test_the_random_share_is_kept_unfiltered_and_tasks_where_t4_is_worse_are_not_distilled():
+    student = {"r1": {"t1": {"quality": 0.0}}, "r2": {"t1": {"quality": 1.0}}, "s1": {"t2": {"quality": 0.0}}}
+    teacher = [
+        _served(RISK, json.dumps({"label": "potentially_unfair"})),  # targeted, beats the student: kept
+        _served(RISK_OK, json.dumps({"label": "potentially_unfair"})),  # random share, worse: still kept
+        _served(SUMMARY, "revenue rose 5% to $3 billion"),
+    ]
+    kept = build_distillation(teacher, student, {}, filtered={"r1"})
+    assert [e.record["id"] for e in kept.examples] == ["r1", "r2", "s1"]
+    assert [e.record["id"] for e in build_distillation(teacher, student, {}, filtered={"r1", "r2"}).examples] == ["r1", "s1"]
+    gated = build_distillation(teacher, student, {}, filtered={"r1"}, teacher_better={"legal_risk": False, "fin_summary": True})
+    assert [e.record["id"] for e in gated.examples] == ["s1"] and gated.summary()["skipped_tasks"] == ["legal_risk"]
+    assert gated.teacher_dollars == 1.5  # the teacher was still paid for
+
+
+def test_teacher_better_compares_t4_with_the_student_tier_on_the_pool():
+    records = [{"id": f"r{i}", "task": "legal_risk", "target": "fair"} for i in range(4)] + [{"id": "s", "task": "fin_summary", "target": "up 5%"}]
+    rows = {f"r{i}": {"t1": {"prediction": "fair"}, "t4": {"prediction": "fair" if i < 2 else "unfair"}} for i in range(4)}
+    rows["s"] = {"t2": {"prediction": "down"}, "t4": {"prediction": "up 5%"}}
+    assert teacher_better_tasks(rows, records) == {"legal_risk": False, "fin_summary": True}
+
+
+def test_fine_tuning_data_replays_the_original_training_data():
+    new, original = ["n1", "n2"], [f"o{i}" for i in range(100)]
+    mixed = with_replay(new, original, 3.0, seed=0)
+    assert len(mixed) == 8 and set(new) <= set(mixed) and len(set(mixed)) == 8
+    assert mixed == with_replay(new, original, 3.0, seed=0) and mixed != with_replay(new, original, 3.0, seed=1)
+    assert with_replay(new, original[:3], 3.0, 0).count("o0") == 1 and len(with_replay(new, original[:3], 3.0, 0)) == 5
+    assert with_replay([], original, 3.0, 0) == []  # nothing distilled: nothing to retrain
 
 
 def _row(i, cost, quality, distilled=True):

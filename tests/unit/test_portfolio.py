@@ -41,6 +41,11 @@ def test_tier_cost_and_effective_bar():
     assert "best tier" in policy.bar_source(0.54)
 
 
+def test_each_task_has_a_cascade_risk_level():
+    portfolio = load_portfolio(profile="tiny")
+    assert {task: policy.alpha for task, policy in portfolio.tasks.items()} == dict.fromkeys(portfolio.tasks, 0.05)
+
+
 def test_tier_training_settings_merge_per_profile():
     default = load_portfolio(profile="default")
     assert default.tiers["t4"].train["lr"] < default.tiers["t2"].train.get("lr", 3e-3)
@@ -55,6 +60,7 @@ def test_tier_training_settings_merge_per_profile():
         (lambda raw: raw["tiers"]["t4"].update(train={"momentum": 0.9}), r"unknown train setting\(s\) momentum"),
         (lambda raw: raw["tiers"]["t1"].update(colour="red"), "unknown field"),
         (lambda raw: raw["tiers"]["t1"].update(price_per_1k_tokens=-1), "must be >= 0"),
+        (lambda raw: raw["tasks"]["legal_risk"].update(alpha=1.5), r"tasks.legal_risk.alpha = 1.5 must be in \(0, 1\)"),
     ],
 )
 def test_bad_portfolios_name_the_problem(mutate, message, tmp_path):

@@ -18,6 +18,7 @@ from bls_router.serving_config import (
     T1Head,
     T4Settings,
     load_serving_config,
+    validate as validate_config,
     write_serving_config,
 )
 from bls_router.service import (
@@ -25,7 +26,9 @@ from bls_router.service import (
     RequestError,
     RoutingService,
     TierCodec,
-    choose_tier,
+    cheapest_confident_tier,
+    decide_route,
+    router_probabilities,
     format_output,
     token_logprobs_from_vllm_json,
 )
@@ -78,7 +81,7 @@ class FakeTiers:
         self.router_down = router_down
         self.calls: list[str] = []
         self.routers_called: list[str] = []
-        self.ablation_logits = [0.0, 0.0, 0.0, 5.0]  # a router ablation that always picks T4
+        self.ablation_logits = [-5.0, -5.0, -5.0, 5.0]  # a router ablation that always picks T4
 
     def router(self, text, task, model="router"):
         self.routers_called.append(model)
@@ -142,19 +145,62 @@ def test_text_at_the_byte_limit_is_accepted():
 # ---------------------------------------------------------------- the router's pick
 
 
-def test_choose_tier_is_argmax_over_allowed_tiers_with_ties_to_the_cheaper():
-    tiers = ("t1", "t2", "t3", "t4")
-    assert choose_tier([3.0, 1.0, 2.0, 0.0], tiers, ["t1", "t2", "t3", "t4"]) == "t1"
-    assert choose_tier([3.0, 1.0, 2.0, 0.0], tiers, ["t2", "t3", "t4"]) == "t3"
-    assert choose_tier([1.0, 1.0, 1.0, 1.0], tiers, ["t2", "t3"]) == "t2"
-    # the router's logit order comes from its own args, not from TIERS
-    assert choose_tier([0.0, 5.0, 0.0, 0.0], ("t4", "t3", "t2", "t1"), ["t1", "t2", "t3", "t4"]) == "t3"
+def test_cheapest_tier_predicted_to_pass_at_gamma():
+    p = {"t1": 0.30, "t2": 0.55, "t3": 0.80, "t4": 0.95}
+    assert cheapest_confident_tier(p, ["t1", "t2", "t3", "t4"], 0.5) == "t2"
+    assert cheapest_confident_tier(p, ["t1", "t2", "t3", "t4"], 0.7) == "t3"  # a stricter gamma pays more
+    assert cheapest_confident_tier(p, ["t1", "t2", "t3", "t4"], 0.2) == "t1"
+    assert cheapest_confident_tier(p, ["t2", "t3"], 0.9) == "t3"  # none reaches gamma: the likeliest
+    assert cheapest_confident_tier({"t1": 0.1, "t2": 0.4, "t3": 0.4, "t4": 0.1}, ["t1", "t2", "t3", "t4"], 0.9) == "t2"
+    with pytest.raises(ValueError, match="no allowed tier"):
+        cheapest_confident_tier(p, [], 0.5)
+
+
+def test_router_probabilities_are_one_sigmoid_per_tier_in_the_routers_order():
+    p = router_probabilities([0.0, math.log(3.0), -math.log(3.0), 0.0], ("t4", "t3", "t2", "t1"))
+    assert p == pytest.approx({"t4": 0.5, "t3": 0.75, "t2": 0.25, "t1": 0.5})
     with pytest.raises(ValueError, match="3 logits for 4 tiers"):
-        choose_tier([1.0, 2.0, 3.0], tiers, ["t1"])
+        router_probabilities([1.0, 2.0, 3.0], ("t1", "t2", "t3", "t4"))
+
+
+def test_cascade_first_keeps_t1_only_when_its_own_confidence_reaches_gamma():
+    policy = make_config().policy()
+    p = {"t1": 0.99, "t2": 0.2, "t3": 0.7, "t4": 0.9}
+    decision = decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, 0.6, cascade_first=True)
+    # T1 answers first whatever the router says about it; it escalates to the router's pick above T1
+    assert decision.start == "t1" and decision.escalate_above_t1 == "t3"
+    assert decision.policy.delta("legal_risk", "t1") == pytest.approx(0.3)  # min(calibrated 0.3, 1 - 0.6)
+    assert decision.policy.next_tier("legal_risk", "t1", ["t2", "t3", "t4"]) == "t3"
+    strict = decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, 0.9, cascade_first=True)
+    assert strict.policy.delta("legal_risk", "t1") == pytest.approx(0.1)  # 1 - u must reach gamma 0.9
+    # the base policy is not changed for other requests
+    assert policy.delta("legal_risk", "t1") == 0.3 and "legal_risk" not in policy.escalate_to
+    # calibration found no tier above T1 better where T1 is unsure: T1 is final
+    final = make_config(calibration={"escalate_to": {"legal_risk": {"t1": None}}}).policy()
+    assert decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], final, 0.9, True).policy is final
+    # without cascade-first, or with the router down, the plain rule / the cheapest tier
+    assert decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, 0.6, cascade_first=False).start == "t1"
+    assert decide_route("legal_risk", None, ["t2", "t3"], policy, 0.6, cascade_first=True).start == "t2"
+
+
+def test_service_routes_cascade_first_tasks_through_t1_and_its_confidence():
+    config = make_config(calibration={"gamma": {"legal_risk": 0.8}, "cascade_first": ["legal_risk"]})
+    # the router would pick T1 (p 0.88), but T1's own confidence is 1 - 0.25 = 0.75 < gamma 0.8
+    fake = FakeTiers(u={"t1": 0.25, "t3": 0.1}, logits=(2.0, -2.0, 2.0, 2.0))
+    result = RoutingService(config, fake.router, fake.tier).handle(b"is this clause fair", b"legal_risk")
+    assert fake.calls == ["t1", "t3"] and result.metadata["tier"] == "t3"
+    assert result.metadata["router"]["gamma"] == 0.8 and result.metadata["router"]["tier"] == "t3"
+    assert result.record["thresholds"]["t1"] == pytest.approx(0.2)
+    confident = FakeTiers(u={"t1": 0.15}, logits=(2.0, -2.0, 2.0, 2.0))
+    assert RoutingService(config, confident.router, confident.tier).handle(b"is this clause fair", b"legal_risk").metadata["tier"] == "t1"
+    with pytest.raises(ServingConfigError, match="cascade_first names 'cs_response'"):
+        validate_config(make_config(calibration={"cascade_first": ["cs_response"]}))
+    with pytest.raises(ServingConfigError, match="calibration.gamma.fin_ner"):
+        validate_config(make_config(calibration={"gamma": {"fin_ner": 1.5}}))
 
 
 def test_generation_task_never_starts_at_t1_even_if_the_router_says_so():
-    fake = FakeTiers(logits=(9.0, 1.0, 2.0, 0.0))
+    fake = FakeTiers(logits=(9.0, -1.0, 2.0, 0.0))
     result = service(fake).handle(b"summarise this call", b"fin_summary")
     assert result.metadata["start_tier"] == "t3" and fake.calls == ["t3"]
     assert result.metadata["router"]["tier"] == "t3"
@@ -162,11 +208,11 @@ def test_generation_task_never_starts_at_t1_even_if_the_router_says_so():
 
 
 def test_max_tier_caps_the_router_pick_and_the_cascade():
-    fake = FakeTiers(logits=(0.0, 0.0, 1.0, 9.0), u={"t2": 0.9, "t3": 0.9})
+    fake = FakeTiers(logits=(-5.0, -5.0, 1.0, 9.0), u={"t2": 0.9, "t3": 0.9})
     result = service(fake).handle(b"summarise", b"fin_summary", b"t3")
     assert result.metadata["start_tier"] == "t3" and fake.calls == ["t3"]
     assert result.metadata["tier"] == "t3" and "t4" not in result.metadata["path"]
-    fake = FakeTiers(logits=(0.0, 9.0, 0.0, 0.0), u={"t1": 0.9, "t2": 0.9})
+    fake = FakeTiers(logits=(-5.0, 9.0, -5.0, -5.0), u={"t1": 0.9, "t2": 0.9})
     result = service(fake).handle(b"my card", b"cs_intent", b"t2")
     assert fake.calls == ["t2"] and result.metadata["path"] == ["t2"] and result.metadata["escalations"] == 0
 
@@ -237,7 +283,7 @@ def test_never_trusted_tier_always_escalates():
 
 
 def test_t4_down_falls_back_to_t3_and_the_fallback_is_visible():
-    fake = FakeTiers(logits=(0, 0, 0, 5.0), down={"t4"})
+    fake = FakeTiers(logits=(-5.0, -5.0, -5.0, 5.0), down={"t4"})
     result = service(fake).handle(b"summarise", b"fin_summary")
     meta = result.metadata
     assert meta["tier"] == "t3" and meta["path"] == ["t4", "t3"]

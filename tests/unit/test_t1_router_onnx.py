@@ -190,14 +190,13 @@ def test_t1_checkpoint_round_trip(tmp_path, tokenizer, risk_model):
 
 def _router_data():
     """Records of four tasks; whether a tier passes depends on the task, so the router can learn it."""
-    records, quality, bars = [], [], []
+    records, quality = [], []
     passing_from = {"legal_risk": 0, "fin_ner": 1, "cs_intent": 2, "legal_clause": 3}
     for task, first in passing_from.items():
         for record in load_split(task, "train")[:30]:
             records.append(record)
             quality.append([0.95 if k >= first else 0.2 for k in range(4)])
-            bars.append(0.9)
-    return records, np.array(quality, dtype=np.float32), np.array(bars, dtype=np.float32)
+    return records, np.array(quality, dtype=np.float32), dict.fromkeys(passing_from, 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +223,7 @@ def test_router_loss_weights_are_overridable(tokenizer):
     settings = RouterSettings(encoder=TINY.to_dict(), task_embedding_dim=8, mlp_hidden=16)
     records, quality, bars = _router_data()
     _, stats = train_router(
-        records[:40], quality[:40], bars[:40], tokenizer, settings, [1, 2, 3, 4],
+        records[:40], quality[:40], bars, tokenizer, settings, [1, 2, 3, 4],
         epochs=1, max_len=16, batch_size=16, seed=0, progress=False, cost_weight=0.0, quality_weight=0.0,
     )
     assert (stats["cost_weight"], stats["quality_weight"]) == (0.0, 0.0)
@@ -298,15 +297,13 @@ def test_router_early_stopping_restores_the_best_epoch(tokenizer):
     bars = np.full(80, 0.5, dtype=np.float32)
     prices = [0.01, 0.1, 0.8, 8.0]
     model, stats = train_router(
-        records, quality, bars, tokenizer, settings, prices,
+        records, quality, {"legal_risk": 0.5}, tokenizer, settings, prices,
         epochs=30, max_len=24, batch_size=8, lr=1e-2, seed=0, progress=False, val_fraction=0.25,
     )
     assert stats["stopped_early"] and stats["epochs_run"] == stats["best_epoch"] + 3
     _, val = held_out_split(80, 0.25, 0)
     held_out = [records[i] for i in val]
     logits = torch.from_numpy(router_logits(model, tokenizer, held_out, 24))
-    labels = torch.as_tensor(np.argmax(quality[val] >= 0.5, axis=1))
-    labels = torch.where(torch.as_tensor((quality[val] >= 0.5).any(axis=1)), labels, torch.tensor(3))
-    total, _ = router_loss(logits, labels, torch.tensor(prices), torch.from_numpy(quality[val]), torch.from_numpy(bars[val]))
+    total, _ = router_loss(logits, torch.tensor(prices), torch.from_numpy(quality[val]), torch.from_numpy(bars[val]))
     assert total.item() == pytest.approx(stats["best_val_loss"], abs=1e-4)
     assert stats["best_val_loss"] < stats["history"][-1]["val_loss"]
