@@ -539,7 +539,7 @@ from routenlp.data import load_records
 from export.pipeline import PortfolioBuild
 from routenlp.portfolio import load_portfolio
 assert load_records({str(data)!r})[0]["text"] == {text}
-assert bench_records(argparse.Namespace(data=Path({str(data)!r}), split="dev", per_task=0))[0]["text"] == {text}
+assert bench_records(argparse.Namespace(data=Path({str(data)!r}), split="dev", per_task=0, seed=0))[0]["text"] == {text}
 build = PortfolioBuild(load_portfolio(profile="tiny"), root=Path({str(answers.parent.parent)!r}), progress=False)
 assert build.load_answers("dev")["x"]["t2"]["prediction"] == {ascii("é")}
 """
