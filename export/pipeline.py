@@ -60,12 +60,12 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _code_fingerprint(*modules: str) -> str:
-    """Hash of the source of the modules a step runs: editing them rebuilds the step."""
+def _code_fingerprint(*modules: str) -> dict[str, str]:
+    """Hash of the source of each module a step runs: editing one rebuilds the step (and a stage
+    from a pack built with other code can name the modules that differ)."""
     import importlib
 
-    sources = {m: Path(importlib.import_module(m).__file__).read_text() for m in modules}
-    return fingerprint(sources)
+    return {m: fingerprint({m: Path(importlib.import_module(m).__file__).read_text()}) for m in modules}
 
 
 def _benchmark_fingerprint() -> str:
@@ -301,6 +301,11 @@ class PortfolioBuild:
         inputs = self._inputs("onnx", router=self.cache.key("router"), t1=self.cache.key("t1"))
         return self.cache.run("onnx", inputs, build, self.log)
 
+    def stage_names(self) -> list[str]:
+        """The stage-cache folders of a full build (a tier given as a checkpoint has none)."""
+        decoders = [f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint]
+        return ["tokenizer", "t1", *decoders, "answers", "router", "router_ablations", "onnx"]
+
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         steps: dict[str, Any] = {}
@@ -320,8 +325,7 @@ class PortfolioBuild:
             self.log(f"[{name}] {step_seconds[name]:.1f}s")
         steps["seconds"] = round(time.perf_counter() - started, 1)
         steps["step_seconds"] = step_seconds  # this run's: a cached step takes ~0 s
-        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), "answers", "router", "router_ablations", "onnx"]
-        built = {stage: self.cache.build_seconds(stage) for stage in stages}
+        built = {stage: self.cache.build_seconds(stage) for stage in self.stage_names()}
         steps["stage_build_seconds"] = built  # what each cached artefact cost when it was built
         steps["full_build_seconds"] = round(sum(built.values()), 1) if all(v is not None for v in built.values()) else None
         return steps

@@ -1,6 +1,10 @@
 """Build-step caching: each step's output folder holds a stamp with the hash of everything the step
 depends on (its config and the stamps of the steps it reads), so a second run with nothing changed
-skips every step and an edited setting rebuilds exactly what depends on it."""
+skips every step and an edited setting rebuilds exactly what depends on it.
+
+The stamp also records those inputs, so a stage seeded from a portfolio pack (export/pack.py) can be
+trusted when only the step's code differs (`trust_code`): a fresh clone with an edited module then
+serves the pack instead of retraining for an hour, and says which code differs."""
 
 from __future__ import annotations
 
@@ -14,15 +18,35 @@ from pathlib import Path
 from typing import Any
 
 STAMP = ".stage.json"
+CODE_INPUT = "code"  # the inputs entry holding {module: source hash}
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def as_json(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inputs as the stamp stores them (tuples -> lists, objects -> str), for comparing."""
+    return json.loads(json.dumps(inputs, sort_keys=True, default=str))
+
+
+def code_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str] | None:
+    """The modules whose code differs between two inputs records, or None when anything other
+    than code differs (a setting, the data or an upstream stage: the stage must be rebuilt)."""
+    recorded, current = as_json(recorded), as_json(current)
+    if {k: v for k, v in recorded.items() if k != CODE_INPUT} != {k: v for k, v in current.items() if k != CODE_INPUT}:
+        return None
+    old, new = recorded.get(CODE_INPUT) or {}, current.get(CODE_INPUT) or {}
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return None if old != new else []
+    return sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m))
+
+
 @dataclass
 class StageCache:
     root: Path
+    # Accept a stage whose stamp differs from its inputs only in code (a stage restored from a pack).
+    trust_code: bool = False
 
     def stamp(self, name: str) -> dict[str, Any] | None:
         path = self.root / name / STAMP
@@ -36,6 +60,10 @@ class StageCache:
         if stamp and stamp["key"] == key:
             log(f"[{name}] cached ({key})")
             return stamp["summary"]
+        trusted = self._trusted_code_change(stamp, inputs)
+        if trusted is not None:
+            log(f"[{name}] from pack ({stamp['key']}); NOTE: built with other code of {', '.join(trusted)} than this checkout")
+            return stamp["summary"]
         out = self.root / name
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -43,9 +71,14 @@ class StageCache:
         started = time.perf_counter()
         summary = dict(build(out))
         # the build time travels with the stamp: reports of cached runs still say what a build costs
-        record = {"key": key, "summary": summary, "build_seconds": round(time.perf_counter() - started, 1)}
+        record = {"key": key, "summary": summary, "build_seconds": round(time.perf_counter() - started, 1), "inputs": as_json(inputs)}
         (out / STAMP).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         return summary
+
+    def _trusted_code_change(self, stamp: Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> list[str] | None:
+        if not self.trust_code or not stamp or "inputs" not in stamp:
+            return None
+        return code_differences(stamp["inputs"], inputs)
 
     def build_seconds(self, name: str) -> float | None:
         """How long the step took when it was last built (None: built before this was recorded)."""

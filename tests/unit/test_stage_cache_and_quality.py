@@ -34,6 +34,24 @@ def test_failed_step_leaves_no_stamp(tmp_path):
     assert cache.stamp("step") is None
 
 
+def test_trusted_stage_is_kept_when_only_code_differs_and_says_which(tmp_path):
+    """A stage seeded from a pack: other code -> kept with a note; another setting -> rebuilt."""
+    calls, logs = [], []
+
+    def build(out):
+        calls.append(out)
+        return {"n": len(calls)}
+
+    built = {"step": "s", "profile": {"epochs": 2}, "code": {"export.t1": "aaa", "export.training": "bbb"}}
+    StageCache(tmp_path).run("step", built, build, log=logs.append)
+    edited = {**built, "code": {"export.t1": "ccc", "export.training": "bbb"}}
+    assert StageCache(tmp_path, trust_code=True).run("step", edited, build, log=logs.append) == {"n": 1}
+    assert len(calls) == 1 and "export.t1" in logs[-1] and "export.training" not in logs[-1], logs[-1]
+    retuned = {**edited, "profile": {"epochs": 3}}
+    assert StageCache(tmp_path, trust_code=True).run("step", retuned, build, log=logs.append) == {"n": 2}
+    assert StageCache(tmp_path).run("step", edited, build, log=logs.append) == {"n": 3}  # untrusted: code change rebuilds
+
+
 def _answers():
     # Two cs_intent records (T1 serves them), one cs_response record (no T1).
     return {
