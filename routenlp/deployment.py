@@ -77,7 +77,6 @@ class Deployment:
     state_dir: Path = STATE_DIR
     local_t4: bool = True  # False: T4 is the URL in t4_url / the portfolio (or none: fallbacks)
     t4_url: str = ""
-    t4_checkpoint: Path | None = None  # the local endpoint's model (default: the build of the repository's profile)
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=dict)  # http / grpc / metrics; free ports if absent
     open_admin: bool = False  # True: model-control and repository APIs open to any client
@@ -108,7 +107,7 @@ class Deployment:
         env = {**os.environ, **self.extra_env, ENV_LOG_PATH: str(self.escalation_log), ENV_LOG_TEXT: "1" if self.keep_text else "0"}
         if self.local_t4 and not (self.t4_url or config.t4.base_url):
             t4 = config.t4
-            self.t4 = T4Endpoint(self.t4_checkpoint or local_t4_checkpoint(config), self.state_dir / "t4_endpoint.log", served_model_name=t4.model or "t4", api_key_env=t4.api_key_env)
+            self.t4 = T4Endpoint(local_t4_checkpoint(config), self.state_dir / "t4_endpoint.log", served_model_name=t4.model or "t4", api_key_env=t4.api_key_env)
             env[ENV_T4_BASE_URL] = self.t4.base_url
         elif self.t4_url:
             env[ENV_T4_BASE_URL] = self.t4_url

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ SAMPLE_PER_TASK = 12
 # the mean absolute difference at most 0.03.
 MAX_TASK_TIER_GAP = 0.15
 MAX_MEAN_GAP = 0.03
-START_TIMEOUT_S = 600  # the T4 endpoint (niced) and Triton's two vLLM engines start together on 2 shared cores
+START_TIMEOUT_S = 600  # the T4 endpoint and Triton's two vLLM engines start together on 2 shared cores
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,7 @@ def test_served_pack_reproduces_its_recorded_quality(pack, tmp_path):
     from clients.served_eval import route_records, served_prediction
     from export.repository_builder import write_repository
     from routenlp.deployment import Deployment
+    from routenlp.t4_endpoint import T4Endpoint
     from routenlp.metrics import corpus_score
 
     build = _build_over(pack, tmp_path / "artifacts")
@@ -139,9 +141,16 @@ def test_served_pack_reproduces_its_recorded_quality(pack, tmp_path):
     sample = _stratified_sample(build)
     recorded = build.load_answers("dev")
     gaps = {}
-    deployment = Deployment(repository, state_dir=tmp_path / "state", t4_checkpoint=build.decoder_dir("t4"))
+    # The pack's T4 at normal priority (the deployment's own endpoint is niced, and starves on a
+    # shared machine), started beside tritonserver.
+    t4 = T4Endpoint(build.decoder_dir("t4"), tmp_path / "t4.log", nice=None)
+    deployment = Deployment(repository, state_dir=tmp_path / "state", local_t4=False, t4_url=t4.base_url)
+    starting = threading.Thread(target=t4.start, kwargs={"timeout_s": START_TIMEOUT_S})
     try:
+        starting.start()
         deployment.start(timeout_s=START_TIMEOUT_S)
+        starting.join()
+        assert t4.is_ready(), f"T4 endpoint not ready; log {t4.log_path}"
         url = deployment.server.grpc_url
         for tier in ("t1", "t2", "t3", "t4"):
             records = [r for r in sample if tier != "t1" or get_task(r["task"]).structured]
@@ -157,6 +166,8 @@ def test_served_pack_reproduces_its_recorded_quality(pack, tmp_path):
                 gaps[(task, tier)] = (round(served, 4), round(stored, 4))
     finally:
         deployment.stop()
+        starting.join()
+        t4.stop()
     print("\nserved vs recorded quality on the sample (task, tier): " + ", ".join(f"{t}/{k} {s:.3f} vs {r:.3f}" for (t, k), (s, r) in gaps.items()))
     worst = max(abs(s - r) for s, r in gaps.values())
     mean = sum(abs(s - r) for s, r in gaps.values()) / len(gaps)
