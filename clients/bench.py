@@ -20,9 +20,9 @@ import numpy as np
 from bls_router.cascade import TIERS
 from clients import baselines as bl
 from clients.served_eval import ServedCaller, served_prediction
+from routenlp.metrics.task_bootstrap import N_BOOT, Bootstrap, mean_quality, task_indices
 
 REFERENCE = "always-t4"
-N_BOOT = 200
 
 
 @dataclass
@@ -61,51 +61,6 @@ def run_policy(policy: bl.Policy, records: Sequence[Mapping[str, Any]], caller: 
 
 def _dollars(routed: bl.Routed) -> float:
     return sum(c.metadata["cost_usd"] for c in routed.calls if c.error is None)
-
-
-def task_indices(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    by_task: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        by_task.setdefault(record["task"], []).append(i)
-    return {task: np.asarray(idx) for task, idx in sorted(by_task.items())}
-
-
-def mean_quality(task_idx: Mapping[str, np.ndarray], predictions: Sequence, targets: Sequence, resample: Mapping[str, np.ndarray] | None = None) -> tuple[float, dict[str, float]]:
-    """Macro average over tasks of the task metric (corpus score), optionally on resampled rows."""
-    from routenlp.metrics import corpus_score
-
-    per_task = {}
-    for task, idx in task_idx.items():
-        rows = idx if resample is None else idx[resample[task]]
-        per_task[task] = corpus_score(task, [predictions[i] for i in rows], [targets[i] for i in rows])
-    return float(np.mean(list(per_task.values()))), per_task
-
-
-class Bootstrap:
-    """Task-stratified resamples drawn once and shared by every system (a paired bootstrap).
-
-    For metrics that are a mean of per-example scores (ROUGE-L, ...) each system's example scores
-    are computed once and averaged per resample; corpus metrics (macro-F1, entity F1, chrF) are
-    recomputed on each resample."""
-
-    def __init__(self, task_idx: Mapping[str, np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        self.task_idx = task_idx
-        self.resamples = [{task: rng.integers(0, len(idx), len(idx)) for task, idx in task_idx.items()} for _ in range(n_boot)]
-
-    def qualities(self, predictions: Sequence, targets: Sequence) -> np.ndarray:
-        """[n_boot] macro-average quality of `predictions` on each resample."""
-        from routenlp.metrics import corpus_score, example_score, metric_for
-        from routenlp.metrics.base import Metric
-
-        per_task = np.zeros((len(self.resamples), len(self.task_idx)))
-        for column, (task, idx) in enumerate(self.task_idx.items()):
-            if type(metric_for(task)).corpus is Metric.corpus:  # a mean of example scores
-                scores = np.array([example_score(task, predictions[i], targets[i]) for i in idx])
-                per_task[:, column] = [scores[r[task]].mean() for r in self.resamples]
-            else:
-                per_task[:, column] = [corpus_score(task, [predictions[i] for i in idx[r[task]]], [targets[i] for i in idx[r[task]]]) for r in self.resamples]
-        return per_task.mean(axis=1)
 
 
 def quality_ratio_ci(system_boot: np.ndarray, reference_boot: np.ndarray) -> tuple[float, float]:

@@ -42,7 +42,7 @@ def write_input_data(path: Path, rows: Sequence[Mapping[str, Sequence]]) -> Path
 
 
 def parse_csv(path: Path) -> list[PerfPoint]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise PerfAnalyzerError(f"perf_analyzer wrote no measurements to {path}")

@@ -161,7 +161,7 @@ class IterationBuild(PortfolioBuild):
                     )
                 for row in fresh:
                     table[row.id][row.tier] = row.to_json()
-                with open(out / f"{pool}.jsonl", "w") as handle:
+                with open(out / f"{pool}.jsonl", "w", encoding="utf-8") as handle:
                     for rid in table:
                         for row in table[rid].values():
                             handle.write(json.dumps(row, sort_keys=True) + "\n")

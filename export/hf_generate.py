@@ -42,6 +42,9 @@ def generate_greedy(
     similar answer lengths in one batch: a batch decodes until its longest answer ends, so one
     summary among label answers would hold the whole batch for max_new_tokens steps."""
     model.eval()
+    # A checkpoint brought by a site may have no pad token; its EOS pads as well (left padding,
+    # masked out).
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # The MoE load-balancing loss is for training; during generation it breaks on padded batches.
     if getattr(model.config, "output_router_logits", False):
         model.config.output_router_logits = False
@@ -57,7 +60,7 @@ def generate_greedy(
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         width = max(len(encoded[i]) for i in batch)
         # Left padding: every row's next token is generated at the same position.
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for row, index in enumerate(batch):
             ids = encoded[index]
@@ -70,7 +73,7 @@ def generate_greedy(
             do_sample=False,
             output_scores=True,
             return_dict_in_generate=True,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)

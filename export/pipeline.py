@@ -27,6 +27,7 @@ from routenlp.portfolio import TIER_ORDER, Portfolio
 from routenlp.tasks import TASK_NAMES, get_task
 
 DECODER_TIERS = ("t2", "t3", "t4")
+ANSWER_POOLS = ("router", "dev", "calibration")
 # The modules whose code each step runs (part of its cache key).
 STEP_CODE = {
     "tokenizer": ("export.tokenizer", "export.pools", "routenlp.answers"),
@@ -144,73 +145,130 @@ class PortfolioBuild:
         return Path(checkpoint) if checkpoint else self.root / "decoders" / tier
 
     def build_decoders(self) -> dict:
-        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
+        return {tier_name: self.build_decoder(tier_name) for tier_name in DECODER_TIERS}
+
+    def build_decoder(self, tier_name: str) -> dict:
+        """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
+        independent steps, so they can also be built in parallel processes."""
+        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder, upcycle
         import torch
+        from transformers import AutoModelForCausalLM
 
         from export.train_decoder import train_decoder
 
-        pairs = [(prompt_text(r), format_target(r)) for r in self.pools.flat("tier_train", self.profile.max_train_per_task)]
-        summary = {}
-        for tier_name in DECODER_TIERS:
-            tier = self.portfolio.tiers[tier_name]
-            if tier.checkpoint:  # a real checkpoint (e.g. Mistral-7B) is used as given
-                summary[tier_name] = {"checkpoint": tier.checkpoint}
-                continue
+        tier = self.portfolio.tiers[tier_name]
+        if tier.checkpoint:  # a real checkpoint (e.g. Mistral-7B) is used as given
+            return {"checkpoint": tier.checkpoint}
+        lr = float(tier.train.get("lr", DECODER_LR))
+        epochs = int(tier.train.get("epochs", self.profile.decoder_epochs))
+        data = self.decoder_data(tier_name)
+        source = tier.train.get("init_from")
 
-            lr = float(tier.train.get("lr", DECODER_LR))
-            epochs = int(tier.train.get("epochs", self.profile.decoder_epochs))
-
-            def build(out: Path, tier=tier, lr=lr, epochs=epochs) -> dict:
-                arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
-                torch.manual_seed(SEED)
+        def build(out: Path) -> dict:
+            pairs = self.decoder_pairs(**data)
+            arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
+            torch.manual_seed(SEED)
+            if source:  # grown from the cheaper tier's trained weights, then trained further
+                model = upcycle(AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(source))), arch, self.tokenizer())
+            else:
                 model = build_decoder(arch, self.tokenizer())
-                self.log(f"  {tier.name}: {arch.family}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
-                stats = train_decoder(
-                    model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
-                    lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
-                )
-                save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
-                return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
+            start = f", from {source}" if source else ""
+            self.log(f"  {tier.name}: {arch.family}{start}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
+            stats = train_decoder(
+                model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
+                lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
+            )
+            save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
+            return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
 
-            inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs)
-            summary[tier_name] = self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
-        return summary
+        inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data,
+                              init_from=self.decoder_key(source) if source else None)
+        return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
 
-    def build_answers(self) -> dict:
-        """Every tier answers the router, dev and calibration pools (the all-pairs evaluation);
-        calibration answers give the conformal thresholds (`routenlp calibrate`)."""
-        from transformers import AutoModelForCausalLM
+    def decoder_key(self, tier_name: str) -> str:
+        """What identifies a decoder's weights: its build step's key, or for a configured
+        checkpoint the hash of its config and file sizes (a different checkpoint relabels)."""
+        checkpoint = self.portfolio.tiers[tier_name].checkpoint
+        if not checkpoint:
+            return self.cache.key(f"decoders/{tier_name}")
+        folder = Path(checkpoint)
+        files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+        return fingerprint({"config": (folder / "config.json").read_text(), "files": files})
 
-        from export.labeling import label_decoder, label_t1
-        from export.t1 import T1_TASKS, load_t1
+    def decoder_data(self, tier_name: str) -> dict[str, Any]:
+        """How much of the training pool a decoder tier sees: records per task and per-task repeats
+        (short structured pairs are cheap, so a tier can take them several times per epoch)."""
+        train = self.portfolio.tiers[tier_name].train
+        return {
+            "max_per_task": int(train.get("max_per_task", self.profile.max_train_per_task)),
+            "task_repeats": {task: int(k) for task, k in sorted(dict(train.get("task_repeats", {})).items())},
+        }
+
+    def decoder_pairs(self, max_per_task: int, task_repeats: dict[str, int]) -> list[tuple[str, str]]:
+        pairs = []
+        for task in TASK_NAMES:
+            records = self.pools.tier_train[task][:max_per_task]
+            pairs += [(prompt_text(r), format_target(r)) for r in records] * task_repeats.get(task, 1)
+        return pairs
+
+    def build_tier_answers(self, tier: str) -> dict:
+        """One tier answers the router, dev and calibration pools (its share of the all-pairs
+        evaluation): a step per tier, so a changed tier relabels alone and the tiers can label in
+        parallel processes."""
 
         def build(out: Path) -> dict:
             counts = {}
-            for pool in ("router", "dev", "calibration"):
-                rows = []
-                for task in T1_TASKS:
-                    model, meta = load_t1(self.root / "t1" / task)
-                    rows += label_t1(task, model, self.tokenizer(), getattr(self.pools, pool)[task], max_len=meta["max_len"])
-                records = self.pools.flat(pool)
-                for tier in DECODER_TIERS:
-                    model = AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(tier))).eval()
-                    rows += label_decoder(
-                        tier, model, self.tokenizer(), records,
-                        max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
-                    )
-                with open(out / f"{pool}.jsonl", "w") as handle:
+            for pool in ANSWER_POOLS:
+                rows = self._label(tier, pool)
+                with open(out / f"{pool}.jsonl", "w", encoding="utf-8") as handle:
                     for row in rows:
                         handle.write(json.dumps(row.to_json(), sort_keys=True) + "\n")
                 counts[pool] = len(rows)
             return counts
 
-        upstream = {name: self.cache.key(name) for name in ("t1",)}
-        upstream.update({tier: self.cache.key(f"decoders/{tier}") for tier in DECODER_TIERS if not self.portfolio.tiers[tier].checkpoint})
-        return self.cache.run("answers", self._inputs("answers", upstream=upstream), build, self.log)
+        upstream = self.cache.key("t1") if tier == "t1" else self.decoder_key(tier)
+        return self.cache.run(f"tier_answers/{tier}", self._inputs("answers", tier=tier, upstream=upstream), build, self.log)
+
+    def _label(self, tier: str, pool: str) -> list:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from export.labeling import label_decoder, label_t1
+        from export.t1 import T1_TASKS, load_t1
+
+        if tier == "t1":
+            rows = []
+            for task in T1_TASKS:
+                model, meta = load_t1(self.root / "t1" / task)
+                rows += label_t1(task, model, self.tokenizer(), getattr(self.pools, pool)[task], max_len=meta["max_len"])
+            return rows
+        # Each decoder with its own tokenizer: a configured checkpoint brings its own.
+        model = AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(tier))).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(self.decoder_dir(tier)))
+        return label_decoder(
+            tier, model, tokenizer, self.pools.flat(pool),
+            max_new_tokens=self.profile.max_answer_tokens, max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress,
+        )
+
+    def build_answers(self) -> dict:
+        """Every tier's answers on the router, dev and calibration pools in one table per pool (the
+        all-pairs evaluation); calibration answers give the conformal thresholds."""
+        for tier in TIER_ORDER:
+            self.build_tier_answers(tier)
+
+        def build(out: Path) -> dict:
+            counts = {}
+            for pool in ANSWER_POOLS:
+                parts = [(self.root / "tier_answers" / tier / f"{pool}.jsonl").read_text(encoding="utf-8") for tier in TIER_ORDER]
+                (out / f"{pool}.jsonl").write_text("".join(parts), encoding="utf-8")
+                counts[pool] = sum(part.count("\n") for part in parts)
+            return counts
+
+        upstream = {tier: self.cache.key(f"tier_answers/{tier}") for tier in TIER_ORDER}
+        return self.cache.run("answers", {"step": "answers", "upstream": upstream}, build, self.log)
 
     def load_answers(self, pool: str) -> dict[str, dict[str, dict]]:
         table: dict[str, dict[str, dict]] = {}
-        with open(self.root / "answers" / f"{pool}.jsonl") as handle:
+        with open(self.root / "answers" / f"{pool}.jsonl", encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
                 table.setdefault(row["id"], {})[row["tier"]] = row
@@ -304,7 +362,7 @@ class PortfolioBuild:
     def stage_names(self) -> list[str]:
         """The stage-cache folders of a full build (a tier given as a checkpoint has none)."""
         decoders = [f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint]
-        return ["tokenizer", "t1", *decoders, "answers", "router", "router_ablations", "onnx"]
+        return ["tokenizer", "t1", *decoders, *(f"tier_answers/{t}" for t in TIER_ORDER), "answers", "router", "router_ablations", "onnx"]
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from export.ladder import format_ladder, ladder_table, ordering_issues
 from routenlp.metrics import metric_name
 from routenlp.portfolio import TIER_ORDER
 from routenlp.table import format_table
@@ -22,17 +23,6 @@ def tier_costs(dev_answers: Mapping[str, Mapping[str, Mapping]], portfolio) -> d
         mean_tokens = statistics.fmean(tokens) if tokens else 0.0
         costs[tier.name] = {"price_per_1k_tokens": tier.price_per_1k_tokens, "mean_tokens": round(mean_tokens, 1), "mean_dollars_per_query": round(tier.cost(mean_tokens), 6)}
     return costs
-
-
-def ordering_issues(dev_quality: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """Plain statements of where a more expensive tier scores below a cheaper one."""
-    issues = []
-    for task, scores in dev_quality.items():
-        tiers = [t for t in TIER_ORDER if t in scores]
-        for cheap, dear in zip(tiers, tiers[1:]):
-            if scores[dear] < scores[cheap]:
-                issues.append(f"{task}: {dear} ({scores[dear]:.3f}) < {cheap} ({scores[cheap]:.3f})")
-    return issues
 
 
 def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, Any], dev_answers) -> dict[str, Any]:
@@ -67,12 +57,17 @@ def portfolio_report(build, steps: Mapping[str, Any], repository: Mapping[str, A
         "onnx": steps["onnx"],
         "repository": dict(repository),
         "ordering_issues": ordering_issues(dev_quality),
+        "ladder": ladder_table(
+            dev_answers, build.pools.flat("dev"), bars,
+            prices={t.name: t.price_per_1k_tokens for t in portfolio.ordered_tiers()},
+            paper_bars={task: portfolio.tasks[task].paper_bar for task in TASK_NAMES},
+        ),
     }
 
 
 def write_report(report: Mapping[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return path
 
 
@@ -97,4 +92,6 @@ def format_report(report: Mapping[str, Any]) -> str:
     ]
     if report["ordering_issues"]:
         sections.append("tiers not ordered by quality:\n  " + "\n  ".join(report["ordering_issues"]))
+    if report.get("ladder"):  # reports written before the ladder table have none
+        sections.append(format_ladder(report["ladder"]))
     return "\n\n".join(sections)

@@ -15,6 +15,7 @@ from routenlp.tasks import TASK_NAMES, get_task
 DEFAULT_PORTFOLIO = Path(__file__).with_name("portfolios") / "default.toml"
 TIER_ORDER = ("t1", "t2", "t3", "t4")
 SERVING_KINDS = ("onnx", "vllm", "openai")
+TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats", "init_from")
 
 
 class PortfolioError(ValueError):
@@ -34,7 +35,10 @@ class Tier:
     timeout_s: float = 10.0
     max_retries: int = 2
     # Training settings for a tier trained here (ignored with a checkpoint): `lr`, `epochs`
-    # (default: the profile's decoder_epochs). Larger models want a lower rate.
+    # (default: the profile's decoder_epochs), `max_per_task` (training records per task; default
+    # the profile's max_train_per_task), `task_repeats` ({task: k}: that task's pairs k times
+    # per epoch) and `init_from` (a cheaper decoder tier whose trained weights it starts from, e.g.
+    # a Mixtral-style MoE upcycled from the Mistral-style T2). Larger models want a lower rate.
     train: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,9 +143,14 @@ def _tier(name: str, raw: Mapping, where: str) -> Tier:
     if unknown:
         raise PortfolioError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     train = dict(raw.get("train", {}))
-    unknown_train = set(train) - {"lr", "epochs"}
+    unknown_train = set(train) - set(TRAIN_SETTINGS)
     if unknown_train:
-        raise PortfolioError(f"{where}: unknown train setting(s) {', '.join(sorted(unknown_train))} (known: lr, epochs)")
+        raise PortfolioError(f"{where}: unknown train setting(s) {', '.join(sorted(unknown_train))} (known: {', '.join(TRAIN_SETTINGS)})")
+    for task in train.get("task_repeats", {}):
+        get_task(task)  # raises UnknownTaskError listing valid tasks
+    source = train.get("init_from")
+    if source is not None and (source not in TIER_ORDER[1:] or TIER_ORDER.index(source) >= TIER_ORDER.index(name)):
+        raise PortfolioError(f"{where}: init_from {source!r} must name a cheaper decoder tier ({', '.join(TIER_ORDER[1:TIER_ORDER.index(name)]) or 'none'})")
     return Tier(name=name, **{**raw, "price_per_1k_tokens": price, "arch": dict(raw.get("arch", {})), "train": train})
 
 
@@ -151,12 +160,13 @@ def parse_portfolio(raw: Mapping, profile: str, source: Path) -> Portfolio:
     if profile not in profiles:
         raise PortfolioError(f"{where}: unknown profile {profile!r}; valid profiles: {', '.join(profiles)}")
     profile_raw = dict(profiles[profile])
-    # Per-profile overrides of tiers/router are merged into the base description.
-    raw = _deep_merge(dict(raw), {k: profile_raw.pop(k) for k in ("tiers", "router") if k in profile_raw})
-    tiers_raw = _require(raw, "tiers", where)
-    missing = [t for t in TIER_ORDER if t not in tiers_raw]
+    # Checked before the profile's overrides are merged: an override alone is no tier description.
+    missing = [t for t in TIER_ORDER if t not in _require(raw, "tiers", where)]
     if missing:
         raise PortfolioError(f"{where}: tiers {', '.join(missing)} missing (need {', '.join(TIER_ORDER)})")
+    # Per-profile overrides of tiers/router are merged into the base description.
+    raw = _deep_merge(dict(raw), {k: profile_raw.pop(k) for k in ("tiers", "router") if k in profile_raw})
+    tiers_raw = raw["tiers"]
     tiers = {name: _tier(name, tiers_raw[name], f"{where} [tiers.{name}]") for name in TIER_ORDER}
     tasks_raw = _require(raw, "tasks", where)
     for name in tasks_raw:

@@ -7,7 +7,6 @@ writes results/main_table.json, results/bench.json, results/report.md and result
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -29,11 +28,11 @@ def register(sub) -> None:
 
 
 def load_records(args) -> list[dict]:
-    from routenlp.data import load_split
+    from routenlp.data import load_records as read_jsonl, load_split
     from routenlp.tasks import TASK_NAMES
 
     if args.data is not None:
-        records = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+        records = read_jsonl(args.data)
         by_task: dict[str, list] = {}
         for record in records:
             by_task.setdefault(record["task"], []).append(record)

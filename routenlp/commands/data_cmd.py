@@ -1,4 +1,5 @@
-"""`routenlp data build|stats`: rebuild the committed benchmark from raw data, or count it."""
+"""`routenlp data build|stats|convert`: rebuild the committed benchmark from raw data, count it, or
+turn one raw official split into benchmark JSONL."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ def register(sub) -> None:
     stats = verbs.add_parser("stats", help="records per task and split")
     stats.add_argument("--bench", type=Path, default=BENCHMARK_DIR)
     stats.set_defaults(handler=run_stats)
+    convert = verbs.add_parser("convert", help="a raw split (e.g. BANKING77 test.csv) -> benchmark JSONL, all records, no re-splitting")
+    convert.add_argument("--task", required=True, help="task whose raw format PATH is in")
+    convert.add_argument("--raw", type=Path, required=True, help="raw file or folder in the task's source format")
+    convert.add_argument("--out", type=Path, required=True, help="JSONL file to write (outside benchmark/)")
+    convert.set_defaults(handler=run_convert)
 
 
 def run_build(args) -> int:
@@ -37,3 +43,14 @@ def run_stats(args) -> int:
     print(format_stats_table(benchmark_stats(args.bench)))
     return 0
 
+
+
+def run_convert(args) -> int:
+    from routenlp.data import convert_raw
+
+    try:
+        written = convert_raw(args.task, args.raw, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {written} {args.task} records from {args.raw} to {args.out}")
+    return 0

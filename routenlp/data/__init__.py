@@ -2,7 +2,7 @@
 
 from routenlp.data.build import build_benchmark
 from routenlp.data.labels import NONE_LABEL, task_labels
-from routenlp.data.loaders import LOADERS, load_raw
+from routenlp.data.loaders import LOADERS, convert_raw, load_raw
 from routenlp.data.records import SPLITS, load_records, load_split
 from routenlp.data.stats import benchmark_stats, format_stats_table
 
@@ -12,6 +12,7 @@ __all__ = [
     "SPLITS",
     "benchmark_stats",
     "build_benchmark",
+    "convert_raw",
     "format_stats_table",
     "load_raw",
     "load_records",

@@ -13,11 +13,19 @@ from routenlp.data.ectsum import load_ectsum_documents
 from routenlp.data.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
 from routenlp.data.loaders import load_raw
 from routenlp.data.records import SPLITS, MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, record_group, write_records
-from routenlp.data.splits import SPLIT_FRACTIONS, sample_capped, seeded_rng, split_by_group
+from routenlp.data.splits import (
+    EVALUATION_SPLITS,
+    SPLIT_FRACTIONS,
+    drop_training_duplicates,
+    sample_capped,
+    seeded_rng,
+    split_by_group,
+    split_within_documents,
+)
 from routenlp.paths import BENCHMARK_DIR, shared_data_dir
 from routenlp.tasks import TASK_NAMES
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: fin_ner split within documents; evaluation records repeating a train text dropped
 DEFAULT_SEED = 13
 
 # Raw input of each task, relative to the raw data folder.
@@ -52,6 +60,10 @@ CAPS: dict[str, dict[str, int]] = {
 }
 # Tasks whose "none" records are cut to at most half of each split.
 NONE_CAPPED = ("legal_clause", "legal_risk")
+# Tasks split within their documents (blocks of this many consecutive records, one record dropped
+# on the evaluation side of each boundary): FIN5's five documents differ too much in content for
+# whole-document calibration and dev splits to be exchangeable.
+WITHIN_DOCUMENT_SPLIT: dict[str, dict[str, int]] = {"fin_ner": {"block_size": 20, "gap": 1}}
 
 
 def sha256_file(path: Path) -> str:
@@ -79,19 +91,34 @@ def task_label_sets(raw_dir: Path) -> dict[str, list[str]]:
     return dict(sorted(labels.items()))
 
 
-def build_task(task: str, raw_dir: Path, seed: int) -> tuple[dict[str, list[dict]], dict[str, set[str]]]:
-    """Records of one task per split (split by document, then capped and none-balanced), and the
-    documents each split was given (including those the caps left out)."""
+def split_task(task: str, records: list[dict], seed: int) -> dict[str, list[dict]]:
+    """All of a task's records per split, by document or (WITHIN_DOCUMENT_SPLIT) by block."""
+    rng = seeded_rng(seed, task, "split")
+    if task in WITHIN_DOCUMENT_SPLIT:
+        return split_within_documents(records, rng, **WITHIN_DOCUMENT_SPLIT[task])
+    return split_by_group(records, rng)
+
+
+def build_task(task: str, raw_dir: Path, seed: int) -> tuple[dict[str, list[dict]], dict[str, set[str]], dict[str, int]]:
+    """Records of one task per split (split, capped and none-balanced, then calibration and dev
+    records whose text repeats one of the whole train portion dropped), the documents each split
+    was given (including those the caps left out), and how many duplicates were dropped per split.
+    Duplicates go after the caps so that removing them moves no other record."""
     records = load_raw(task, raw_dir / RAW_SOURCES[task])
     if not records:
         raise ValueError(f"no records for {task} in {raw_dir / RAW_SOURCES[task]}")
-    parts = split_by_group(records, seeded_rng(seed, task, "split"))
+    parts = split_task(task, records, seed)
     none_label = NONE_LABEL if task in NONE_CAPPED else None
     splits = {
         split: sample_capped(parts[split], CAPS[task][split], seeded_rng(seed, task, split), none_label)
         for split in SPLITS
     }
-    return splits, {split: {record_group(r) for r in parts[split]} for split in SPLITS}
+    dropped = {}
+    for split in EVALUATION_SPLITS:
+        kept = drop_training_duplicates(splits[split], parts["train"])
+        dropped[split] = len(splits[split]) - len(kept)
+        splits[split] = kept
+    return splits, {split: {record_group(r) for r in parts[split]} for split in SPLITS}, dropped
 
 
 def build_documents(raw_dir: Path, seed: int, excluded_groups: set[str]) -> list[dict]:
@@ -115,11 +142,12 @@ def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, 
         raise FileNotFoundError(f"raw data folder not found: {raw_dir} (set --raw or ROUTENLP_RAW_DATA)")
     counts: dict[str, dict[str, int]] = {}
     sources: dict[str, list[dict]] = {}
+    duplicates: dict[str, dict[str, int]] = {}
     for task in TASK_NAMES:
         task_dir = out_dir / task
         task_dir.mkdir(parents=True, exist_ok=True)
         _clear_outputs(task_dir)
-        splits, groups = build_task(task, raw_dir, seed)
+        splits, groups, duplicates[task] = build_task(task, raw_dir, seed)
         counts[task] = {split: write_records(task_dir / f"{split}.jsonl", splits[split]) for split in SPLITS}
         sources[task] = [source_digest(raw_dir, RAW_SOURCES[task])]
         if task == "fin_summary":
@@ -133,6 +161,8 @@ def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, 
         "seed": seed,
         "split_fractions": SPLIT_FRACTIONS,
         "caps": CAPS,
+        "within_document_split": WITHIN_DOCUMENT_SPLIT,
+        "dropped_train_duplicates": duplicates,
         "max_documents": MAX_DOCUMENTS,
         "max_input_chars": MAX_INPUT_CHARS,
         "max_document_chars": MAX_DOCUMENT_CHARS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from .base import Metric, check_pairs
@@ -40,9 +41,28 @@ def macro_f1(predictions: Sequence, references: Sequence) -> float:
     return float(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0))
 
 
+def f1_from_counts(tp, fp, fn, empty: float = 0.0):
+    """F1 = 2TP / (2TP + FP + FN) elementwise; `empty` where nothing was predicted nor expected."""
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), empty)
+
+
 class MacroF1(Metric):
     key = "macro_f1"
     name = "macro-F1"
+    decomposable = True
+
+    def counts(self, predictions: Sequence, references: Sequence):
+        # [N, 3L]: TP, FP, FN per label of the set's union of gold and predicted labels.
+        gold, predicted = np.array(as_labels(references)), np.array(as_labels(predictions))
+        labels = np.array(sorted(set(gold) | set(predicted)))
+        is_gold, is_pred = gold[:, None] == labels, predicted[:, None] == labels
+        return np.concatenate([is_gold & is_pred, is_pred & ~is_gold, is_gold & ~is_pred], axis=1).astype(float)
+
+    def from_counts(self, totals):
+        tp, fp, fn = np.split(np.asarray(totals, dtype=float), 3, axis=-1)
+        present = (tp + fp + fn) > 0  # a resample's union of gold and predicted labels
+        return (f1_from_counts(tp, fp, fn) * present).sum(axis=-1) / present.sum(axis=-1)
 
     def example(self, prediction, reference) -> float:
         return exact_match(prediction, reference)
@@ -54,6 +74,14 @@ class MacroF1(Metric):
 class Accuracy(Metric):
     key = "accuracy"
     name = "accuracy"
+    decomposable = True
+
+    def counts(self, predictions: Sequence, references: Sequence):
+        return np.array([[exact_match(p, r), 1.0] for p, r in zip(predictions, references)]).reshape(-1, 2)
+
+    def from_counts(self, totals):
+        totals = np.asarray(totals, dtype=float)
+        return totals[..., 0] / totals[..., 1]
 
     def example(self, prediction, reference) -> float:
         return exact_match(prediction, reference)
@@ -79,6 +107,17 @@ class ClauseF1(Metric):
 
     key = "clause_f1"
     name = "clause F1 (sentence-level, micro over categories)"
+    decomposable = True
+
+    def counts(self, predictions: Sequence, references: Sequence):
+        # [N, 3]: TP, FP, FN over the clause categories (anything but "none", a blank answer included).
+        gold, predicted = np.array(as_labels(references)), np.array(as_labels(predictions))
+        tp = (gold == predicted) & (gold != NO_CLAUSE)
+        return np.stack([tp, (predicted != NO_CLAUSE) & ~tp, (gold != NO_CLAUSE) & ~tp], axis=1).astype(float).reshape(-1, 3)
+
+    def from_counts(self, totals):
+        tp, fp, fn = np.moveaxis(np.asarray(totals, dtype=float), -1, 0)
+        return f1_from_counts(tp, fp, fn, empty=1.0)
 
     def example(self, prediction, reference) -> float:
         # Per sentence the same rules reduce to exact match ("none" vs "none" is the 1.0 edge case).

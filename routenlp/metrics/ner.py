@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from seqeval.metrics import f1_score
 from seqeval.metrics.sequence_labeling import get_entities
 
@@ -51,6 +52,23 @@ def entity_f1(predictions: Sequence, references: Sequence) -> float:
 class EntityF1(Metric):
     key = "entity_f1"
     name = "entity F1 (seqeval)"
+    decomposable = True
+
+    def counts(self, predictions: Sequence, references: Sequence):
+        # [N, 3]: matched entities, gold entities, predicted entities per sentence (seqeval's micro
+        # scores concatenated sentences, so entities never cross a sentence and the sums agree).
+        rows = []
+        for prediction, reference in zip(predictions, references):
+            gold = set(get_entities(as_tags(reference)))
+            predicted = set(get_entities(align_to_reference(prediction, len(as_tags(reference)))))
+            rows.append([len(gold & predicted), len(gold), len(predicted)])
+        return np.array(rows, dtype=float).reshape(-1, 3)
+
+    def from_counts(self, totals):
+        from .classification import f1_from_counts
+
+        matched, gold, predicted = np.moveaxis(np.asarray(totals, dtype=float), -1, 0)
+        return f1_from_counts(matched, predicted - matched, gold - matched, empty=1.0)
 
     def example(self, prediction, reference) -> float:
         return entity_f1([prediction], [reference])

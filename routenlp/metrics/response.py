@@ -146,6 +146,8 @@ class ResponseQuality(Metric):
     """Pluggable response metric, its backend chosen on first use (env read then, not at import)."""
 
     key = "response_quality"
+    mean_of_examples = True  # corpus() only batches the example scores
+
 
     def __init__(self, backend=None) -> None:
         self._backend = backend
@@ -168,8 +170,10 @@ class ResponseQuality(Metric):
     def example(self, prediction, reference) -> float:
         return self.backend.score([as_text(prediction)], [as_text(reference)])[0]
 
+    def examples(self, predictions: Sequence, references: Sequence) -> list[float]:
+        # One batched call: BERTScore is far cheaper per batch than per pair.
+        return list(self.backend.score([as_text(p) for p in predictions], [as_text(r) for r in references]))
+
     def corpus(self, predictions: Sequence, references: Sequence) -> float:
         check_pairs(predictions, references)
-        # One batched call: BERTScore is far cheaper per batch than per pair.
-        texts = [as_text(p) for p in predictions]
-        return mean(self.backend.score(texts, [as_text(r) for r in references]))
+        return mean(self.examples(predictions, references))

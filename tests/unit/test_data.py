@@ -4,6 +4,7 @@ format), document-level splits, deterministic builds, and the committed benchmar
 from __future__ import annotations
 
 import csv
+import os
 import json
 import random
 from pathlib import Path
@@ -24,7 +25,15 @@ from routenlp.data.cuad import segment_spans
 from routenlp.data.ectsum import company, load_ectsum_documents
 from routenlp.data.labels import CLAUSE_LABELS, RISK_LABELS
 from routenlp.data.records import record_group, truncate_text
-from routenlp.data.splits import sample_capped, seeded_rng, split_by_group
+from routenlp.data.build import WITHIN_DOCUMENT_SPLIT
+from routenlp.data.splits import (
+    drop_training_duplicates,
+    normalised_text,
+    sample_capped,
+    seeded_rng,
+    split_by_group,
+    split_within_documents,
+)
 from routenlp.paths import BENCHMARK_DIR, shared_data_dir
 from routenlp.tasks import TASK_NAMES, UnknownTaskError
 
@@ -55,22 +64,31 @@ def write_banking77(root: Path) -> None:
     _write(root / "banking77" / "LICENSE", "CC BY 4.0\n")
 
 
+# FIN5 fixture: documents of 50, 62, 74 and 86 sentences (3-5 blocks of 20 each), every sentence
+# distinct except the heading every document repeats (dropped from calibration and dev as a
+# training duplicate).
+FIN5_SIZES = (50, 62, 74, 86)
+
+
 def write_fin5(root: Path) -> None:
-    sentence = "This X - O\nLOAN NN - O\nwith IN - O\nSILICON NNP - I-ORG\nVALLEY NNP - I-ORG\nBANK NNP - I-ORG\n. . - O\n"
-    person = "Signed NN - O\nby IN - O\nJohn NNP - I-PER\nSmith NNP - I-PER\nin IN - O\nCalifornia NNP - I-LOC\n"
     docs = []
-    for d in range(4):
-        docs.append("-DOCSTART- -X- O O\n\n" + "\n".join([sentence, person] * (d + 2)) + "\n")
+    for d, size in enumerate(FIN5_SIZES):
+        sentences = ["SECURITY NN - O\nAGREEMENT NN - O\n. . - O\n"]
+        for i in range(1, size):
+            kind = ("I-ORG", "I-PER", "I-LOC")[i % 3]
+            sentences.append(f"Clause CD - O\n{d}.{i} CD - O\nwith IN - O\nName{i} NNP - {kind}\nX{d} NNP - {kind}\n. . - O\n")
+        docs.append("-DOCSTART- -X- O O\n\n" + "\n".join(sentences) + "\n")
     _write(root / "fin_ner" / "FIN5.txt", "".join(docs))
     _write(root / "fin_ner" / "README.txt", "CC BY 3.0\n")
 
 
+# Labelled sentences name their contract ({n}), so contracts are not copies of each other.
 CONTRACT = (
     "EXHIBIT 10.1 SERVICES AGREEMENT\n\n"
     "1. Services. The Provider shall provide the services described in Exhibit A to the Customer. "
-    "This Agreement shall be governed by the laws of the State of New York. "
-    "Neither party may assign this Agreement without the prior written consent of the other party.\n"
-    "The Customer may audit the books of the Provider once per year upon\n   thirty days notice. "
+    "This Agreement {n} shall be governed by the laws of the State of New York. "
+    "Neither party may assign this Agreement {n} without the prior written consent of the other party.\n"
+    "The Customer may audit the books of the Provider {n} once per year upon\n   thirty days notice. "
     "XYZ Inc. shall pay all fees within thirty days of the invoice date.\n"
     "In no event shall either party's liability exceed the fees paid in the prior twelve months; "
     "this limit does not apply to any breach of confidentiality by the Customer hereunder.\n"
@@ -83,16 +101,16 @@ def write_cuad(root: Path, n_contracts: int = 6) -> None:
               "Anti-Assignment-Answer", "Audit Rights", "Audit Rights-Answer", "Cap on Liability"]
     rows = []
     for i in range(n_contracts):
-        _write(folder / "full_contract_txt" / f"ACME{i}_2020-EX-10.1-SERVICES AGREEMENT.txt", CONTRACT)
+        _write(folder / "full_contract_txt" / f"ACME{i}_2020-EX-10.1-SERVICES AGREEMENT.txt", CONTRACT.format(n=i))
         rows.append({
             "Filename": f"ACME{i}_2020-EX-10.1-SERVICES AGREEMENT.pdf",
             "Document Name": "['SERVICES AGREEMENT']",
-            "Governing Law": "['This Agreement shall be governed by the laws of the State of New York.']",
+            "Governing Law": f"['This Agreement {i} shall be governed by the laws of the State of New York.']",
             "Governing Law-Answer": "New York",
-            "Anti-Assignment": "['Neither party may assign this Agreement without the prior written consent']",
+            "Anti-Assignment": f"['Neither party may assign this Agreement {i} without the prior written consent']",
             "Anti-Assignment-Answer": "Yes",
             # spans a line break in the text: matched whitespace-insensitively
-            "Audit Rights": "['The Customer may audit the books of the Provider once per year upon thirty days notice.']",
+            "Audit Rights": f"['The Customer may audit the books of the Provider {i} once per year upon thirty days notice.']",
             "Audit Rights-Answer": "Yes",
             # only a sliver of its sentence: the sentence is dropped as ambiguous
             "Cap on Liability": "[\"liability exceed the fees\"]",
@@ -117,8 +135,9 @@ def write_bitext(root: Path) -> None:
 def write_claudette(root: Path) -> None:
     folder = root / "claudette"
     for d in range(5):
-        sentences = ["https://example.com/terms", "", "We may terminate your account at any time.",
-                     "These terms are governed by Irish law.", "You can delete your data.", "Thanks."]
+        # distinct per document but for the URL line and "Thanks." (training duplicates)
+        sentences = ["https://example.com/terms", "", f"We may terminate your account {d} at any time.",
+                     f"These terms {d} are governed by Irish law.", f"You can delete your data {d}.", "Thanks."]
         tags = ["", "", "ter2 ltd3", "law1 countrym", "countrym", ""]
         _write(folder / "sentences" / f"Doc{d}.txt", "\n".join(sentences) + "\n")
         _write(folder / "tags" / f"Doc{d}.txt", "\n".join(tags) + "\n")
@@ -174,12 +193,12 @@ def test_banking77_loader_file_and_folder_agree(raw_dir):
 def test_fin5_loader_one_record_per_sentence(raw_dir):
     records = load_raw("fin_ner", raw_dir / "fin_ner")
     assert_schema(records, "fin_ner")
-    assert len(records) == 2 * (2 + 3 + 4 + 5)  # doc d has 2*(d+2) sentences
+    assert len(records) == sum(FIN5_SIZES)
     assert {r["doc"] for r in records} == {"FIN5:d1", "FIN5:d2", "FIN5:d3", "FIN5:d4"}
-    first = records[0]
-    assert first["tokens"] == ["This", "LOAN", "with", "SILICON", "VALLEY", "BANK", "."]
-    assert first["target"] == ["O", "O", "O", "I-ORG", "I-ORG", "I-ORG", "O"]
-    assert first["text"] == " ".join(first["tokens"])
+    second = records[1]
+    assert second["tokens"] == ["Clause", "0.1", "with", "Name1", "X0", "."]
+    assert second["target"] == ["O", "O", "O", "I-PER", "I-PER", "O"]
+    assert second["text"] == " ".join(second["tokens"]) and second["id"] == "fin_ner:FIN5:d1:0001"
     assert all(len(r["tokens"]) == len(r["target"]) for r in records)
 
 
@@ -189,11 +208,11 @@ def test_cuad_segments_and_clause_labels(raw_dir):
     assert len({r["doc"] for r in records}) == 6  # the row without a contract text is skipped
     one_doc = [r for r in records if r["doc"] == records[0]["doc"]]
     labels = {r["text"]: r["target"] for r in one_doc}
-    assert labels["This Agreement shall be governed by the laws of the State of New York."] == "governing_law"
-    assert labels["Neither party may assign this Agreement without the prior written consent of the other party."] \
+    assert labels["This Agreement 0 shall be governed by the laws of the State of New York."] == "governing_law"
+    assert labels["Neither party may assign this Agreement 0 without the prior written consent of the other party."] \
         == "anti_assignment"
     # clause text split by a line break in the contract still matches; whitespace is normalized
-    assert labels["The Customer may audit the books of the Provider once per year upon thirty days notice."] \
+    assert labels["The Customer may audit the books of the Provider 0 once per year upon thirty days notice."] \
         == "audit_rights"
     # "Inc." does not end a sentence
     assert labels["XYZ Inc. shall pay all fees within thirty days of the invoice date."] == "none"
@@ -234,10 +253,10 @@ def test_claudette_loader(raw_dir):
     assert_schema(records, "legal_risk")
     assert len(records) == 5 * 5  # the empty line is skipped
     doc0 = {r["text"]: r for r in records if r["doc"] == "Doc0"}
-    assert doc0["We may terminate your account at any time."]["target"] == "clearly_unfair"
-    assert doc0["These terms are governed by Irish law."]["target"] == "fair"
-    assert doc0["You can delete your data."]["target"] == "none"
-    assert doc0["We may terminate your account at any time."]["id"] == "legal_risk:Doc0:0002"
+    assert doc0["We may terminate your account 0 at any time."]["target"] == "clearly_unfair"
+    assert doc0["These terms 0 are governed by Irish law."]["target"] == "fair"
+    assert doc0["You can delete your data 0."]["target"] == "none"
+    assert doc0["We may terminate your account 0 at any time."]["id"] == "legal_risk:Doc0:0002"
     assert {r["target"] for r in records} <= set(RISK_LABELS)
     # one document file works too
     single = load_raw("legal_risk", raw_dir / "claudette" / "sentences" / "Doc0.txt")
@@ -322,6 +341,51 @@ def test_sample_capped_keeps_none_to_half():
     assert len(sample_capped(records, 10, rng)) == 10
 
 
+def _documents(sizes: tuple[int, ...]) -> list[dict]:
+    return [{"id": f"g{g}:{i:04d}", "doc": f"g{g}", "text": f"sentence {g} {i}", "target": []}
+            for g, size in enumerate(sizes) for i in range(size)]
+
+
+def test_split_within_documents_is_stratified_contiguous_and_gapped():
+    records = _documents((89, 276, 272, 395, 132, 15))  # FIN5's sizes, and one short document
+    parts = split_within_documents(records, seeded_rng(13, "t", "split"), block_size=20, gap=1)
+    assert parts == split_within_documents(list(reversed(records)), seeded_rng(13, "t", "split"), block_size=20, gap=1)
+    split_of = {r["id"]: split for split in SPLITS for r in parts[split]}
+    assert len(split_of) == sum(len(v) for v in parts.values())  # no record in two splits
+    for g in range(5):  # every document with at least three blocks is in every split
+        assert all(any(r["doc"] == f"g{g}" for r in parts[split]) for split in SPLITS)
+    assert {split_of.get(f"g5:{i:04d}") for i in range(15)} == {"train"}  # one block: all train
+    # an evaluation record's neighbours are in its own split or dropped, never in another split
+    for r in records:
+        g, i = r["id"].split(":")
+        split = split_of.get(r["id"])
+        if split in ("calibration", "dev"):
+            for j in (int(i) - 1, int(i) + 1):
+                assert split_of.get(f"{g}:{j:04d}", split) == split
+    # blocks are contiguous: a split changes only at a multiple of the block size (or at a dropped record)
+    dropped = [r["id"] for r in records if r["id"] not in split_of]
+    assert 0 < len(dropped) < 0.05 * len(records)
+    assert all(int(rid.split(":")[1]) % 20 in (0, 19) for rid in dropped)
+    assert 0.65 < len(parts["train"]) / len(records) < 0.75
+    assert abs(len(parts["calibration"]) - len(parts["dev"])) < 0.05 * len(records)
+    assert split_within_documents(records, seeded_rng(14, "t", "split"), block_size=20) != parts
+
+
+def test_normalised_text_and_training_duplicates():
+    assert normalised_text("5 . 2 COLLATERAL .") == normalised_text("5.2  Collateral.") == "5 2 collateral"
+    assert normalised_text("Ｆｕｌｌ width") == "full width"  # NFKC
+    train = [{"text": "I expect a refund of 1499 dollars"}]
+    records = [{"id": "a", "text": "i expect a REFUND of 1499 dollars!"}, {"id": "b", "text": "a refund of 1499 dollars"}]
+    assert [r["id"] for r in drop_training_duplicates(records, train)] == ["b"]
+
+
+def assert_no_training_duplicates(task: str, bench: Path) -> None:
+    train = {normalised_text(r["text"]) for r in load_split(task, "train", bench)}
+    for split in ("calibration", "dev"):
+        repeated = [r["id"] for r in load_split(task, split, bench) if normalised_text(r["text"]) in train]
+        assert not repeated, f"{task}/{split} repeats train texts: {repeated[:5]}"
+
+
 # --- build -------------------------------------------------------------------------------------
 
 
@@ -344,7 +408,11 @@ def test_build_is_deterministic_and_leak_free(raw_dir, tmp_path):
             docs[split] = {record_group(r) for r in records}
         for a, b in (("train", "dev"), ("train", "calibration"), ("dev", "calibration")):
             assert not ids[a] & ids[b], f"{task}: ids shared by {a} and {b}"
-            assert not docs[a] & docs[b], f"{task}: documents shared by {a} and {b}"
+            if task in WITHIN_DOCUMENT_SPLIT:  # every split holds a share of every document
+                assert docs[a] == docs[b], f"{task}: {a} and {b} hold other documents"
+            else:
+                assert not docs[a] & docs[b], f"{task}: documents shared by {a} and {b}"
+        assert_no_training_duplicates(task, bench)
         assert (bench / Path(manifest["licences"][task])).is_file()
     documents = load_split("fin_summary", "documents", bench)
     train_docs = {record_group(r) for s in ("train", "calibration") for r in load_split("fin_summary", s, bench)}
@@ -352,6 +420,11 @@ def test_build_is_deterministic_and_leak_free(raw_dir, tmp_path):
     assert manifest["seed"] == 13 and manifest["labels"]["cs_intent"][0] == "Refund_not_showing_up"
     assert all(len(entry["sha256"]) == 64 for entries in manifest["sources"].values() for entry in entries)
     assert json.loads((bench / "manifest.json").read_text()) == manifest
+    # the fixtures repeat a few texts in every document: those left calibration and dev
+    dropped = manifest["dropped_train_duplicates"]
+    assert dropped["legal_risk"]["calibration"] + dropped["legal_risk"]["dev"] > 0
+    assert dropped["fin_ner"]["calibration"] + dropped["fin_ner"]["dev"] > 0
+    assert manifest["within_document_split"] == WITHIN_DOCUMENT_SPLIT
     # another seed gives other splits
     build_benchmark(raw_dir, tmp_path / "c", seed=14)
     assert _file_bytes(tmp_path / "c") != _file_bytes(bench)
@@ -395,6 +468,8 @@ def test_committed_benchmark_has_every_task_and_split():
                 assert sum(r["target"] == "none" for r in records) <= len(records) / 2
             if task == "fin_ner":
                 assert all(len(r["tokens"]) == len(r["target"]) for r in records)
+                assert {r["doc"] for r in records} == {f"FIN5:d{d}" for d in range(1, 6)}
+        assert_no_training_duplicates(task, BENCHMARK_DIR)
     size = sum(p.stat().st_size for p in BENCHMARK_DIR.rglob("*") if p.is_file())
     assert size < 6_000_000
 
@@ -421,3 +496,53 @@ def test_real_raw_data_loads():
     assert len(load_raw("cs_intent", raw / "banking77")) > 10_000
     assert len(load_raw("legal_risk", raw / "claudette")) > 10_000
     assert len(load_raw("fin_ner", raw / "fin_ner")) > 1_000
+
+
+# --- convert and UTF-8 -------------------------------------------------------------------------
+
+
+def test_data_convert_writes_every_raw_record_unsplit(raw_dir, tmp_path, capsys):
+    from routenlp.cli import main
+
+    before = _file_bytes(BENCHMARK_DIR)
+    out = tmp_path / "converted" / "test.jsonl"
+    assert main(["data", "convert", "--task", "cs_intent", "--raw", str(raw_dir / "banking77" / "train.csv"), "--out", str(out)]) == 0
+    assert load_records(out) == load_raw("cs_intent", raw_dir / "banking77" / "train.csv")  # all 30, in order
+    assert "wrote 30 cs_intent records" in capsys.readouterr().out
+    main(["data", "convert", "--task", "legal_risk", "--raw", str(raw_dir / "claudette"), "--out", str(out)])
+    assert load_records(out) == load_raw("legal_risk", raw_dir / "claudette")  # "none" not cut to half
+    with pytest.raises(SystemExit, match="inside"):
+        main(["data", "convert", "--task", "cs_intent", "--raw", str(raw_dir / "banking77"), "--out", str(BENCHMARK_DIR / "cs_intent" / "test.jsonl")])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["data", "convert", "--task", "cs_intent", "--raw", str(tmp_path / "absent.csv"), "--out", str(out)])
+    assert _file_bytes(BENCHMARK_DIR) == before
+
+
+def test_jsonl_readers_are_utf8_whatever_the_locale(tmp_path):
+    """Benchmark files, --data files and answers tables hold non-ASCII text (CUAD, Bitext): read
+    under an ASCII locale, every reader must still decode them as UTF-8."""
+    import subprocess
+    import sys
+
+    record = {"id": "cs_intent:x:0", "task": "cs_intent", "text": "café refund € ✓", "target": "a"}
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    answers = tmp_path / "build" / "answers" / "dev.jsonl"
+    answers.parent.mkdir(parents=True)
+    answers.write_text(json.dumps({"id": "x", "tier": "t2", "prediction": "é"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = ascii(record["text"])  # the script itself stays ASCII: argv is decoded with the locale too
+    script = f"""
+import argparse
+from pathlib import Path
+from routenlp.commands.bench_cmd import load_records as bench_records
+from routenlp.data import load_records
+from export.pipeline import PortfolioBuild
+from routenlp.portfolio import load_portfolio
+assert load_records({str(data)!r})[0]["text"] == {text}
+assert bench_records(argparse.Namespace(data=Path({str(data)!r}), split="dev", per_task=0))[0]["text"] == {text}
+build = PortfolioBuild(load_portfolio(profile="tiny"), root=Path({str(answers.parent.parent)!r}), progress=False)
+assert build.load_answers("dev")["x"]["t2"]["prediction"] == {ascii("é")}
+"""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr[-2000:]

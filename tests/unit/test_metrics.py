@@ -347,3 +347,40 @@ def test_bootstrap_is_seeded_and_honours_stat():
 def test_bootstrap_rejects_empty():
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+# --- counts: the bootstrap's shortcut must be the corpus metric exactly ----------------------------
+
+
+def _random_pairs(task: str, rng: np.random.Generator, n: int) -> tuple[list, list]:
+    if task == "fin_ner":
+        tags = ["O", "O", "O", "I-ORG", "I-PER", "I-LOC"]
+        references = [[str(t) for t in rng.choice(tags, size=int(rng.integers(1, 9)))] for _ in range(n)]
+        # noisy copies, some cut short or empty (a tier that dropped tags)
+        predictions = [[t if rng.random() < 0.7 else str(rng.choice(tags)) for t in ref][: int(rng.integers(0, len(ref) + 1))] for ref in references]
+        return predictions, references
+    labels = {"cs_intent": ["a", "b", "c", "d"], "legal_risk": ["none", "fair", "clearly_unfair"], "legal_clause": ["none", "none", "audit_rights", "governing_law"]}[task]
+    references = [str(rng.choice(labels)) for _ in range(n)]
+    predictions = [r if rng.random() < 0.6 else (None if rng.random() < 0.1 else str(rng.choice(labels + ["invented"]))) for r in references]
+    return predictions, references
+
+
+@pytest.mark.parametrize("task", ["cs_intent", "legal_risk", "legal_clause", "fin_ner"])
+def test_summed_counts_reproduce_the_corpus_metric_on_any_resample(task):
+    from routenlp.metrics import metric_for
+
+    metric = metric_for(task)
+    assert metric.decomposable and not metric.mean_of_examples
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        predictions, references = _random_pairs(task, rng, int(rng.integers(1, 25)))
+        counts = metric.counts(predictions, references)
+        assert metric.from_counts(counts.sum(axis=0, keepdims=True))[0] == pytest.approx(corpus_score(task, predictions, references), abs=1e-12)
+        rows = rng.integers(0, len(references), len(references))  # a resample, repeats included
+        weights = np.bincount(rows, minlength=len(references)).astype(float)
+        expected = corpus_score(task, [predictions[i] for i in rows], [references[i] for i in rows])
+        assert metric.from_counts((weights @ counts)[None, :])[0] == pytest.approx(expected, abs=1e-12)
+    # the edge cases the metrics define: nothing to find and nothing found scores 1.0
+    if task in ("legal_clause", "fin_ner"):
+        empty = (["none"], ["none"]) if task == "legal_clause" else ([["O", "O"]], [["O", "O"]])
+        assert metric.from_counts(metric.counts(*empty).sum(axis=0, keepdims=True))[0] == 1.0 == corpus_score(task, *empty)

@@ -71,3 +71,26 @@ def test_unknown_profile_and_task():
     raw["tasks"]["weather"] = raw["tasks"]["cs_intent"]
     with pytest.raises(UnknownTaskError):
         parse_portfolio(raw, "default", DEFAULT_PORTFOLIO)
+
+
+def test_a_pricier_decoder_tier_gets_more_passes_in_the_default_profile():
+    default = load_portfolio(profile="default")
+    repeats = [sum(default.tiers[t].train["task_repeats"].values()) for t in ("t2", "t3", "t4")]
+    assert repeats == sorted(repeats) and repeats[0] < repeats[-1]
+
+
+def test_task_repeats_name_known_tasks(tmp_path):
+    raw = _raw()
+    raw["tiers"]["t2"]["train"] = {"task_repeats": {"cs_intnet": 2}}
+    with pytest.raises(UnknownTaskError, match="valid tasks"):
+        parse_portfolio(raw, "default", tmp_path / "p.toml")
+
+
+def test_decoder_pairs_repeat_each_task_as_configured():
+    from export.pipeline import PortfolioBuild
+
+    build = PortfolioBuild(load_portfolio(profile="tiny"), progress=False)
+    once = build.decoder_pairs(max_per_task=5, task_repeats={})
+    twice = build.decoder_pairs(max_per_task=5, task_repeats={"cs_intent": 2})
+    assert len(twice) == len(once) + 5
+    assert sum(p.startswith("task: cs_intent") for p, _ in twice) == 10

@@ -86,3 +86,36 @@ def test_quality_table_uses_the_task_metric():
 def test_ordering_issues_name_inverted_tiers():
     assert ordering_issues({"cs_intent": {"t1": 0.5, "t2": 0.4, "t3": 0.6, "t4": 0.7}}) == ["cs_intent: t2 (0.400) < t1 (0.500)"]
     assert ordering_issues({"fin_ner": {"t2": 0.1, "t3": 0.2, "t4": 0.3}}) == []
+
+
+def test_answers_are_one_step_per_tier_and_a_changed_tier_relabels_alone(tmp_path, monkeypatch):
+    from export.pipeline import PortfolioBuild
+    from routenlp.portfolio import load_portfolio
+
+    build = PortfolioBuild(load_portfolio(profile="tiny"), root=tmp_path, progress=False, log=lambda m: None)
+    labelled = []
+
+    class Row:
+        def __init__(self, tier, pool):
+            self.tier, self.pool = tier, pool
+
+        def to_json(self):
+            return {"id": f"{self.pool}-1", "tier": self.tier}
+
+    def fake_label(tier, pool):
+        labelled.append((tier, pool))
+        return [Row(tier, pool)]
+
+    keys = {"t1": "k1", "t2": "k2", "t3": "k3", "t4": "k4"}
+    monkeypatch.setattr(build, "_label", fake_label)
+    monkeypatch.setattr(build.cache, "key", lambda name: keys.get(name.split("/")[-1]) or StageCache.key(build.cache, name))
+    monkeypatch.setattr(build, "decoder_key", lambda tier: keys[tier])
+    monkeypatch.setattr("export.pipeline._code_fingerprint", lambda *m: "code")
+    monkeypatch.setattr("export.pipeline._benchmark_fingerprint", lambda: "bench")
+    build.build_answers()
+    assert len(labelled) == 4 * 3
+    assert [row["tier"] for row in build.load_answers("dev")["dev-1"].values()] == ["t1", "t2", "t3", "t4"]
+    labelled.clear()
+    keys["t3"] = "k3-changed"
+    build.build_answers()
+    assert {tier for tier, _ in labelled} == {"t3"}
