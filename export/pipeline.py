@@ -20,7 +20,7 @@ import numpy as np
 
 from bls_router.service import ROUTER_ABLATIONS  # the router's loss-term ablations (paper 5), served by POLICY
 from export.pools import Pools, make_pools
-from export.stage_cache import StageCache, fingerprint
+from export.stage_cache import CODE_MODULES, StageCache, fingerprint
 from routenlp.answers import format_target, prompt_text
 from routenlp.paths import ARTIFACTS_DIR, BENCHMARK_DIR
 from routenlp.portfolio import TIER_ORDER, Portfolio
@@ -61,12 +61,21 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _code_fingerprint(*modules: str) -> dict[str, str]:
-    """Hash of the source of each module a step runs: editing one rebuilds the step (and a stage
-    from a pack built with other code can name the modules that differ)."""
+def _code_fingerprint(*modules: str) -> str:
+    """Hash of the source of the modules a step runs: editing them rebuilds the step."""
+    return fingerprint(_module_sources(modules))
+
+
+def _module_sources(modules) -> dict[str, str]:
     import importlib
 
-    return {m: fingerprint({m: Path(importlib.import_module(m).__file__).read_text()}) for m in modules}
+    return {m: Path(importlib.import_module(m).__file__).read_text() for m in modules}
+
+
+def _module_hashes(modules) -> dict[str, str]:
+    """Per-module source hashes: recorded beside the key (not part of it), so a stage from a pack
+    built with other code can name the modules that differ."""
+    return {m: fingerprint({m: source}) for m, source in _module_sources(modules).items()}
 
 
 def _benchmark_fingerprint() -> str:
@@ -103,7 +112,7 @@ class PortfolioBuild:
 
     def _inputs(self, step: str, **extra: Any) -> dict[str, Any]:
         code = _code_fingerprint(*STEP_CODE[step])
-        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), "code": code, **extra}
+        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), "code": code, CODE_MODULES: _module_hashes(STEP_CODE[step]), **extra}
 
     # ------------------------------------------------------------------ steps
     def build_tokenizer(self) -> dict:

@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Any
 
 STAMP = ".stage.json"
-CODE_INPUT = "code"  # the inputs entry holding {module: source hash}
+CODE_INPUT = "code"  # the inputs entry holding the hash of the step's code
+# {module: source hash}: recorded in the stamp beside the key but not part of it (the key stays
+# what it was before it was recorded), to name the modules whose code differs.
+CODE_MODULES = "code_modules"
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_key(inputs: Mapping[str, Any]) -> str:
+    return fingerprint({k: v for k, v in inputs.items() if k != CODE_MODULES})
 
 
 def as_json(inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,12 +41,11 @@ def code_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) ->
     """The modules whose code differs between two inputs records, or None when anything other
     than code differs (a setting, the data or an upstream stage: the stage must be rebuilt)."""
     recorded, current = as_json(recorded), as_json(current)
-    if {k: v for k, v in recorded.items() if k != CODE_INPUT} != {k: v for k, v in current.items() if k != CODE_INPUT}:
+    code = (CODE_INPUT, CODE_MODULES)
+    if {k: v for k, v in recorded.items() if k not in code} != {k: v for k, v in current.items() if k not in code}:
         return None
-    old, new = recorded.get(CODE_INPUT) or {}, current.get(CODE_INPUT) or {}
-    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
-        return None if old != new else []
-    return sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m))
+    old, new = recorded.get(CODE_MODULES) or {}, current.get(CODE_MODULES) or {}
+    return sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m)) or ["(modules not recorded)"]
 
 
 @dataclass
@@ -55,7 +61,7 @@ class StageCache:
     def run(self, name: str, inputs: Mapping[str, Any], build: Callable[[Path], Mapping[str, Any]], log: Callable[[str], None] = print) -> dict[str, Any]:
         """Return the stage's summary, building into root/name only when its inputs changed.
         A failed build leaves no stamp, so the next run starts the step again."""
-        key = fingerprint(inputs)
+        key = stage_key(inputs)
         stamp = self.stamp(name)
         if stamp and stamp["key"] == key:
             log(f"[{name}] cached ({key})")

@@ -69,7 +69,7 @@ def test_pack_manifest_records_the_build(pack):
     assert mismatches(manifest, load_portfolio(profile=manifest["portfolio"]["profile"]["name"])) == []
     for stage in ("tokenizer", "t1", "decoders/t4", "answers", "router", "router_ablations", "onnx"):
         assert manifest["stages"][stage]["key"], stage
-    assert len(manifest["stages"]["t1"]["inputs"]["code"]["export.t1"]) == 16  # per-module code hashes
+    assert len(manifest["stages"]["t1"]["inputs"]["code_modules"]["export.t1"]) == 16  # per-module code hashes
     for name in ("tokenizer/tokenizer.json", "decoders/t2/model.safetensors", "decoders/t4/config.json", "onnx/router.onnx", "answers/dev.jsonl", "router/router_args.json"):
         assert name in manifest["files"], name
     quality = manifest["summary"]["quality"]
@@ -104,8 +104,9 @@ def test_restored_pack_builds_nothing_even_when_code_differs(tiny_pack, tmp_path
     """A fresh clone whose export.t1 differs from the pack's still serves the pack (with a note)."""
     import export.pipeline
 
-    real = export.pipeline._code_fingerprint
-    monkeypatch.setattr(export.pipeline, "_code_fingerprint", lambda *modules: {m: ("edited" if m == "export.t1" else h) for m, h in real(*modules).items()})
+    real_code, real_modules = export.pipeline._code_fingerprint, export.pipeline._module_hashes
+    monkeypatch.setattr(export.pipeline, "_code_fingerprint", lambda *modules: real_code(*modules) + ("-edited" if "export.t1" in modules else ""))
+    monkeypatch.setattr(export.pipeline, "_module_hashes", lambda modules: {m: ("edited" if m == "export.t1" else h) for m, h in real_modules(modules).items()})
     logs: list[str] = []
     build = _build_over(tiny_pack, tmp_path / "artifacts", log=logs.append)
     assert sorted(restore_pack(tiny_pack, build)) == sorted(build.stage_names())
@@ -113,7 +114,7 @@ def test_restored_pack_builds_nothing_even_when_code_differs(tiny_pack, tmp_path
     assert not [line for line in logs if "building" in line], logs
     noted = [line for line in logs if "NOTE" in line]
     manifest = verify_pack(tiny_pack)
-    runs_t1_code = {stage for stage, recorded in manifest["stages"].items() if "export.t1" in (recorded["inputs"] or {}).get("code", {})}
+    runs_t1_code = {stage for stage, recorded in manifest["stages"].items() if "export.t1" in (recorded["inputs"] or {}).get("code_modules", {})}
     assert {"t1", "onnx"} <= runs_t1_code
     assert {line.split("]")[0].strip("[") for line in noted} == runs_t1_code and all("export.t1" in line for line in noted), noted
     assert steps["router"]["dev_quality"] == {task: q["tiers"] for task, q in manifest["summary"]["quality"].items()}
