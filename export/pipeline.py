@@ -20,7 +20,7 @@ import numpy as np
 
 from bls_router.service import ROUTER_ABLATIONS  # the router's loss-term ablations (paper 5), served by POLICY
 from export.pools import Pools, make_pools
-from export.stage_cache import StageCache, fingerprint
+from export.stage_cache import CODE_MODULES, StageCache, fingerprint
 from routenlp.answers import format_target, prompt_text
 from routenlp.paths import ARTIFACTS_DIR, BENCHMARK_DIR
 from routenlp.portfolio import TIER_ORDER, Portfolio
@@ -63,10 +63,19 @@ def torch_threads(n: int):
 
 def _code_fingerprint(*modules: str) -> str:
     """Hash of the source of the modules a step runs: editing them rebuilds the step."""
+    return fingerprint(_module_sources(modules))
+
+
+def _module_sources(modules) -> dict[str, str]:
     import importlib
 
-    sources = {m: Path(importlib.import_module(m).__file__).read_text() for m in modules}
-    return fingerprint(sources)
+    return {m: Path(importlib.import_module(m).__file__).read_text() for m in modules}
+
+
+def _module_hashes(modules) -> dict[str, str]:
+    """Per-module source hashes: recorded beside the key (not part of it), so a stage from a pack
+    built with other code can name the modules that differ."""
+    return {m: fingerprint({m: source}) for m, source in _module_sources(modules).items()}
 
 
 def _benchmark_fingerprint() -> str:
@@ -103,7 +112,7 @@ class PortfolioBuild:
 
     def _inputs(self, step: str, **extra: Any) -> dict[str, Any]:
         code = _code_fingerprint(*STEP_CODE[step])
-        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), "code": code, **extra}
+        return {"step": step, "profile": asdict(self.profile), "benchmark": _benchmark_fingerprint(), "code": code, CODE_MODULES: _module_hashes(STEP_CODE[step]), **extra}
 
     # ------------------------------------------------------------------ steps
     def build_tokenizer(self) -> dict:
@@ -361,6 +370,11 @@ class PortfolioBuild:
         inputs = self._inputs("onnx", router=self.cache.key("router"), t1=self.cache.key("t1"))
         return self.cache.run("onnx", inputs, build, self.log)
 
+    def stage_names(self) -> list[str]:
+        """The stage-cache folders of a full build (a tier given as a checkpoint has none)."""
+        decoders = [f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint]
+        return ["tokenizer", "t1", *decoders, *(f"tier_answers/{t}" for t in TIER_ORDER), "answers", "router", "router_ablations", "onnx"]
+
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         steps: dict[str, Any] = {}
@@ -380,8 +394,7 @@ class PortfolioBuild:
             self.log(f"[{name}] {step_seconds[name]:.1f}s")
         steps["seconds"] = round(time.perf_counter() - started, 1)
         steps["step_seconds"] = step_seconds  # this run's: a cached step takes ~0 s
-        stages = ["tokenizer", "t1", *(f"decoders/{t}" for t in DECODER_TIERS if not self.portfolio.tiers[t].checkpoint), *(f"tier_answers/{t}" for t in TIER_ORDER), "answers", "router", "router_ablations", "onnx"]
-        built = {stage: self.cache.build_seconds(stage) for stage in stages}
+        built = {stage: self.cache.build_seconds(stage) for stage in self.stage_names()}
         steps["stage_build_seconds"] = built  # what each cached artefact cost when it was built
         steps["full_build_seconds"] = round(sum(built.values()), 1) if all(v is not None for v in built.values()) else None
         return steps

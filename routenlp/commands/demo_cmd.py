@@ -1,7 +1,8 @@
 """`routenlp demo`: the main job on the embedded default portfolio.
 
-Builds (or takes from the step cache) the default portfolio and its model repository, starts the
-deployment (local T4 endpoint + tritonserver), and routes the dev split of all six tasks through
+Takes the default portfolio from its committed pack (packs/, export/pack.py) when the pack matches
+the portfolio and profile, else builds it (or takes it from the step cache); writes its model
+repository, starts the deployment (local T4 endpoint + tritonserver), and routes the dev split of all six tasks through
 the `routenlp` entry model over gRPC twice: with RouteNLP's routing and with the Always-T4 policy
 (same server, same models). Prints the routing mix, quality ratio and cost ratio vs Always-T4 and
 p50/p99 latency, and writes results/demo.json.
@@ -21,11 +22,12 @@ REFERENCE_POLICY = "always-t4"
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("demo", help="build the default portfolio, serve it on Triton, route the dev split")
+    parser = sub.add_parser("demo", help="serve the default portfolio (its committed pack, or built here) on Triton, route the dev split")
     parser.add_argument("--profile", default="default")
     parser.add_argument("--per-task", type=int, default=None, help="dev requests per task (default: the whole dev split)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--results", default=str(RESULTS_DIR / "demo.json"))
+    parser.add_argument("--rebuild", action="store_true", help="train the portfolio here even when the committed pack matches it")
     parser.set_defaults(handler=run)
 
 
@@ -82,7 +84,10 @@ def run(args) -> int:
     from routenlp.deployment import Deployment, latest_serving_config
     from routenlp.server_restarts import ServerRestarter
 
-    export_cmd.run(argparse.Namespace(profile=args.profile, portfolio=None, repository=None, target="cpu", results=RESULTS_DIR / "portfolio.json", quiet=True))
+    export_cmd.run(argparse.Namespace(
+        profile=args.profile, portfolio=None, repository=None, target="cpu", results=RESULTS_DIR / "portfolio.json", quiet=True,
+        write_pack=False, from_pack=not args.rebuild, pack=None,
+    ))  # fmt: skip
     records = _records(args.per_task)
     print(f"\nstarting the deployment (T4 endpoint + tritonserver; vLLM engines load in about a minute each) ...", flush=True)
     with Deployment(MODEL_REPOSITORY_DIR, ports={}) as deployment:

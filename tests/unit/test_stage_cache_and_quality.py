@@ -2,7 +2,7 @@ import numpy as np
 
 from export.quality import UNSERVABLE, quality_matrix, quality_table
 from export.report import ordering_issues
-from export.stage_cache import StageCache
+from export.stage_cache import StageCache, fingerprint
 
 
 def test_stage_cache_rebuilds_only_when_inputs_change(tmp_path):
@@ -32,6 +32,25 @@ def test_failed_step_leaves_no_stamp(tmp_path):
     except RuntimeError:
         pass
     assert cache.stamp("step") is None
+
+
+def test_trusted_stage_is_kept_when_only_code_differs_and_says_which(tmp_path):
+    """A stage seeded from a pack: other code -> kept with a note; another setting -> rebuilt."""
+    calls, logs = [], []
+
+    def build(out):
+        calls.append(out)
+        return {"n": len(calls)}
+
+    built = {"step": "s", "profile": {"epochs": 2}, "code": "ab", "code_modules": {"export.t1": "aaa", "export.training": "bbb"}}
+    StageCache(tmp_path).run("step", built, build, log=logs.append)
+    assert StageCache(tmp_path).key("step") == fingerprint({k: v for k, v in built.items() if k != "code_modules"})  # keys as before
+    edited = {**built, "code": "cb", "code_modules": {"export.t1": "ccc", "export.training": "bbb"}}
+    assert StageCache(tmp_path, trust_code=True).run("step", edited, build, log=logs.append) == {"n": 1}
+    assert len(calls) == 1 and "export.t1" in logs[-1] and "export.training" not in logs[-1], logs[-1]
+    retuned = {**edited, "profile": {"epochs": 3}}
+    assert StageCache(tmp_path, trust_code=True).run("step", retuned, build, log=logs.append) == {"n": 2}
+    assert StageCache(tmp_path).run("step", edited, build, log=logs.append) == {"n": 3}  # untrusted: code change rebuilds
 
 
 def _answers():
