@@ -160,7 +160,7 @@ class PortfolioBuild:
         """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
         independent steps, so they can also be built in parallel processes."""
         from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
-        from export.upcycle import upcycle
+        from export.grow import grow
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -179,7 +179,10 @@ class PortfolioBuild:
             arch = DecoderArch(**tier.arch, max_positions=max(512, self.profile.max_input_tokens + self.profile.max_answer_tokens))
             torch.manual_seed(SEED)
             if source:  # grown from the cheaper tier's trained weights, then trained further
-                model = upcycle(AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(source))), arch, self.tokenizer())
+                if self.portfolio.tiers[source].checkpoint:
+                    raise ValueError(f"{tier_name} grows from {source} (init_from), but {source} is a configured checkpoint with "
+                                     f"its own tokenizer: give {tier_name} a checkpoint too, or drop its init_from")
+                model = grow(AutoModelForCausalLM.from_pretrained(str(self.decoder_dir(source))), arch, self.tokenizer())
             else:
                 model = build_decoder(arch, self.tokenizer())
             start = f", from {source}" if source else ""
@@ -191,7 +194,11 @@ class PortfolioBuild:
             save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
             return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
 
-        grown = {"init_from": self.decoder_key(source), "upcycle_code": _code_fingerprint("export.upcycle")} if source else {}
+        grown = {}
+        if source:  # the code that grows it is part of its key (depth growth only where it adds layers)
+            grown = {"init_from": self.decoder_key(source), "upcycle_code": _code_fingerprint("export.upcycle")}
+            if tier.arch.get("layers", 0) > self.portfolio.tiers[source].arch.get("layers", 0):
+                grown["grow_code"] = _code_fingerprint("export.grow")
         inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data, **grown)
         return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
 

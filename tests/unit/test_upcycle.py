@@ -43,3 +43,19 @@ def test_init_from_must_name_a_cheaper_decoder_tier(tmp_path):
     with pytest.raises(PortfolioError, match="must name a cheaper decoder tier"):
         parse_portfolio(raw, "default", tmp_path / "p.toml")
     assert load_portfolio(profile="default").tiers["t3"].train["init_from"] == "t2"
+
+
+def test_a_deeper_grown_model_answers_exactly_like_its_source(tokenizer):
+    from export.grow import grow
+
+    torch.manual_seed(1)
+    dense = build_decoder(DENSE, tokenizer).eval()
+    deeper = DecoderArch(**{**DENSE.__dict__, "family": "mixtral", "layers": 4, "experts": 2})
+    grown = grow(dense, deeper, tokenizer).eval()
+    grown.config.output_router_logits = False
+    ids = torch.randint(4, len(tokenizer), (2, 9))
+    with torch.no_grad():
+        assert torch.equal(dense(ids).logits, grown(ids).logits)
+    assert grown.config.num_hidden_layers == 4
+    with pytest.raises(ValueError, match="never drops layers"):
+        grow(grown, DecoderArch(**{**deeper.__dict__, "layers": 3}), tokenizer)
