@@ -7,6 +7,7 @@ writes results/main_table.json, results/bench.json, results/report.md and result
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
