@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bls_router.cascade import TIERS
+from routenlp_core.cascade import TIERS
 from clients import baselines as bl
 from clients.served_eval import ServedCaller, served_prediction
 from routenlp.metrics.task_bootstrap import N_BOOT, Bootstrap, mean_quality, task_indices
@@ -155,8 +155,8 @@ def served_table(fixed: Mapping[str, SystemRun], records) -> dict[str, dict[str,
 
 def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
     """The cascade's promise checked on the served answers: per (task, tier) realised regret of
-    the served rules with its Wilson 95% interval (bls_router.calibrate.check_pool)."""
-    from bls_router.calibrate import build_prices, check_pool, router_pass_probabilities, rules_from_calibration, structured_tasks, task_alphas
+    the served rules with its Wilson 95% interval (export.calibrate.check_pool)."""
+    from export.calibrate import build_prices, check_pool, router_pass_probabilities, rules_from_calibration, structured_tasks, task_alphas
 
     rules = rules_from_calibration(config.thresholds, config.calibration)
     alphas = {**task_alphas(build, None), **(config.calibration.get("alpha") if isinstance(config.calibration.get("alpha"), Mapping) else {})}
@@ -210,7 +210,7 @@ def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
 def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
     """Every peer at the operating point it would be deployed at: the cheapest knob setting whose
     quality on the calibration pool is >= 0.97 x Always-T4's there (else its best quality)."""
-    from bls_router.calibrate import build_prices
+    from export.calibrate import build_prices
     from clients import curves
 
     answers = build.load_answers("calibration")
@@ -226,7 +226,7 @@ def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple
 def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], records, table, n_boot: int) -> dict[str, Any]:
     """Every system's cost-quality curve over `table` (served or labelled answers), and the
     matched-quality headline."""
-    from bls_router.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
+    from export.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
     from clients import curves
 
     usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
@@ -239,8 +239,8 @@ def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], reco
 def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT) -> dict[str, Any]:
     """The curves over a build's labelled answers on `pool`, with freshly calibrated rules: no
     server (the method's numbers before a repository is written; `routenlp bench --offline`)."""
-    from bls_router.calibrate import build_prices, calibrate_build
-    from bls_router.serving_config import effective_bars
+    from export.calibrate import build_prices, calibrate_build
+    from export.serving_config_builder import effective_bars
     from clients import curves
 
     bars = effective_bars(build)
@@ -264,7 +264,7 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
     try:
         for tier in TIERS:
             runs[f"always-{tier}"] = timed(bl.FixedTier(tier))
-        from bls_router.service import ROUTED_POLICIES, ROUTER_ABLATION_POLICIES
+        from routenlp_core.contract import ROUTED_POLICIES, ROUTER_ABLATION_POLICIES
 
         for policy in ROUTED_POLICIES:  # routenlp, then its cascade and router ablations
             if ROUTER_ABLATION_POLICIES.get(policy, "router") in ("router", *config.router_models):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bls_router.cascade import TIERS
+from routenlp_core.cascade import TIERS
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ServedAnswer:
 
 def prediction_from_output(task: str, output: str) -> Any:
     """The entry model's OUTPUT back into a prediction comparable with record["target"]."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     kind = get_task(task).kind
     if kind == "classification":
@@ -86,7 +86,7 @@ class ServedCaller:
 
 def served_prediction(answer: ServedAnswer) -> Any:
     """The answer's prediction; a failed request counts as a wrong answer, never silently dropped."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     if answer.error is None:
         return prediction_from_output(answer.record["task"], answer.output)

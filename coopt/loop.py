@@ -121,7 +121,7 @@ class CooptLoop:
 
     def _pin(self, version: int) -> None:
         from coopt.deploy import deploy, smoke_check
-        from routenlp.tasks import TASK_NAMES
+        from routenlp_core.tasks import TASK_NAMES
 
         texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}
         deploy(self._api(), self.live.repository, version, smoke_check(self.live.grpc_url, TASK_NAMES, texts.__getitem__), log=self.log)

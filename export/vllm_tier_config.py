@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from export.triton_config import ModelSpec, TensorSpec
+from routenlp_core.contract import TARGETS
 
-TARGETS = ("cpu", "ngc")
 MODEL_JSON = "model.json"
 # Config parameter the cpu adapter exports before importing vLLM (GiB of KV cache per engine).
 KVCACHE_PARAMETER = "VLLM_CPU_KVCACHE_SPACE"

@@ -31,7 +31,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from bls_router.serving_config import ENV_T4_BASE_URL, TOKENIZER_DIR, ServingConfig
+from routenlp_core.serving_config import ENV_T4_BASE_URL, TOKENIZER_DIR, ServingConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.health import HealthBoard
 from gateway.ledger import BudgetLedger

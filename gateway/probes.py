@@ -13,7 +13,7 @@ import httpx
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from bls_router.serving_config import ServingConfig
+from routenlp_core.serving_config import ServingConfig
 from gateway.health import HealthBoard
 
 logger = logging.getLogger(__name__)

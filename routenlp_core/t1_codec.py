@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from export.encoder import encode_texts, pad_batch
-from routenlp.tasks import get_task
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
+from routenlp_core.tasks import get_task
 
 IGNORE_INDEX = -100
 OUTSIDE = "O"

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 from routenlp.table import format_table
 
 REFERENCE_POLICY = "always-t4"
@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 def _records(per_task: int | None) -> list[dict]:
     from routenlp.data import load_split
-    from routenlp.tasks import TASK_NAMES
+    from routenlp_core.tasks import TASK_NAMES
 
     records = []
     for task in TASK_NAMES:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from routenlp.data.labels import NONE_LABEL, RISK_LEVELS
+from routenlp_core.labels import NONE_LABEL, RISK_LEVELS
 from routenlp.data.rawpath import read_text
 from routenlp.data.records import make_record
 

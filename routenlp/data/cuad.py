@@ -14,7 +14,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from routenlp.data.labels import CLAUSE_CATEGORIES, NONE_LABEL
+from routenlp_core.labels import CLAUSE_CATEGORIES, NONE_LABEL
 from routenlp.data.rawpath import read_text
 from routenlp.data.records import make_record
 

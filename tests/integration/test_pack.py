@@ -21,9 +21,9 @@ from export.pack import MANIFEST, MAX_PACK_BYTES, PACKS_DIR, PackError, mismatch
 from export.pipeline import PortfolioBuild
 from export.quality import quality_table
 from export.report import portfolio_report
-from routenlp.paths import BENCHMARK_DIR
+from routenlp_core.paths import BENCHMARK_DIR
 from routenlp.portfolio import load_portfolio
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.tasks import TASK_NAMES, get_task
 
 pytestmark = pytest.mark.integration
 

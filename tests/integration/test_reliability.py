@@ -35,7 +35,7 @@ from clients.route_client import RouteClient
 from export.repository_builder import MANIFEST, write_repository
 from routenlp.deployment import Deployment
 from routenlp.t4_endpoint import T4Endpoint
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 from tests.integration.t4_behind_proxy import deployment_with_t4_behind_proxy
 
 pytestmark = pytest.mark.integration

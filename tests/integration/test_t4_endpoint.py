@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bls_router.cascade import TierUnavailable
+from routenlp_core.cascade import TierUnavailable
 from bls_router.circuit_breaker import BreakerState, CircuitBreaker
 from bls_router.t4_client import T4Client
 from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder

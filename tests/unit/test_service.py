@@ -10,8 +10,8 @@ import string
 import numpy as np
 import pytest
 
-from bls_router.cascade import TierResult, TierUnavailable
-from bls_router.serving_config import (
+from routenlp_core.cascade import TierResult, TierUnavailable
+from routenlp_core.serving_config import (
     ENV_T4_BASE_URL,
     ServingConfig,
     ServingConfigError,
@@ -540,7 +540,7 @@ def test_missing_serving_config_says_who_writes_it(tmp_path):
 
 
 def test_t4_settings_take_operator_overrides_from_the_environment():
-    from bls_router.serving_config import ServingConfigError, T4Settings
+    from routenlp_core.serving_config import ServingConfigError, T4Settings
 
     base = T4Settings("", "t4", "ROUTENLP_T4_API_KEY")
     tuned = base.with_env_overrides({"ROUTENLP_T4_TIMEOUT_S": "0.5", "ROUTENLP_T4_BREAKER_FAILURES": "2", "ROUTENLP_T4_BREAKER_RESET_S": "3"})

@@ -10,7 +10,8 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.encoder import EncoderArch, encode_texts, pad_batch
+from export.encoder import EncoderArch
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
 from export.onnx_export import (
     ParityError,
     export_onnx,

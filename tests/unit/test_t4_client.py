@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bls_router.cascade import TierResult, TierUnavailable
+from routenlp_core.cascade import TierResult, TierUnavailable
 from bls_router.circuit_breaker import BreakerState, CircuitBreaker
 from bls_router.t4_client import T4Client
 
