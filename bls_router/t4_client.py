@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
-from routenlp_core.uncertainty import generation_uncertainty
-from routenlp_core.cascade import TierResult, TierUnavailable
 from bls_router.circuit_breaker import CircuitBreaker
+from routenlp_core.cascade import TierResult, TierUnavailable
+from routenlp_core.uncertainty import generation_uncertainty
 
 logger = logging.getLogger(__name__)
 

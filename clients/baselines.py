@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from routenlp_core.cascade import TIERS
 from clients.served_eval import ServedAnswer
+from routenlp_core.cascade import TIERS
 
 Call = Callable[[Mapping[str, Any], str], ServedAnswer]  # (record, tier) -> a served always-tier answer
 

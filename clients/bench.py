@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from routenlp_core.cascade import TIERS
 from clients import baselines as bl
 from clients.served_eval import ServedCaller, served_prediction
 from routenlp.metrics.task_bootstrap import N_BOOT, Bootstrap, mean_quality, task_indices
+from routenlp_core.cascade import TIERS
 
 REFERENCE = "always-t4"
 
@@ -156,7 +156,14 @@ def served_table(fixed: Mapping[str, SystemRun], records) -> dict[str, dict[str,
 def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
     """The cascade's promise checked on the served answers: per (task, tier) realised regret of
     the served rules with its Wilson 95% interval (export.calibrate.check_pool)."""
-    from export.calibrate import build_prices, check_pool, router_pass_probabilities, rules_from_calibration, structured_tasks, task_alphas
+    from export.calibrate import (
+        build_prices,
+        check_pool,
+        router_pass_probabilities,
+        rules_from_calibration,
+        structured_tasks,
+        task_alphas,
+    )
 
     rules = rules_from_calibration(config.thresholds, config.calibration)
     alphas = {**task_alphas(build, None), **(config.calibration.get("alpha") if isinstance(config.calibration.get("alpha"), Mapping) else {})}
@@ -210,8 +217,8 @@ def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
 def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
     """Every peer at the operating point it would be deployed at: the cheapest knob setting whose
     quality on the calibration pool is >= 0.97 x Always-T4's there (else its best quality)."""
-    from export.calibrate import build_prices
     from clients import curves
+    from export.calibrate import build_prices
 
     answers = build.load_answers("calibration")
     records = [r for r in build.pools.flat("calibration") if r["id"] in answers and all(t in answers[r["id"]] for t in bl.servable(r["task"]))]
@@ -226,8 +233,8 @@ def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple
 def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], records, table, n_boot: int) -> dict[str, Any]:
     """Every system's cost-quality curve over `table` (served or labelled answers), and the
     matched-quality headline."""
-    from export.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
     from clients import curves
+    from export.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
 
     usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
     rules = rules_from_calibration(thresholds, calibration)
@@ -239,9 +246,9 @@ def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], reco
 def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT) -> dict[str, Any]:
     """The curves over a build's labelled answers on `pool`, with freshly calibrated rules: no
     server (the method's numbers before a repository is written; `routenlp bench --offline`)."""
+    from clients import curves
     from export.calibrate import build_prices, calibrate_build
     from export.serving_config_builder import effective_bars
-    from clients import curves
 
     bars = effective_bars(build)
     thresholds, calibration = calibrate_build(build, bars=bars)

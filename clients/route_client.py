@@ -12,7 +12,6 @@ from routenlp_core.contract import BLS_MODEL as ENTRY_MODEL
 from routenlp_core.contract import MAX_TIER, METADATA, OUTPUT, POLICY, REQUEST_ID, TASK, TEXT
 
 
-
 def answer_from_outputs(output_array: Any, metadata_array: Any, request_id: str | None) -> "RoutedAnswer":
     """The RoutedAnswer in a response's OUTPUT and METADATA tensors, checked before it is trusted.
 

@@ -126,7 +126,6 @@ class IterationBuild(PortfolioBuild):
 
         from export.decoder import META_FILE, read_meta, save_decoder
         from export.train_decoder import train_decoder
-
         from routenlp_core.answers import format_target, prompt_text
 
         distilled = [e.prompt_pair() for e in self.distillation.for_student("t2")]

@@ -27,9 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from coopt.distill import Distillation, build_distillation
-from coopt.failures import MAX_K, TOP_PER_TASK, Failure, cluster_failures, distillation_records, find_failures, random_records, top_clusters
+from coopt.failures import (
+    MAX_K,
+    TOP_PER_TASK,
+    Failure,
+    cluster_failures,
+    distillation_records,
+    find_failures,
+    random_records,
+    top_clusters,
+)
 from coopt.iteration import FinetuneSettings, IterationBuild
 
 MODES = ("targeted", "random")

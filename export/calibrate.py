@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
-from routenlp_core.contract import BLS_MODEL, TIERS
 from routenlp_core.conformal import U_MAX, RiskCheck, crc_delta, min_calibration_size, realised_risk
+from routenlp_core.contract import BLS_MODEL, TIERS
 
 ESCALATING_TIERS = TIERS[:-1]
 CALIBRATION_POOL = "calibration"
@@ -87,8 +87,8 @@ def servable(task: str, structured: frozenset[str]) -> tuple[str, ...]:
 
 def replay(record: Mapping, answers: Answers, probs: Probabilities | None, rules: Rules, prices, structured: frozenset[str], cascade: bool = True) -> Replayed:
     """The served decision for one record, run over its recorded tier answers (serving code)."""
-    from routenlp_core.serving_config import DEFAULT_GAMMA
     from bls_router.service import decide_route
+    from routenlp_core.serving_config import DEFAULT_GAMMA
 
     task, rows = record["task"], answers[record["id"]]
     allowed = [t for t in servable(task, structured) if t in rows]
@@ -357,9 +357,9 @@ def write_calibrated_version(repository: Path, thresholds: Mapping[str, Mapping[
     """A new version of the routenlp model: the latest version's files with the new thresholds.
 
     The models it routes to are untouched (their version is in the config: repository_version)."""
-    from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config
     from export.repository import latest_version, write_model_version
     from export.repository_builder import routenlp_model_spec
+    from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config
 
     repository = Path(repository)
     model_dir = repository / BLS_MODEL

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from export.pools import Pools, make_pools
 from export.stage_cache import CODE_MODULES, StageCache, fingerprint
+from routenlp.portfolio import TIER_ORDER, Portfolio
 from routenlp_core.answers import format_target, prompt_text
 from routenlp_core.contract import ROUTER_ABLATION_MODELS
 from routenlp_core.paths import ARTIFACTS_DIR, BENCHMARK_DIR
-from routenlp.portfolio import TIER_ORDER, Portfolio
-from routenlp_core.tasks import TASK_NAMES, get_task
+from routenlp_core.tasks import TASK_NAMES
 
 DECODER_TIERS = ("t2", "t3", "t4")
 ANSWER_POOLS = ("router", "dev", "calibration")
@@ -161,11 +159,11 @@ class PortfolioBuild:
     def build_decoder(self, tier_name: str) -> dict:
         """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
         independent steps, so they can also be built in parallel processes."""
-        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
-        from export.grow import grow
         import torch
         from transformers import AutoModelForCausalLM
 
+        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
+        from export.grow import grow
         from export.train_decoder import train_decoder
 
         tier = self.portfolio.tiers[tier_name]

@@ -13,18 +13,22 @@ generated; a version folder is assembled beside its final place and renamed in (
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from routenlp_core.serving_config import BLS_MAX_PENDING_DEFAULT, BLS_MAX_PENDING_PARAMETER, BLS_WORKERS_DEFAULT, BLS_WORKERS_PARAMETER
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
 from export.triton_config import ModelSpec, TensorSpec
 from routenlp_core import contract
 from routenlp_core.atomic import atomic_write_text
 from routenlp_core.contract import BLS_MODEL, ROUTER_ABLATION_MODELS, TARGETS
+from routenlp_core.serving_config import (
+    BLS_MAX_PENDING_DEFAULT,
+    BLS_MAX_PENDING_PARAMETER,
+    BLS_WORKERS_DEFAULT,
+    BLS_WORKERS_PARAMETER,
+)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "bls_router" / "triton_models"
 ONNX_RUNNER = MODELS_DIR / "onnx_runner.py"
@@ -87,12 +91,11 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
     Returns {version, models, fresh}; when the newest version already holds these exact artefacts
     (same build fingerprints and target) nothing is written. `force`: write a new version even
     so, of every model (True) or of the models named (the others keep their newest version)."""
-    from export.router_model import load_router
-    from export.t1 import T1_TASKS, load_t1
     from export.serving_config_builder import build_serving_config
-    from routenlp_core.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR
     from export.stage_cache import fingerprint as content_fingerprint
+    from export.t1 import T1_TASKS, load_t1
     from export.vllm_tier_config import vllm_model_json, vllm_tier_spec
+    from routenlp_core.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR
 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")

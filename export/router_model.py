@@ -21,8 +21,8 @@ from torch import nn
 from transformers import DistilBertModel, PreTrainedTokenizerBase
 
 from export.encoder import EncoderArch, build_encoder_config
-from routenlp_core.encoder_inputs import encode_texts, pad_batch
 from routenlp.portfolio import TIER_ORDER, RouterSettings
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
 from routenlp_core.tasks import TASK_NAMES
 
 ARGS_FILE = "router_args.json"

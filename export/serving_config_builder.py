@@ -19,6 +19,7 @@ from routenlp_core.serving_config import (
     validate,
 )
 
+
 def effective_bars(build) -> dict[str, float]:
     """The router step's effective bar per task (what the router was trained against)."""
     steps = getattr(build, "steps", None) or {}

@@ -33,6 +33,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from export.encoder import (
+    EncoderArch,
+    as_arch,
+    build_encoder_config,
+)
+from export.training import length_bucketed_batches, optimizer_step, run_stats, warmup_linear
+from routenlp.data import task_labels
+from routenlp.metrics import corpus_score, metric_name, secondary_scores
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
 from routenlp_core.t1_codec import (  # noqa: F401  (re-exported: export.t1 is their historical home)
     IGNORE_INDEX,
     OUTSIDE,
@@ -44,15 +53,6 @@ from routenlp_core.t1_codec import (  # noqa: F401  (re-exported: export.t1 is t
     record_words,
     softmax,
 )
-from export.training import length_bucketed_batches, optimizer_step, run_stats, warmup_linear
-from export.encoder import (
-    EncoderArch,
-    as_arch,
-    build_encoder_config,
-)
-from routenlp_core.encoder_inputs import encode_texts, pad_batch
-from routenlp.data import task_labels
-from routenlp.metrics import corpus_score, metric_name, secondary_scores
 from routenlp_core.tasks import TASK_NAMES, get_task
 
 T1_TASKS: tuple[str, ...] = tuple(name for name in TASK_NAMES if get_task(name).structured)

@@ -26,10 +26,8 @@ from typing import Any
 
 from routenlp_core.answers import Generation
 from routenlp_core.atomic import atomic_write_text
+from routenlp_core.vllm_engine_args import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER
 
-# KV-cache size in GiB for the CPU backend. vLLM's default reserves far more than tiny tiers need
-# and several engines share this machine; an explicit value from the caller wins.
-KVCACHE_GIB_DEFAULT = "1"
 MAX_MODEL_LEN_DEFAULT = 512
 
 
@@ -51,7 +49,7 @@ class LocalDecoder:
         seed: int = 0,
         **engine_kwargs: Any,
     ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", KVCACHE_GIB_DEFAULT)
+        os.environ.setdefault(KVCACHE_PARAMETER, KVCACHE_GIB_DEFAULT)
         # Imported here, after the environment is set, because vLLM reads it at import time.
         from vllm import LLM
 

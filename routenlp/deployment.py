@@ -26,14 +26,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp_core.contract import BLS_MODEL
 from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
-from routenlp_core.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 from gateway.process import GatewayProcess
-from routenlp_core.paths import ESCALATION_LOG_FILE, STATE_DIR
 from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.triton_server import TritonServer
+from routenlp_core.contract import BLS_MODEL
+from routenlp_core.paths import ESCALATION_LOG_FILE, STATE_DIR
+from routenlp_core.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 
 ENV_ADMIN_KEY = "ROUTENLP_ADMIN_KEY"
 ADMIN_HEADER = "admin-key"

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
 from routenlp.stack import StackPaths
+from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
 
 INSTALL_FIX = "run `make install` (scripts/install.sh)"
 

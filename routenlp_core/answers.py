@@ -16,7 +16,6 @@ from routenlp_core.labels import NER_TYPES, NONE_LABEL, task_labels
 from routenlp_core.tasks import get_task
 
 
-
 @dataclass(frozen=True)
 class Generation:
     """A decoder tier's answer: text, chosen-token logprobs (for the cascade's uncertainty) and billed

@@ -52,11 +52,19 @@ import threading  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
-from routenlp_core.contract import INPUTS  # noqa: E402
 from bls_router.deferred import WorkerPool, call_with_deadline  # noqa: E402
 from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
 from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
+from bls_router.service import (  # noqa: E402
+    ROUTED_POLICY,
+    Generation,
+    RequestError,
+    RoutingService,
+    TierCodec,
+    token_logprobs_from_vllm_json,
+)
+from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
+from routenlp_core.contract import INPUTS  # noqa: E402
 from routenlp_core.serving_config import (  # noqa: E402
     BLS_MAX_PENDING_DEFAULT,
     BLS_MAX_PENDING_PARAMETER,
@@ -65,14 +73,6 @@ from routenlp_core.serving_config import (  # noqa: E402
     TOKENIZER_DIR,
     ServingConfigError,
     load_serving_config,
-)
-from bls_router.service import (  # noqa: E402
-    ROUTED_POLICY,
-    Generation,
-    RequestError,
-    RoutingService,
-    TierCodec,
-    token_logprobs_from_vllm_json,
 )
 
 DRAIN_TIMEOUT_S = 120.0

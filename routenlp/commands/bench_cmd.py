@@ -32,7 +32,8 @@ def register(sub) -> None:
 
 
 def load_records(args) -> list[dict]:
-    from routenlp.data import load_records as read_jsonl, load_split
+    from routenlp.data import load_records as read_jsonl
+    from routenlp.data import load_split
     from routenlp_core.tasks import TASK_NAMES
 
     if args.data is not None:

@@ -30,8 +30,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from export.calibrate import PROMISE, CalibrationUnavailable, calibrate_build, check_build, write_calibrated_version
-    from export.serving_config_builder import effective_bars
     from export.pipeline import PortfolioBuild
+    from export.serving_config_builder import effective_bars
     from routenlp.portfolio import load_portfolio
     from routenlp.table import format_table
 

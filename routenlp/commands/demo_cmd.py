@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 from routenlp.table import format_table
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 REFERENCE_POLICY = "always-t4"
 
@@ -89,7 +89,7 @@ def run(args) -> int:
         write_pack=False, from_pack=not args.rebuild, pack=None,
     ))  # fmt: skip
     records = _records(args.per_task)
-    print(f"\nstarting the deployment (T4 endpoint + tritonserver; vLLM engines load in about a minute each) ...", flush=True)
+    print("\nstarting the deployment (T4 endpoint + tritonserver; vLLM engines load in about a minute each) ...", flush=True)
     with Deployment(MODEL_REPOSITORY_DIR, ports={}) as deployment:
         print(format_table([{"endpoint": k, "value": v} for k, v in deployment.describe().items()]), flush=True)
         url = deployment.server.grpc_url

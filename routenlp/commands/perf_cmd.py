@@ -35,9 +35,9 @@ def run(args) -> int:
     records = [r for task in TASK_NAMES for r in load_split(task, "dev")[: args.per_task]]
     from transformers import PreTrainedTokenizerFast
 
+    from export.repository import latest_version
     from routenlp_core.contract import BLS_MODEL
     from routenlp_core.serving_config import TOKENIZER_DIR
-    from export.repository import latest_version
 
     bls_dir = args.repository / BLS_MODEL
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(bls_dir / str(latest_version(bls_dir)) / TOKENIZER_DIR))

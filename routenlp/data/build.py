@@ -10,9 +10,8 @@ from pathlib import Path
 
 from routenlp.data.banking77 import banking77_labels
 from routenlp.data.ectsum import load_ectsum_documents
-from routenlp_core.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
 from routenlp.data.loaders import load_raw
-from routenlp.data.records import SPLITS, MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, record_group, write_records
+from routenlp.data.records import MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, SPLITS, record_group, write_records
 from routenlp.data.splits import (
     EVALUATION_SPLITS,
     SPLIT_FRACTIONS,
@@ -22,6 +21,7 @@ from routenlp.data.splits import (
     split_by_group,
     split_within_documents,
 )
+from routenlp_core.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
 from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
 from routenlp_core.tasks import TASK_NAMES
 

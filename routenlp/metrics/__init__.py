@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from routenlp_core.stats import bootstrap_ci, wilson_interval
 from routenlp_core.tasks import get_task
 
 from .base import Metric
@@ -18,7 +19,6 @@ from .classification import NO_CLAUSE, Accuracy, ClauseF1, MacroF1
 from .generation import RougeL
 from .ner import EntityF1
 from .response import LAYERS_ENV, MODEL_ENV, ResponseQuality, select_response_backend
-from routenlp_core.stats import bootstrap_ci, wilson_interval
 
 METRICS: dict[str, Metric] = {
     metric.key: metric

@@ -14,10 +14,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.onnx_export import ort_session
 from export.repository_builder import MANIFEST, write_repository
 from export.router_model import encode_router_inputs, load_router
-from routenlp_core.contract import ROUTER_ABLATION_MODELS
 from export.t1 import T1_TASKS
 from routenlp.data import task_labels
 from routenlp.triton_server import TritonServer
+from routenlp_core.contract import ROUTER_ABLATION_MODELS
 
 pytestmark = pytest.mark.integration
 

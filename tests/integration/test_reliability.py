@@ -19,7 +19,6 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -21,9 +21,9 @@ from export.calibrate import (
     replay,
     write_calibrated_version,
 )
+from export.repository_builder import routenlp_model_spec
 from routenlp_core.conformal import U_MAX
 from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config, write_serving_config
-from export.repository_builder import routenlp_model_spec
 
 from .test_service import make_config
 

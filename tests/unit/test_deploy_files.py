@@ -19,7 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
-import pytest
 import yaml
 
 from routenlp_core.paths import REPO_ROOT

@@ -10,6 +10,17 @@ import string
 import numpy as np
 import pytest
 
+from bls_router.service import (
+    Generation,
+    RequestError,
+    RoutingService,
+    TierCodec,
+    cheapest_confident_tier,
+    decide_route,
+    format_output,
+    router_probabilities,
+    token_logprobs_from_vllm_json,
+)
 from routenlp_core.cascade import TierResult, TierUnavailable
 from routenlp_core.serving_config import (
     ENV_T4_BASE_URL,
@@ -18,19 +29,10 @@ from routenlp_core.serving_config import (
     T1Head,
     T4Settings,
     load_serving_config,
-    validate as validate_config,
     write_serving_config,
 )
-from bls_router.service import (
-    Generation,
-    RequestError,
-    RoutingService,
-    TierCodec,
-    cheapest_confident_tier,
-    decide_route,
-    router_probabilities,
-    format_output,
-    token_logprobs_from_vllm_json,
+from routenlp_core.serving_config import (
+    validate as validate_config,
 )
 
 TASKS = ("cs_intent", "cs_response", "fin_ner", "fin_summary", "legal_clause", "legal_risk")
