@@ -20,11 +20,13 @@ from typing import Any
 
 from export.triton_config import ModelSpec, TensorSpec
 from routenlp_core.contract import TARGETS
-from routenlp_core.vllm_engine_args import (
+from routenlp_core.vllm_engine_args import (  # noqa: F401  (model.py of older versions)
     ENGINE_BATCH_DEFAULT,
     ENGINE_BATCH_PARAMETER,
     KVCACHE_GIB_DEFAULT,
     KVCACHE_PARAMETER,
+    EngineArgsError,
+    read_engine_args,
 )
 
 # A generation takes 100+ ms on CPU, so waiting 1 ms to group concurrent requests is cheap.
