@@ -38,11 +38,16 @@ from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, Tie
 from routenlp_core.contract import (
     FIXED_THRESHOLD_POLICY,
     FIXED_TIER_POLICIES,
+    MAX_TIER,
     NO_CASCADE_POLICY,
     POLICIES,
+    POLICY,
+    REQUEST_ID,
     ROUTED_POLICY,
     ROUTER_ABLATION_POLICIES,
     ROUTER_MODEL,
+    TASK,
+    TEXT,
     TIERS,
     RequestError,
 )
@@ -236,23 +241,23 @@ class RoutingService:
             size = 0
         if size > limit:  # checked before decoding: an oversized body is refused without work
             raise RequestError(f"TEXT is {size} bytes; the limit is {limit} bytes (serving config max_text_bytes)")
-        text_str = _decode("TEXT", text, required=True)
+        text_str = _decode(TEXT, text, required=True)
         if not text_str.strip():
             raise RequestError("TEXT is empty")
-        task_str = (_decode("TASK", task, required=True) or "").strip()
+        task_str = (_decode(TASK, task, required=True) or "").strip()
         if not task_str:
             raise RequestError(f"TASK is empty; valid tasks: {', '.join(self.config.tasks)}")
         if task_str not in self.config.tasks:
             raise RequestError(f"unknown TASK {task_str!r}; valid tasks: {', '.join(self.config.tasks)}")
-        tier = (_decode("MAX_TIER", max_tier, required=False) or "").strip().lower() or TIERS[-1]
+        tier = (_decode(MAX_TIER, max_tier, required=False) or "").strip().lower() or TIERS[-1]
         if tier not in TIERS:
             raise RequestError(f"MAX_TIER must be one of {', '.join(TIERS)}; got {tier!r}")
         if not allowed_tiers(task_str, tier, self.config):
             raise RequestError(f"MAX_TIER {tier} leaves no tier for {task_str}: generation tasks are served by t2-t4")
-        rid = (_decode("REQUEST_ID", request_id, required=False) or "").strip()
+        rid = (_decode(REQUEST_ID, request_id, required=False) or "").strip()
         if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
             raise RequestError(f"REQUEST_ID must be at most {MAX_REQUEST_ID_CHARS} printable characters")
-        policy_str = (_decode("POLICY", policy, required=False) or "").strip().lower() or ROUTED_POLICY
+        policy_str = (_decode(POLICY, policy, required=False) or "").strip().lower() or ROUTED_POLICY
         if policy_str not in POLICIES:
             raise RequestError(f"POLICY must be one of {', '.join(POLICIES)}; got {policy_str!r}")
         ablation_router = ROUTER_ABLATION_POLICIES.get(policy_str)

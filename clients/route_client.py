@@ -81,7 +81,7 @@ class RouteClient:
         inputs = entry_inputs(self.module, text, task, max_tier, request_id, policy)
         kwargs = {"client_timeout": timeout_s} if timeout_s and self.module.__name__.endswith("grpc") else {}
         result = self.client.infer(ENTRY_MODEL, inputs, **kwargs)
-        return answer_from_outputs(result.as_numpy("OUTPUT"), result.as_numpy("METADATA"), request_id)
+        return answer_from_outputs(result.as_numpy(OUTPUT), result.as_numpy(METADATA), request_id)
 
     def close(self) -> None:
         self.client.close()

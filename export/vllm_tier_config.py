@@ -19,15 +19,9 @@ import json
 from typing import Any
 
 from export.triton_config import ModelSpec, TensorSpec
+from routenlp_core import vllm_engine_args as engine_args
 from routenlp_core.contract import TARGETS
-from routenlp_core.vllm_engine_args import (  # noqa: F401  (model.py of older versions)
-    ENGINE_BATCH_DEFAULT,
-    ENGINE_BATCH_PARAMETER,
-    KVCACHE_GIB_DEFAULT,
-    KVCACHE_PARAMETER,
-    EngineArgsError,
-    read_engine_args,
-)
+from routenlp_core.vllm_engine_args import EngineArgsError, read_engine_args  # noqa: F401  (model.py of older versions)
 
 # A generation takes 100+ ms on CPU, so waiting 1 ms to group concurrent requests is cheap.
 DYNAMIC_BATCHING_DELAY_US = 1000
@@ -74,7 +68,10 @@ def vllm_tier_spec(name: str, *, target: str, max_batch_size: int = 8) -> ModelS
         backend="python",
         max_batch_size=max_batch_size,
         dynamic_batching_delay_us=DYNAMIC_BATCHING_DELAY_US,
-        parameters={KVCACHE_PARAMETER: KVCACHE_GIB_DEFAULT, ENGINE_BATCH_PARAMETER: ENGINE_BATCH_DEFAULT},
+        parameters={
+            engine_args.KVCACHE_PARAMETER: engine_args.KVCACHE_GIB_DEFAULT,
+            engine_args.ENGINE_BATCH_PARAMETER: engine_args.ENGINE_BATCH_DEFAULT,
+        },
     )
 
 

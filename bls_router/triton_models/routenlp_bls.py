@@ -64,7 +64,7 @@ from bls_router.service import (  # noqa: E402
     token_logprobs_from_vllm_json,
 )
 from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
-from routenlp_core.contract import INPUTS  # noqa: E402
+from routenlp_core.contract import INPUTS, METADATA, OUTPUT  # noqa: E402
 from routenlp_core.serving_config import (  # noqa: E402
     BLS_MAX_PENDING_DEFAULT,
     BLS_MAX_PENDING_PARAMETER,
@@ -360,8 +360,8 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"{self.name}: metrics update failed: {type(err).__name__}: {err}")
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("OUTPUT", np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
-                pb_utils.Tensor("METADATA", np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor(OUTPUT, np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor(METADATA, np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
             ]
         )
 
