@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from clients import baselines as bl
-from clients.served_eval import ServedCaller, served_prediction
+from clients.served_eval import ServedCaller, served_prediction, summarize
 from routenlp.metrics.task_bootstrap import N_BOOT, Bootstrap, mean_quality, task_indices
 from routenlp_core.cascade import TIERS
 
@@ -76,34 +76,32 @@ def quality_ratio_ci(system_boot: np.ndarray, reference_boot: np.ndarray) -> tup
 
 
 def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla_ms: Mapping[str, float], bootstrap: Bootstrap) -> dict[str, Any]:
+    """served_eval.summarize()'s quality, mix, errors and latency of the run, plus what only bench
+    measures: ratios to the reference with a CI, every call's dollars, client-side SLA misses."""
     targets = [r["target"] for r in records]
-    predictions = [served_prediction(routed.final) for routed in run.routed]
-    quality, per_task = mean_quality(task_idx, predictions, targets)
+    finals = [routed.final for routed in run.routed]
+    predictions = [served_prediction(answer) for answer in finals]
+    summary = summarize(finals, run.latency_ms)
+    quality = summary["mean_quality"]
     dollars = float(np.mean([_dollars(r) for r in run.routed]))
-    latencies = np.asarray(run.latency_ms)
     violated = [ms > sla_ms[rec["task"]] for ms, rec in zip(run.latency_ms, records)]
     escalated = [len(r.calls) > 1 or bool((r.final.metadata or {}).get("escalations")) for r in run.routed]
-    errors = sum(1 for r in run.routed if r.final.error is not None)
-    mix = {tier: 0 for tier in TIERS}
-    for routed in run.routed:
-        if routed.final.error is None:
-            mix[routed.final.metadata["tier"]] += 1
     row = {
         "name": run.name,
-        "quality": round(quality, 4),
+        "quality": quality,
         "quality_ratio": round(quality / reference["quality"], 4) if reference["quality"] else None,
         "quality_ratio_ci95": list(quality_ratio_ci(bootstrap.qualities(predictions, targets), reference["boot"])) if run.name != REFERENCE else [1.0, 1.0],
         "dollars_per_request": round(dollars, 6),
         "cost_ratio": round(dollars / reference["dollars"], 6) if reference["dollars"] else None,
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
         "sla_violation": round(float(np.mean(violated)), 4),
         "escalation_rate": round(float(np.mean(escalated)), 4),
-        "errors": errors,
+        "errors": summary["errors"],
         "requests_sent": sum(len(r.calls) for r in run.routed),
-        "quality_by_task": {t: round(q, 4) for t, q in per_task.items()},
-        "mix": {tier: round(n / len(run.routed), 4) for tier, n in mix.items()},
-        "mix_by_task": {task: {tier: sum(1 for i in idx if not run.routed[i].final.error and run.routed[i].final.metadata["tier"] == tier) for tier in TIERS} for task, idx in task_idx.items()},
+        "quality_by_task": summary["quality"],
+        "mix": summary["mix"],
+        "mix_by_task": summary["mix_by_task"],
     }  # fmt: skip
     if run.fitted:
         row["fitted"] = run.fitted
