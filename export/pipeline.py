@@ -29,10 +29,10 @@ ANSWER_POOLS = ("router", "dev", "calibration")
 # The modules whose code each step runs (part of its cache key).
 STEP_CODE = {
     "tokenizer": ("export.tokenizer", "export.pools", "routenlp_core.answers"),
-    "t1": ("export.t1", "routenlp_core.t1_codec", "export.encoder", "export.training"),
+    "t1": ("export.t1", "routenlp_core.t1_codec", "routenlp_core.encoder_inputs", "export.encoder", "export.training"),
     "decoder": ("export.decoder", "export.train_decoder", "export.training", "routenlp_core.answers"),
     "answers": ("export.labeling", "export.hf_generate", "export.t1", "routenlp_core.t1_codec", "routenlp_core.uncertainty", "routenlp_core.answers", "routenlp.metrics"),
-    "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training"),
+    "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "routenlp_core.encoder_inputs", "export.encoder", "export.training"),
     "onnx": ("export.onnx_export", "export.router_model", "export.t1", "routenlp_core.t1_codec"),
     "router_ablations": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training", "export.onnx_export"),
 }

@@ -39,8 +39,8 @@ the shared series is removed under the other: its counts vanish from /metrics an
 touches freed memory (measured: a tritonserver SIGSEGV right after a hot swap of this model).
 """
 
-# The embedded interpreter starts in the C locale; torch (pulled in through transformers by
-# export.encoder) then fails reading its UTF-8 templates. Must run before those imports.
+# The embedded interpreter starts in the C locale; torch (which transformers may pull in for the
+# tokenizer) then fails reading its UTF-8 templates. Must run before those imports.
 import locale
 
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
