@@ -1,4 +1,4 @@
-"""Import edges between the project's packages, for the layering note (README, Layout).
+"""Import edges between the project's packages and layers, for the layering note (README, Layout).
 
     .venv/bin/python scripts/import_edges.py
 
@@ -15,10 +15,15 @@ import grimp
 PACKAGES = ("routenlp", "routenlp_core", "bls_router", "export", "coopt", "clients", "gateway")
 
 
+SHARED = ("routenlp.metrics", "routenlp.portfolio", "routenlp.data", "routenlp.table")  # a layer of its own
+
+
 def _group(module: str) -> str:
-    """The package, with the CLI (routenlp.cli, routenlp.commands) apart from routenlp's shared code."""
+    """The package; routenlp split into its CLI, its shared layer and the rest (deployment helpers)."""
     if module == "routenlp.cli" or module.startswith("routenlp.commands"):
         return "routenlp CLI"
+    if module.startswith(SHARED):
+        return "routenlp shared"
     return module.split(".")[0]
 
 
