@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export ROUTENLP_VENV := $(VENV)
 
-.PHONY: install demo test test-unit test-slow doctor lock clean
+.PHONY: install demo lint test test-unit test-slow doctor lock clean
 
 install:
 	bash scripts/install.sh
@@ -11,9 +11,14 @@ install:
 demo: install
 	$(VENV)/bin/routenlp demo
 
-# Unit + integration (real tritonserver, perf_analyzer, vLLM). pytest exits 5 when it collects
-# nothing, and make treats any non-zero exit as failure.
-test: install
+# The linter (ruff) and the layer contracts (import-linter), both configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/lint-imports
+
+# Lint, then unit + integration (real tritonserver, perf_analyzer, vLLM). pytest exits 5 when it
+# collects nothing, and make treats any non-zero exit as failure.
+test: install lint
 	$(PY) -m pytest -m "not slow" --durations=15
 
 test-unit: install

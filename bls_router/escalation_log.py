@@ -21,9 +21,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from routenlp_core.paths import DEFAULT_ESCALATION_LOG
+
 ENV_LOG_PATH = "ROUTENLP_ESCALATION_LOG"
 ENV_LOG_TEXT = "ROUTENLP_LOG_TEXT"
-DEFAULT_LOG_PATH = Path.home() / ".local" / "state" / "routenlp" / "escalation_log.sqlite"
+DEFAULT_LOG_PATH = DEFAULT_ESCALATION_LOG
 RAW_TEXT_FIELDS = ("text", "output")
 BUSY_TIMEOUT_MS = 5000
 

@@ -2,7 +2,7 @@
 (relative) over its calibration baseline.
 
 The baseline is the share of calibration requests whose first tier (the router's pick) escalated,
-computed by `routenlp calibrate` / the export (bls_router/calibrate.py: the replayed share of requests escalating from their first tier).
+computed by `routenlp calibrate` / the export (export/calibrate.py: the replayed share of requests escalating from their first tier).
 Live, the monitor keeps the last `window` requests per task; once it holds at least `min_requests`
 it compares. A rising rate means the traffic drifted from what the thresholds were calibrated on,
 or a tier got worse: either way more dollars per request, which someone should look at.

@@ -9,8 +9,8 @@ Two layers, both testable without a server:
   tier, in the config's router_tiers order; model: "router" or a router ablation) and `call_tier(tier, task, text) -> TierResult` (raising
   TierUnavailable when the tier cannot answer). All decisions live here and in cascade.py.
 * TierCodec turns tensor-level calls (a TensorBackend: router logits, T1 logits, decoder
-  generations) into those callables: router/T1 encoding and T1 decoding (bls_router.t1_codec),
-  the decoder prompt, answer parsing (routenlp.answers), uncertainty and billed tokens, exactly as
+  generations) into those callables: router/T1 encoding and T1 decoding (routenlp_core.t1_codec),
+  the decoder prompt, answer parsing (routenlp_core.answers), uncertainty and billed tokens, exactly as
   the build labelled the tiers. The Triton adapter (triton_models/routenlp_bls.py) only implements
   the TensorBackend with BLS calls and T4Client.
 
@@ -33,33 +33,31 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bls_router.cascade import TIERS, CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
-from bls_router.serving_config import ServingConfig
-from bls_router.uncertainty import generation_uncertainty
+from routenlp_core.answers import Generation
+from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
+from routenlp_core.contract import (
+    FIXED_THRESHOLD_POLICY,
+    FIXED_TIER_POLICIES,
+    MAX_TIER,
+    NO_CASCADE_POLICY,
+    POLICIES,
+    POLICY,
+    REQUEST_ID,
+    ROUTED_POLICY,
+    ROUTER_ABLATION_POLICIES,
+    ROUTER_MODEL,
+    TASK,
+    TEXT,
+    TIERS,
+    RequestError,
+)
+from routenlp_core.serving_config import ServingConfig
+from routenlp_core.uncertainty import generation_uncertainty
 
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_ID_CHARS = 128
-# POLICY input: the learned router + conformal cascade, or a fixed tier (the Always-tN baselines,
-# served over the same models; no router call, no escalation, the same fallbacks).
-ROUTED_POLICY = "routenlp"
-FIXED_TIER_POLICIES = {f"always-{tier}": tier for tier in TIERS}
-# Cascade ablations (paper 5): the same router, then no escalation at all, or one fixed
-# threshold on u for every (task, tier) instead of the conformal ones.
-NO_CASCADE_POLICY = "routenlp-no-cascade"
-FIXED_THRESHOLD_POLICY = "routenlp-fixed-threshold"
-FIXED_THRESHOLD = 0.3
-# Router ablations (paper 5): the conformal cascade behind a router trained without the cost term
-# or without the quality term of its loss, each served as its own ONNX model.
-ROUTER_MODEL = "router"
-ROUTER_ABLATIONS = {"router_no_cost": {"cost_weight": 0.0}, "router_no_quality": {"quality_weight": 0.0}}  # model -> loss weights
-ROUTER_ABLATION_POLICIES = {"routenlp-" + model.replace("_", "-"): model for model in ROUTER_ABLATIONS}
-ROUTED_POLICIES = (ROUTED_POLICY, NO_CASCADE_POLICY, FIXED_THRESHOLD_POLICY, *ROUTER_ABLATION_POLICIES)
-POLICIES = (*ROUTED_POLICIES, *FIXED_TIER_POLICIES)
-
-
-class RequestError(ValueError):
-    """A client mistake in one request; the Triton adapter answers it with INVALID_ARG."""
+FIXED_THRESHOLD = 0.3  # u threshold of every (task, tier) under FIXED_THRESHOLD_POLICY
 
 
 @dataclass(frozen=True)
@@ -176,8 +174,8 @@ def decide_route(
 def format_output(task: str, prediction: Any, text: str) -> str:
     """OUTPUT: {"label": ...} (classification), {"entities": [...], "tags": [...]} (NER, one tag per
     whitespace-separated word of TEXT; entity start/end are word indices, end exclusive), else text."""
-    from routenlp.answers import ner_entities
-    from routenlp.tasks import get_task
+    from routenlp_core.answers import ner_entities
+    from routenlp_core.tasks import get_task
 
     kind = get_task(task).kind
     if kind == "classification":
@@ -243,23 +241,23 @@ class RoutingService:
             size = 0
         if size > limit:  # checked before decoding: an oversized body is refused without work
             raise RequestError(f"TEXT is {size} bytes; the limit is {limit} bytes (serving config max_text_bytes)")
-        text_str = _decode("TEXT", text, required=True)
+        text_str = _decode(TEXT, text, required=True)
         if not text_str.strip():
             raise RequestError("TEXT is empty")
-        task_str = (_decode("TASK", task, required=True) or "").strip()
+        task_str = (_decode(TASK, task, required=True) or "").strip()
         if not task_str:
             raise RequestError(f"TASK is empty; valid tasks: {', '.join(self.config.tasks)}")
         if task_str not in self.config.tasks:
             raise RequestError(f"unknown TASK {task_str!r}; valid tasks: {', '.join(self.config.tasks)}")
-        tier = (_decode("MAX_TIER", max_tier, required=False) or "").strip().lower() or TIERS[-1]
+        tier = (_decode(MAX_TIER, max_tier, required=False) or "").strip().lower() or TIERS[-1]
         if tier not in TIERS:
             raise RequestError(f"MAX_TIER must be one of {', '.join(TIERS)}; got {tier!r}")
         if not allowed_tiers(task_str, tier, self.config):
             raise RequestError(f"MAX_TIER {tier} leaves no tier for {task_str}: generation tasks are served by t2-t4")
-        rid = (_decode("REQUEST_ID", request_id, required=False) or "").strip()
+        rid = (_decode(REQUEST_ID, request_id, required=False) or "").strip()
         if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
             raise RequestError(f"REQUEST_ID must be at most {MAX_REQUEST_ID_CHARS} printable characters")
-        policy_str = (_decode("POLICY", policy, required=False) or "").strip().lower() or ROUTED_POLICY
+        policy_str = (_decode(POLICY, policy, required=False) or "").strip().lower() or ROUTED_POLICY
         if policy_str not in POLICIES:
             raise RequestError(f"POLICY must be one of {', '.join(POLICIES)}; got {policy_str!r}")
         ablation_router = ROUTER_ABLATION_POLICIES.get(policy_str)
@@ -380,16 +378,6 @@ def _finite(value: float) -> float | None:
 # ---------------------------------------------------------------- tensors <-> text
 
 
-@dataclass(frozen=True)
-class Generation:
-    """A decoder tier's answer: text, chosen-token logprobs and billed token counts."""
-
-    text: str
-    token_logprobs: Sequence[float]
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class TensorBackend(Protocol):
     def router_logits(self, inputs: Mapping[str, np.ndarray], model: str) -> np.ndarray: ...  # [1, tiers]
 
@@ -410,7 +398,7 @@ class TierCodec:
         self.backend = backend
 
     def router(self, text: str, task: str, model: str = ROUTER_MODEL) -> list[float]:
-        from export.encoder import encode_texts, pad_batch
+        from routenlp_core.encoder_inputs import encode_texts, pad_batch
 
         input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
         inputs = {
@@ -437,7 +425,7 @@ class TierCodec:
             raise TierUnavailable(f"{tier}: {type(err).__name__}: {err}") from None
 
     def _t1(self, task: str, text: str) -> TierResult:
-        from bls_router.t1_codec import predict_with
+        from routenlp_core.t1_codec import predict_with
 
         head = self.config.t1[task]
         logits_fn = lambda ids, mask: self.backend.t1_logits(task, ids, mask)  # noqa: E731
@@ -447,7 +435,7 @@ class TierCodec:
         return TierResult(output=prediction, u=float(u), tokens=tokens)
 
     def _decoder(self, tier: str, task: str, text: str) -> TierResult:
-        from routenlp.answers import parse_output, prompt_text
+        from routenlp_core.answers import parse_output, prompt_text
 
         prompt = prompt_text({"task": task, "text": text})
         if tier == "t4":

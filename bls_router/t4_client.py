@@ -1,7 +1,7 @@
 """HTTP client for the T4 tier: an OpenAI-compatible POST {base_url}/completions endpoint.
 
 Greedy completions with the chosen token's logprob per generated token (the cascade's u needs
-them) and the billed token counts. Every failure surfaces as bls_router.cascade.TierUnavailable so
+them) and the billed token counts. Every failure surfaces as routenlp_core.cascade.TierUnavailable so
 the cascade falls back to T3; the message says what happened (HTTP status, timeout, connection
 refused, malformed answer, breaker open).
 
@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
-from bls_router.uncertainty import generation_uncertainty
-from bls_router.cascade import TierResult, TierUnavailable
 from bls_router.circuit_breaker import CircuitBreaker
+from routenlp_core.cascade import TierResult, TierUnavailable
+from routenlp_core.uncertainty import generation_uncertainty
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from routenlp_core.contract import RequestError
+
 TEXT_INPUT = "text_input"
 SAMPLING_PARAMETERS = "sampling_parameters"
 EXCLUDE_INPUT_IN_OUTPUT = "exclude_input_in_output"
@@ -50,10 +52,6 @@ INPUT_NAMES = (TEXT_INPUT, SAMPLING_PARAMETERS, EXCLUDE_INPUT_IN_OUTPUT, STREAM,
 DEFAULT_SAMPLING: dict[str, Any] = {"max_tokens": 16, "temperature": 0.0}
 # vLLM's default ModelConfig.max_logprobs; a larger request fails inside the engine.
 MAX_TOP_LOGPROBS = 20
-
-
-class RequestError(ValueError):
-    """A client mistake in one request; the Triton adapter answers it with INVALID_ARG."""
 
 
 # --- sampling_parameters ------------------------------------------------------------------

@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bls_router.cascade import TIERS
 from clients.served_eval import ServedAnswer
+from routenlp_core.cascade import TIERS
 
 Call = Callable[[Mapping[str, Any], str], ServedAnswer]  # (record, tier) -> a served always-tier answer
 
 
 def servable(task: str) -> tuple[str, ...]:
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     return TIERS if get_task(task).structured else TIERS[1:]
 
@@ -97,7 +97,7 @@ class AnswerScorer:
     def __init__(self, seed: int = 0) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        from routenlp.tasks import TASK_NAMES
+        from routenlp_core.tasks import TASK_NAMES
 
         self.tasks = list(TASK_NAMES)
         self.model = LogisticRegression(max_iter=2000, random_state=seed)

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from bls_router.cascade import TIERS
 from clients import baselines as bl
-from clients.served_eval import ServedCaller, served_prediction
+from clients.served_eval import ServedCaller, served_prediction, summarize
 from routenlp.metrics.task_bootstrap import N_BOOT, Bootstrap, mean_quality, task_indices
+from routenlp_core.cascade import TIERS
 
 REFERENCE = "always-t4"
 
@@ -76,34 +76,32 @@ def quality_ratio_ci(system_boot: np.ndarray, reference_boot: np.ndarray) -> tup
 
 
 def system_row(run: SystemRun, records, task_idx, reference: dict[str, Any], sla_ms: Mapping[str, float], bootstrap: Bootstrap) -> dict[str, Any]:
+    """served_eval.summarize()'s quality, mix, errors and latency of the run, plus what only bench
+    measures: ratios to the reference with a CI, every call's dollars, client-side SLA misses."""
     targets = [r["target"] for r in records]
-    predictions = [served_prediction(routed.final) for routed in run.routed]
-    quality, per_task = mean_quality(task_idx, predictions, targets)
+    finals = [routed.final for routed in run.routed]
+    predictions = [served_prediction(answer) for answer in finals]
+    summary = summarize(finals, run.latency_ms)
+    quality = summary["mean_quality"]
     dollars = float(np.mean([_dollars(r) for r in run.routed]))
-    latencies = np.asarray(run.latency_ms)
     violated = [ms > sla_ms[rec["task"]] for ms, rec in zip(run.latency_ms, records)]
     escalated = [len(r.calls) > 1 or bool((r.final.metadata or {}).get("escalations")) for r in run.routed]
-    errors = sum(1 for r in run.routed if r.final.error is not None)
-    mix = {tier: 0 for tier in TIERS}
-    for routed in run.routed:
-        if routed.final.error is None:
-            mix[routed.final.metadata["tier"]] += 1
     row = {
         "name": run.name,
-        "quality": round(quality, 4),
+        "quality": quality,
         "quality_ratio": round(quality / reference["quality"], 4) if reference["quality"] else None,
         "quality_ratio_ci95": list(quality_ratio_ci(bootstrap.qualities(predictions, targets), reference["boot"])) if run.name != REFERENCE else [1.0, 1.0],
         "dollars_per_request": round(dollars, 6),
         "cost_ratio": round(dollars / reference["dollars"], 6) if reference["dollars"] else None,
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
         "sla_violation": round(float(np.mean(violated)), 4),
         "escalation_rate": round(float(np.mean(escalated)), 4),
-        "errors": errors,
+        "errors": summary["errors"],
         "requests_sent": sum(len(r.calls) for r in run.routed),
-        "quality_by_task": {t: round(q, 4) for t, q in per_task.items()},
-        "mix": {tier: round(n / len(run.routed), 4) for tier, n in mix.items()},
-        "mix_by_task": {task: {tier: sum(1 for i in idx if not run.routed[i].final.error and run.routed[i].final.metadata["tier"] == tier) for tier in TIERS} for task, idx in task_idx.items()},
+        "quality_by_task": summary["quality"],
+        "mix": summary["mix"],
+        "mix_by_task": summary["mix_by_task"],
     }  # fmt: skip
     if run.fitted:
         row["fitted"] = run.fitted
@@ -155,8 +153,15 @@ def served_table(fixed: Mapping[str, SystemRun], records) -> dict[str, dict[str,
 
 def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
     """The cascade's promise checked on the served answers: per (task, tier) realised regret of
-    the served rules with its Wilson 95% interval (bls_router.calibrate.check_pool)."""
-    from bls_router.calibrate import build_prices, check_pool, router_pass_probabilities, rules_from_calibration, structured_tasks, task_alphas
+    the served rules with its Wilson 95% interval (export.calibrate.check_pool)."""
+    from export.calibrate import (
+        build_prices,
+        check_pool,
+        router_pass_probabilities,
+        rules_from_calibration,
+        structured_tasks,
+        task_alphas,
+    )
 
     rules = rules_from_calibration(config.thresholds, config.calibration)
     alphas = {**task_alphas(build, None), **(config.calibration.get("alpha") if isinstance(config.calibration.get("alpha"), Mapping) else {})}
@@ -210,8 +215,8 @@ def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
 def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple[bl.Policy, dict[str, Any]]]:
     """Every peer at the operating point it would be deployed at: the cheapest knob setting whose
     quality on the calibration pool is >= 0.97 x Always-T4's there (else its best quality)."""
-    from bls_router.calibrate import build_prices
     from clients import curves
+    from export.calibrate import build_prices
 
     answers = build.load_answers("calibration")
     records = [r for r in build.pools.flat("calibration") if r["id"] in answers and all(t in answers[r["id"]] for t in bl.servable(r["task"]))]
@@ -226,8 +231,8 @@ def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple
 def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], records, table, n_boot: int) -> dict[str, Any]:
     """Every system's cost-quality curve over `table` (served or labelled answers), and the
     matched-quality headline."""
-    from bls_router.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
     from clients import curves
+    from export.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
 
     usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
     rules = rules_from_calibration(thresholds, calibration)
@@ -239,9 +244,9 @@ def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], reco
 def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT) -> dict[str, Any]:
     """The curves over a build's labelled answers on `pool`, with freshly calibrated rules: no
     server (the method's numbers before a repository is written; `routenlp bench --offline`)."""
-    from bls_router.calibrate import build_prices, calibrate_build
-    from bls_router.serving_config import effective_bars
     from clients import curves
+    from export.calibrate import build_prices, calibrate_build
+    from export.serving_config_builder import effective_bars
 
     bars = effective_bars(build)
     thresholds, calibration = calibrate_build(build, bars=bars)
@@ -264,7 +269,7 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
     try:
         for tier in TIERS:
             runs[f"always-{tier}"] = timed(bl.FixedTier(tier))
-        from bls_router.service import ROUTED_POLICIES, ROUTER_ABLATION_POLICIES
+        from routenlp_core.contract import ROUTED_POLICIES, ROUTER_ABLATION_POLICIES
 
         for policy in ROUTED_POLICIES:  # routenlp, then its cascade and router ablations
             if ROUTER_ABLATION_POLICIES.get(policy, "router") in ("router", *config.router_models):

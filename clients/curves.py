@@ -202,7 +202,7 @@ def scored_cascade(name: str, chain: Callable[[str], Sequence[str]], score: Call
 
 def routenlp(rules, probabilities: Mapping[str, Mapping[str, float]], prices: Mapping[str, float]) -> System:
     """RouteNLP's served decision (router at gamma = knob for every task, then the calibrated cascade)."""
-    from bls_router.calibrate import Rules, replay, structured_tasks
+    from export.calibrate import Rules, replay, structured_tasks
 
     structured = structured_tasks()
 

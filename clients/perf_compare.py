@@ -12,19 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from clients.perf import PerfPoint, run_perf_analyzer, write_input_data
+from clients.route_client import ENTRY_MODEL
+from routenlp_core.contract import TASK, TEXT
 
-ENTRY_MODEL = "routenlp"
 OVERHEAD_TASK = "legal_risk"  # a structured task with a T1 head
 
 
 def entry_rows(records: Sequence[Mapping[str, Any]], **extra: str) -> list[dict[str, list[str]]]:
     """perf_analyzer rows for the entry model: TEXT, TASK (+ POLICY / MAX_TIER), shape [1] each."""
-    return [{"TEXT": [r["text"]], "TASK": [r["task"]], **{name: [value] for name, value in extra.items()}} for r in records]
+    return [{TEXT: [r["text"]], TASK: [r["task"]], **{name: [value] for name, value in extra.items()}} for r in records]
 
 
 def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int) -> list[dict[str, dict]]:
     """Direct t1_<task> rows: input_ids / attention_mask [1, T], encoded as the BLS encodes them."""
-    from export.encoder import encode_texts
+    from routenlp_core.encoder_inputs import encode_texts
 
     rows = []
     for ids in encode_texts(tokenizer, [r["text"] for r in records], max_len):

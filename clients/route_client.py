@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-ENTRY_MODEL = "routenlp"
+from routenlp_core.contract import BLS_MODEL as ENTRY_MODEL
+from routenlp_core.contract import MAX_TIER, METADATA, OUTPUT, POLICY, REQUEST_ID, TASK, TEXT
 
 
 def answer_from_outputs(output_array: Any, metadata_array: Any, request_id: str | None) -> "RoutedAnswer":
@@ -23,7 +24,7 @@ def answer_from_outputs(output_array: Any, metadata_array: Any, request_id: str 
     from tritonclient.utils import InferenceServerException
 
     if output_array is None or metadata_array is None:
-        missing = [name for name, array in (("OUTPUT", output_array), ("METADATA", metadata_array)) if array is None]
+        missing = [name for name, array in ((OUTPUT, output_array), (METADATA, metadata_array)) if array is None]
         raise InferenceServerException(f"malformed response from {ENTRY_MODEL}: no {' or '.join(missing)} tensor")
     try:
         output = output_array.ravel()[0].decode()
@@ -52,8 +53,8 @@ def entry_inputs(module, text: str | bytes, task: str, max_tier: str | None = No
         inferred.set_data_from_numpy(np.array([[value.encode() if isinstance(value, str) else value]], dtype=object))
         return inferred
 
-    inputs = [tensor("TEXT", text), tensor("TASK", task)]
-    for name, value in (("MAX_TIER", max_tier), ("REQUEST_ID", request_id), ("POLICY", policy)):
+    inputs = [tensor(TEXT, text), tensor(TASK, task)]
+    for name, value in ((MAX_TIER, max_tier), (REQUEST_ID, request_id), (POLICY, policy)):
         if value:
             inputs.append(tensor(name, value))
     return inputs
@@ -80,7 +81,7 @@ class RouteClient:
         inputs = entry_inputs(self.module, text, task, max_tier, request_id, policy)
         kwargs = {"client_timeout": timeout_s} if timeout_s and self.module.__name__.endswith("grpc") else {}
         result = self.client.infer(ENTRY_MODEL, inputs, **kwargs)
-        return answer_from_outputs(result.as_numpy("OUTPUT"), result.as_numpy("METADATA"), request_id)
+        return answer_from_outputs(result.as_numpy(OUTPUT), result.as_numpy(METADATA), request_id)
 
     def close(self) -> None:
         self.client.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bls_router.cascade import TIERS
+from routenlp_core.cascade import TIERS
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ServedAnswer:
 
 def prediction_from_output(task: str, output: str) -> Any:
     """The entry model's OUTPUT back into a prediction comparable with record["target"]."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     kind = get_task(task).kind
     if kind == "classification":
@@ -86,7 +86,7 @@ class ServedCaller:
 
 def served_prediction(answer: ServedAnswer) -> Any:
     """The answer's prediction; a failed request counts as a wrong answer, never silently dropped."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     if answer.error is None:
         return prediction_from_output(answer.record["task"], answer.output)
@@ -116,33 +116,34 @@ def route_records(
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
+    return round(float(np.percentile(values, q)), 1) if len(values) else None
 
 
-def summarize(answers: Sequence[ServedAnswer]) -> dict[str, Any]:
-    """Quality per task (task metric over all answered records), routing mix, dollars, latency."""
-    from routenlp.metrics import corpus_score
+def summarize(answers: Sequence[ServedAnswer], latencies_ms: Sequence[float] | None = None) -> dict[str, Any]:
+    """One system's served answers, as the demo, coopt and bench report them: quality per task (the
+    task metric over every record: a failed request counts as wrong) and its macro mean, the routing
+    mix over answered requests (overall and per task), dollars, escalations, fallbacks, server-side
+    SLA misses, and latency percentiles (of `latencies_ms` when given: bench times a baseline's
+    several calls per record; else of each answered request)."""
+    from routenlp.metrics.task_bootstrap import mean_quality, task_indices
 
-    by_task: dict[str, list[ServedAnswer]] = {}
-    for answer in answers:
-        by_task.setdefault(answer.record["task"], []).append(answer)
-    quality = {}
-    for task, rows in sorted(by_task.items()):
-        predictions = [served_prediction(a) for a in rows]
-        quality[task] = round(corpus_score(task, predictions, [a.record["target"] for a in rows]), 4)
+    task_idx = task_indices([a.record for a in answers])
+    mean, per_task = mean_quality(task_idx, [served_prediction(a) for a in answers], [a.record["target"] for a in answers])
     served = [a for a in answers if a.error is None]
     mix = Counter(a.metadata["tier"] for a in served)
-    latencies = [a.latency_ms for a in served]
+    latencies = [a.latency_ms for a in served] if latencies_ms is None else list(latencies_ms)
     sla = [a.metadata.get("sla_met") for a in served if a.metadata.get("sla_met") is not None]
+
+    def answered_at(i: int, tier: str) -> bool:
+        return answers[i].error is None and answers[i].metadata["tier"] == tier
+
     return {
         "requests": len(answers),
         "errors": len(answers) - len(served),
-        "quality": quality,
-        "mean_quality": round(float(np.mean([q for q in quality.values() if q is not None])), 4) if quality else None,
+        "quality": {task: round(q, 4) for task, q in per_task.items()},
+        "mean_quality": round(mean, 4) if per_task else None,
         "mix": {tier: round(mix[tier] / len(served), 4) for tier in TIERS} if served else {},
-        "mix_by_task": {
-            task: {tier: sum(1 for a in rows if a.error is None and a.metadata["tier"] == tier) for tier in TIERS} for task, rows in sorted(by_task.items())
-        },
+        "mix_by_task": {task: {tier: sum(answered_at(i, tier) for i in idx) for tier in TIERS} for task, idx in task_idx.items()},
         "dollars": round(sum(a.metadata["cost_usd"] for a in served), 6),
         "escalation_rate": round(sum(1 for a in served if a.metadata.get("escalations")) / len(served), 4) if served else None,
         "fallbacks": sum(1 for a in served if a.metadata.get("fallback")),

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bls_router.calibrate import BLS_MODEL
-from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config
 from routenlp.deployment import ADMIN_HEADER
+from routenlp_core.contract import BLS_MODEL
+from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config
 
 
 class DeployError(RuntimeError):

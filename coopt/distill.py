@@ -20,9 +20,9 @@ from typing import Any
 
 from clients.served_eval import ServedAnswer, served_prediction
 from export.stage_cache import fingerprint
-from routenlp.answers import format_target, prompt_text
 from routenlp.metrics import example_score
-from routenlp.tasks import get_task
+from routenlp_core.answers import format_target, prompt_text
+from routenlp_core.tasks import get_task
 
 TEACHER = "t4"
 

@@ -126,8 +126,7 @@ class IterationBuild(PortfolioBuild):
 
         from export.decoder import META_FILE, read_meta, save_decoder
         from export.train_decoder import train_decoder
-
-        from routenlp.answers import format_target, prompt_text
+        from routenlp_core.answers import format_target, prompt_text
 
         distilled = [e.prompt_pair() for e in self.distillation.for_student("t2")]
         original = [(prompt_text(r), format_target(r)) for r in self.pools.flat("tier_train", self.profile.max_train_per_task)]

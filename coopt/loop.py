@@ -27,9 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from coopt.distill import Distillation, build_distillation
-from coopt.failures import MAX_K, TOP_PER_TASK, Failure, cluster_failures, distillation_records, find_failures, random_records, top_clusters
+from coopt.failures import (
+    MAX_K,
+    TOP_PER_TASK,
+    Failure,
+    cluster_failures,
+    distillation_records,
+    find_failures,
+    random_records,
+    top_clusters,
+)
 from coopt.iteration import FinetuneSettings, IterationBuild
 
 MODES = ("targeted", "random")
@@ -121,7 +129,7 @@ class CooptLoop:
 
     def _pin(self, version: int) -> None:
         from coopt.deploy import deploy, smoke_check
-        from routenlp.tasks import TASK_NAMES
+        from routenlp_core.tasks import TASK_NAMES
 
         texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}
         deploy(self._api(), self.live.repository, version, smoke_check(self.live.grpc_url, TASK_NAMES, texts.__getitem__), log=self.log)

@@ -5,19 +5,17 @@ padding come from the byte-level BPE all tiers share (export/tokenizer.py). Its 
 prepended to every input and plays the role of [CLS]: the router and the sequence classifiers read
 position 0.
 
-Input encoding lives here, beside the architecture, so training, parity checks and serving encode a
-text the same way: encode with special tokens, keep the *first* `max_len` tokens, right-pad.
+Input encoding (routenlp_core/encoder_inputs.py) is shared by training, parity checks and serving, so
+they encode a text the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-if TYPE_CHECKING:  # the serving BLS imports this module; transformers' models would pull in torch
+if TYPE_CHECKING:  # transformers' models would pull in torch at import
     from transformers import DistilBertConfig, PreTrainedTokenizerBase
 
 
@@ -87,24 +85,3 @@ def build_encoder_config(
     )
     config._attn_implementation = "eager"
     return config
-
-
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    """Token ids (with the leading <s>) of each text, cut to the first `max_len` tokens."""
-    if max_len < 2:
-        raise ValueError(f"max_len must be >= 2 (<s> plus one token), got {max_len}")
-    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    return [ids[:max_len] for ids in encoded]
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask), both int64 [B, T]."""
-    if not sequences:
-        raise ValueError("cannot pad an empty batch")
-    width = max(1, max(len(seq) for seq in sequences))
-    input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    attention = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = seq
-        attention[row, : len(seq)] = 1
-    return input_ids, attention

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from export.vllm_local import Generation
+from routenlp_core.answers import Generation
 
 
 def _truncate_prompt(ids: list[int], max_prompt_tokens: int, bos_id: int | None) -> list[int]:
@@ -87,5 +87,8 @@ def generate_greedy(
             token_logprobs = [float(lp) for lp in logprobs[row, : len(steps)]]
             finished = bool(steps) and steps[-1] == tokenizer.eos_token_id
             text = tokenizer.decode(steps[:-1] if finished else steps, skip_special_tokens=True)
-            results[index] = Generation(text, steps, token_logprobs, "stop" if finished else "length")
+            results[index] = Generation(
+                text, token_logprobs, completion_tokens=len(steps), token_ids=steps,
+                finish_reason="stop" if finished else "length",
+            )
     return results  # type: ignore[return-value]

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bls_router.uncertainty import generation_uncertainty
-from routenlp.answers import format_target, parse_output, prompt_text
 from routenlp.metrics import example_score
-from routenlp.tasks import get_task
+from routenlp_core.answers import format_target, parse_output, prompt_text
+from routenlp_core.tasks import get_task
+from routenlp_core.uncertainty import generation_uncertainty
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from export.quality import quality_matrix
 from routenlp.metrics import corpus_score
 from routenlp.metrics.task_bootstrap import Bootstrap, mean_quality, task_indices
 from routenlp.portfolio import TIER_ORDER
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 
 N_BOOT = 1000
 TOP, SECOND = "t4", "t2"

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from export.triton_config import ModelSpec, TensorSpec
+from routenlp_core.contract import ROUTER_MODEL
 
-ROUTER_MODEL = "router"
 BATCH, SEQUENCE = "batch", "sequence"
 NUMPY_DTYPES = {"INT64": np.int64, "FP32": np.float32}
 TORCH_DTYPES = {"INT64": torch.int64, "FP32": torch.float32}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from export.stage_cache import as_json
-from routenlp.paths import BENCHMARK_DIR, REPO_ROOT
+from routenlp_core.paths import BENCHMARK_DIR, REPO_ROOT
 
 PACKS_DIR = REPO_ROOT / "packs"
 MANIFEST = "manifest.json"

@@ -10,35 +10,35 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bls_router.service import ROUTER_ABLATIONS  # the router's loss-term ablations (paper 5), served by POLICY
 from export.pools import Pools, make_pools
 from export.stage_cache import CODE_MODULES, StageCache, fingerprint
-from routenlp.answers import format_target, prompt_text
-from routenlp.paths import ARTIFACTS_DIR, BENCHMARK_DIR
 from routenlp.portfolio import TIER_ORDER, Portfolio
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.answers import format_target, prompt_text
+from routenlp_core.contract import ROUTER_ABLATION_MODELS
+from routenlp_core.paths import ARTIFACTS_DIR, BENCHMARK_DIR
+from routenlp_core.tasks import TASK_NAMES
 
 DECODER_TIERS = ("t2", "t3", "t4")
 ANSWER_POOLS = ("router", "dev", "calibration")
 # The modules whose code each step runs (part of its cache key).
 STEP_CODE = {
-    "tokenizer": ("export.tokenizer", "export.pools", "routenlp.answers"),
-    "t1": ("export.t1", "bls_router.t1_codec", "export.encoder", "export.training"),
-    "decoder": ("export.decoder", "export.train_decoder", "export.training", "routenlp.answers"),
-    "answers": ("export.labeling", "export.hf_generate", "export.t1", "bls_router.t1_codec", "bls_router.uncertainty", "routenlp.answers", "routenlp.metrics"),
-    "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training"),
-    "onnx": ("export.onnx_export", "export.router_model", "export.t1", "bls_router.t1_codec"),
+    "tokenizer": ("export.tokenizer", "export.pools", "routenlp_core.answers"),
+    "t1": ("export.t1", "routenlp_core.t1_codec", "routenlp_core.encoder_inputs", "export.encoder", "export.training"),
+    "decoder": ("export.decoder", "export.train_decoder", "export.training", "routenlp_core.answers"),
+    "answers": ("export.labeling", "export.hf_generate", "export.t1", "routenlp_core.t1_codec", "routenlp_core.uncertainty", "routenlp_core.answers", "routenlp.metrics"),
+    "router": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "routenlp_core.encoder_inputs", "export.encoder", "export.training"),
+    "onnx": ("export.onnx_export", "export.router_model", "export.t1", "routenlp_core.t1_codec"),
     "router_ablations": ("export.router_model", "export.train_router", "export.router_loss", "export.quality", "export.encoder", "export.training", "export.onnx_export"),
 }
 
+# The router's loss-term ablations (paper 5): model name -> the loss weights it is trained with.
+ROUTER_ABLATION_LOSS_WEIGHTS = dict(zip(ROUTER_ABLATION_MODELS, ({"cost_weight": 0.0}, {"quality_weight": 0.0}), strict=True))
 SEED = 0
 # Default learning rate for a decoder trained here; a tier's `train.lr` overrides it.
 DECODER_LR = 3e-3
@@ -159,11 +159,11 @@ class PortfolioBuild:
     def build_decoder(self, tier_name: str) -> dict:
         """One decoder tier trained from its arch (or a real checkpoint used as given). The tiers are
         independent steps, so they can also be built in parallel processes."""
-        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
-        from export.grow import grow
         import torch
         from transformers import AutoModelForCausalLM
 
+        from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
+        from export.grow import grow
         from export.train_decoder import train_decoder
 
         tier = self.portfolio.tiers[tier_name]
@@ -340,7 +340,7 @@ class PortfolioBuild:
         def build(out: Path) -> dict:
             bars = self.cache.stamp("router")["summary"]["bars"]
             summary = {}
-            for name, weights in ROUTER_ABLATIONS.items():
+            for name, weights in ROUTER_ABLATION_LOSS_WEIGHTS.items():
                 model, trained = self._train_router(bars, **weights)
                 save_router(model, out / name, {"train": trained["train"], "ablation": weights, "bars": bars, "max_len": self.profile.max_input_tokens})
                 spec = spec_for_model(model)
@@ -358,7 +358,7 @@ class PortfolioBuild:
         from export.t1 import T1_TASKS, load_t1
 
         def build(out: Path) -> dict:
-            from export.encoder import encode_texts, pad_batch
+            from routenlp_core.encoder_inputs import encode_texts, pad_batch
 
             summary = {"parity": {}, "latency": []}
             router, meta = load_router(self.root / "router")

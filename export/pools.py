@@ -13,7 +13,7 @@ from typing import Any
 
 from routenlp.data import load_split
 from routenlp.portfolio import Profile
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 
 Record = Mapping[str, Any]
 

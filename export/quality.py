@@ -10,7 +10,7 @@ import numpy as np
 
 from routenlp.metrics import corpus_score
 from routenlp.portfolio import TIER_ORDER, Portfolio
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 
 # A tier that cannot serve a task (T1 on generation tasks) scores below any bar.
 UNSERVABLE = -1.0

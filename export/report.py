@@ -12,7 +12,7 @@ from export.ladder import format_ladder, ladder_table, ordering_issues
 from routenlp.metrics import metric_name
 from routenlp.portfolio import TIER_ORDER
 from routenlp.table import format_table
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 
 
 def tier_costs(dev_answers: Mapping[str, Mapping[str, Mapping]], portfolio) -> dict[str, dict[str, float]]:

@@ -10,13 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from export.triton_config import ModelSpec, render_config
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+from routenlp_core.atomic import atomic_write_text
 
 
 def latest_version(model_dir: Path) -> int:
@@ -51,5 +45,5 @@ def write_model_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _write_atomic(model_dir / "config.pbtxt", render_config(spec))
+    atomic_write_text(model_dir / "config.pbtxt", render_config(spec))
     return final

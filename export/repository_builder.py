@@ -13,24 +13,29 @@ generated; a version folder is assembled beside its final place and renamed in (
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from bls_router.serving_config import BLS_MAX_PENDING_DEFAULT, BLS_MAX_PENDING_PARAMETER, BLS_WORKERS_DEFAULT, BLS_WORKERS_PARAMETER
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
 from export.triton_config import ModelSpec, TensorSpec
+from routenlp_core import contract
+from routenlp_core.atomic import atomic_write_text
+from routenlp_core.contract import BLS_MODEL, ROUTER_ABLATION_MODELS, TARGETS
+from routenlp_core.serving_config import (
+    BLS_MAX_PENDING_DEFAULT,
+    BLS_MAX_PENDING_PARAMETER,
+    BLS_WORKERS_DEFAULT,
+    BLS_WORKERS_PARAMETER,
+)
 
-TARGETS = ("cpu", "ngc")
 MODELS_DIR = Path(__file__).resolve().parent.parent / "bls_router" / "triton_models"
 ONNX_RUNNER = MODELS_DIR / "onnx_runner.py"
 VLLM_TIER = MODELS_DIR / "vllm_tier.py"
 ROUTENLP_BLS = MODELS_DIR / "routenlp_bls.py"
 # Imported by the adapters from the installed package; part of what a new adapter version is.
 ADAPTER_HELPERS = (MODELS_DIR.parent / "deferred.py",)
-BLS_MODEL = "routenlp"
 MANIFEST = "routenlp_repository.json"
 # Where NGC deployments mount the repository (docker -v ...:/models); vLLM needs absolute paths.
 NGC_MOUNT = "/models"
@@ -61,14 +66,8 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     return ModelSpec(
         name=BLS_MODEL,
-        inputs=(
-            TensorSpec("TEXT", "BYTES", (1,)),
-            TensorSpec("TASK", "BYTES", (1,)),
-            TensorSpec("MAX_TIER", "BYTES", (1,), optional=True),
-            TensorSpec("REQUEST_ID", "BYTES", (1,), optional=True),
-            TensorSpec("POLICY", "BYTES", (1,), optional=True),
-        ),
-        outputs=(TensorSpec("OUTPUT", "BYTES", (1,)), TensorSpec("METADATA", "BYTES", (1,))),
+        inputs=tuple(TensorSpec(name, "BYTES", (1,), optional=name in contract.OPTIONAL_INPUTS) for name in contract.INPUTS),
+        outputs=tuple(TensorSpec(name, "BYTES", (1,)) for name in contract.OUTPUTS),
         backend="python",
         max_batch_size=8,
         instance_count=2,
@@ -79,9 +78,7 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
 
 def ablation_routers(build) -> list[str]:
     """The router ablation models the build has (a build from before they existed has none)."""
-    from bls_router.service import ROUTER_ABLATIONS
-
-    return list(ROUTER_ABLATIONS) if build.cache.stamp("router_ablations") is not None else []
+    return list(ROUTER_ABLATION_MODELS) if build.cache.stamp("router_ablations") is not None else []
 
 
 def _read_manifest(repository: Path) -> dict[str, Any]:
@@ -94,11 +91,11 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
     Returns {version, models, fresh}; when the newest version already holds these exact artefacts
     (same build fingerprints and target) nothing is written. `force`: write a new version even
     so, of every model (True) or of the models named (the others keep their newest version)."""
-    from export.router_model import load_router
-    from export.t1 import T1_TASKS, load_t1
-    from bls_router.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR, build_serving_config
+    from export.serving_config_builder import build_serving_config
     from export.stage_cache import fingerprint as content_fingerprint
+    from export.t1 import T1_TASKS, load_t1
     from export.vllm_tier_config import vllm_model_json, vllm_tier_spec
+    from routenlp_core.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR
 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
@@ -168,9 +165,7 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
         "version": version, "fingerprint": fingerprint, "models": sorted(models), "model_versions": model_versions,
         "model_fingerprints": contents, "portfolio": build.portfolio.name, "profile": build.profile.name,
     })  # fmt: skip
-    tmp = repository / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, repository / MANIFEST)
+    atomic_write_text(repository / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return {"version": version, "models": sorted(models), "model_versions": model_versions, "fresh": True}
 
 

@@ -34,7 +34,7 @@ T4_TOLERANCE = 0.02
 def example_bars(records: Sequence[Mapping], quality, task_bars: Mapping[str, float], tolerance: float = T4_TOLERANCE) -> np.ndarray:
     """[N] per-example bar: the task's bar (structured tasks) or the top tier's quality on the
     example minus `tolerance` (generation tasks); quality is [N, K], cheapest tier first."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     quality = np.asarray(quality, dtype=np.float32)
     if quality.ndim != 2 or len(records) != quality.shape[0]:

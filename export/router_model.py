@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from transformers import DistilBertModel, PreTrainedTokenizerBase
 
-from export.encoder import EncoderArch, build_encoder_config, encode_texts, pad_batch
+from export.encoder import EncoderArch, build_encoder_config
 from routenlp.portfolio import TIER_ORDER, RouterSettings
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
+from routenlp_core.tasks import TASK_NAMES
 
 ARGS_FILE = "router_args.json"
 WEIGHTS_FILE = "router.safetensors"

@@ -6,7 +6,7 @@ fin_ner gets DistilBertForTokenClassification over IO tags. Each model's config 
 checkpoint or an ONNX export says what it predicts.
 
 The torch-free encoding and decoding (NER word alignment, `predict_with`) lives in
-bls_router/t1_codec.py, so the routing BLS runs exactly the same code without torch; its names
+routenlp_core/t1_codec.py, so the routing BLS runs exactly the same code without torch; its names
 are re-exported here.
 
 Prediction is written once (`predict_with`) over a `logits_fn(input_ids, attention_mask) ->
@@ -33,7 +33,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from bls_router.t1_codec import (  # noqa: F401  (re-exported: export.t1 is their historical home)
+from export.encoder import (
+    EncoderArch,
+    as_arch,
+    build_encoder_config,
+)
+from export.training import length_bucketed_batches, optimizer_step, run_stats, warmup_linear
+from routenlp.data import task_labels
+from routenlp.metrics import corpus_score, metric_name, secondary_scores
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
+from routenlp_core.t1_codec import (  # noqa: F401  (re-exported: export.t1 is their historical home)
     IGNORE_INDEX,
     OUTSIDE,
     LogitsFn,
@@ -44,17 +53,7 @@ from bls_router.t1_codec import (  # noqa: F401  (re-exported: export.t1 is thei
     record_words,
     softmax,
 )
-from export.training import length_bucketed_batches, optimizer_step, run_stats, warmup_linear
-from export.encoder import (
-    EncoderArch,
-    as_arch,
-    build_encoder_config,
-    encode_texts,
-    pad_batch,
-)
-from routenlp.data import task_labels
-from routenlp.metrics import corpus_score, metric_name, secondary_scores
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.tasks import TASK_NAMES, get_task
 
 T1_TASKS: tuple[str, ...] = tuple(name for name in TASK_NAMES if get_task(name).structured)
 META_FILE = "routenlp_t1.json"

@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from export.encoder import encode_texts, pad_batch
-from export.training import length_bucketed_batches, optimizer_step, warmup_linear
 from export.router_loss import example_bars, oracle_labels, router_loss
 from export.router_model import RouterNet, router_logits
+from export.training import length_bucketed_batches, optimizer_step, warmup_linear
 from routenlp.portfolio import TIER_ORDER, RouterSettings
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
 
 DEFAULT_LR = 5e-4
 MAX_GRAD_NORM = 1.0
@@ -208,7 +208,7 @@ def router_accuracy(
 
 def servable_mask(records: Sequence[Mapping[str, Any]], tiers: int) -> np.ndarray:
     """[N, K] bool: T1 serves structured tasks only."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     mask = np.ones((len(records), tiers), dtype=bool)
     for i, record in enumerate(records):

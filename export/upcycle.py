@@ -26,7 +26,7 @@ def upcycle(dense: PreTrainedModel, arch: DecoderArch, tokenizer: PreTrainedToke
              "kv_heads": source.num_key_value_heads, "intermediate": source.intermediate_size}
     mismatched = {k: (v, getattr(arch, k)) for k, v in shape.items() if getattr(arch, k) != v}
     if mismatched:
-        raise ValueError(f"cannot upcycle: the MoE's shape differs from the dense model's (moe, dense): "
+        raise ValueError("cannot upcycle: the MoE's shape differs from the dense model's (moe, dense): "
                          + ", ".join(f"{k} {b} vs {a}" for k, (a, b) in mismatched.items()))
     config = build_decoder_config(arch, tokenizer)
     # The dense model's rotary base and norm epsilon (Mixtral's defaults are 1e6 and 1e-5,

@@ -18,26 +18,17 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-# KV-cache size in GiB for the CPU backend. vLLM's default reserves far more than tiny tiers need
-# and several engines share this machine; an explicit value from the caller wins.
-KVCACHE_GIB_DEFAULT = "1"
+from routenlp_core.answers import Generation
+from routenlp_core.atomic import atomic_write_text
+from routenlp_core.vllm_engine_args import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER
+
 MAX_MODEL_LEN_DEFAULT = 512
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    token_ids: list[int]
-    # Logprob of each generated (chosen) token, same length as token_ids; empty if not requested.
-    token_logprobs: list[float]
-    finish_reason: str | None
 
 
 def _max_model_len(model_dir: Path, requested: int | None) -> int:
@@ -58,7 +49,7 @@ class LocalDecoder:
         seed: int = 0,
         **engine_kwargs: Any,
     ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", KVCACHE_GIB_DEFAULT)
+        os.environ.setdefault(KVCACHE_PARAMETER, KVCACHE_GIB_DEFAULT)
         # Imported here, after the environment is set, because vLLM reads it at import time.
         from vllm import LLM
 
@@ -95,7 +86,10 @@ def _to_generation(completion: Any, want_logprobs: bool) -> Generation:
             float(step[token_id].logprob)
             for step, token_id in zip(completion.logprobs, token_ids, strict=True)
         ]
-    return Generation(completion.text, token_ids, token_logprobs, completion.finish_reason)
+    return Generation(
+        completion.text, token_logprobs, completion_tokens=len(token_ids), token_ids=token_ids,
+        finish_reason=completion.finish_reason,
+    )
 
 
 def vllm_generate(
@@ -108,14 +102,6 @@ def vllm_generate(
     """(text, chosen-token logprobs) per prompt, greedy, from a fresh engine over `model_dir`."""
     decoder = LocalDecoder(model_dir, **engine_kwargs)
     return [(g.text, g.token_logprobs) for g in decoder.generate(prompts, max_tokens, logprobs)]
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    # A reader polling for the output never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, allow_nan=True)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generate_seconds": round(generate_seconds, 3),
         "generations": [{"prompt": p, **asdict(g)} for p, g in zip(prompts, generations)],
     }
-    _write_json_atomic(args.out, payload)
+    atomic_write_text(args.out, json.dumps(payload, allow_nan=True))  # a polling reader never sees half
     print(
         f"vllm_local: {len(prompts)} prompts, load {decoder.load_seconds:.1f} s, "
         f"generate {generate_seconds:.2f} s",

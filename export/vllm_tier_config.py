@@ -16,22 +16,15 @@ sees it (e.g. /models/t2/3/hf) or a hub id.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from export.triton_config import ModelSpec, TensorSpec
+from routenlp_core import vllm_engine_args as engine_args
+from routenlp_core.contract import TARGETS
+from routenlp_core.vllm_engine_args import EngineArgsError, read_engine_args  # noqa: F401  (model.py of older versions)
 
-TARGETS = ("cpu", "ngc")
-MODEL_JSON = "model.json"
-# Config parameter the cpu adapter exports before importing vLLM (GiB of KV cache per engine).
-KVCACHE_PARAMETER = "VLLM_CPU_KVCACHE_SPACE"
-KVCACHE_GIB_DEFAULT = "1"
 # A generation takes 100+ ms on CPU, so waiting 1 ms to group concurrent requests is cheap.
 DYNAMIC_BATCHING_DELAY_US = 1000
-# Config parameter of the cpu adapter: requests inside the engine at once (its engine thread adds
-# queued requests between engine steps up to this many; vLLM's scheduler batches them).
-ENGINE_BATCH_PARAMETER = "engine_batch"
-ENGINE_BATCH_DEFAULT = "32"
 
 _FLAGS = ("exclude_input_in_output", "stream", "return_finish_reason", "return_cumulative_logprob",
           "return_logprobs", "return_num_input_tokens", "return_num_output_tokens")  # fmt: skip
@@ -75,7 +68,10 @@ def vllm_tier_spec(name: str, *, target: str, max_batch_size: int = 8) -> ModelS
         backend="python",
         max_batch_size=max_batch_size,
         dynamic_batching_delay_us=DYNAMIC_BATCHING_DELAY_US,
-        parameters={KVCACHE_PARAMETER: KVCACHE_GIB_DEFAULT, ENGINE_BATCH_PARAMETER: ENGINE_BATCH_DEFAULT},
+        parameters={
+            engine_args.KVCACHE_PARAMETER: engine_args.KVCACHE_GIB_DEFAULT,
+            engine_args.ENGINE_BATCH_PARAMETER: engine_args.ENGINE_BATCH_DEFAULT,
+        },
     )
 
 
@@ -89,31 +85,3 @@ def vllm_model_json(model_path: str, *, max_model_len: int, target: str, **engin
     defaults = _CPU_ENGINE_DEFAULTS if target == "cpu" else _NGC_ENGINE_DEFAULTS
     args = {**defaults, "model": model_path, "max_model_len": max_model_len, **engine_args}
     return json.dumps(args, indent=2, sort_keys=True) + "\n"
-
-
-class EngineArgsError(ValueError):
-    """model.json is missing, malformed, or points at no checkpoint."""
-
-
-def read_engine_args(version_dir: Path | str) -> dict[str, Any]:
-    """Engine arguments from `version_dir/model.json`, with "model" resolved to an existing
-    checkpoint folder (relative paths are relative to the version folder)."""
-    version_dir = Path(version_dir)
-    path = version_dir / MODEL_JSON
-    try:
-        args = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EngineArgsError(f"{path} not found: it holds the vLLM engine arguments") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EngineArgsError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(args, dict):
-        raise EngineArgsError(f"{path} must hold a JSON object of engine arguments, got {type(args).__name__}")
-    model = args.get("model")
-    if not isinstance(model, str) or not model:
-        raise EngineArgsError(f"{path} needs \"model\": the checkpoint folder (relative to {version_dir} or absolute)")
-    checkpoint = (version_dir / model).resolve()
-    if not checkpoint.is_dir():
-        raise EngineArgsError(f"checkpoint folder {checkpoint} (\"model\": {model!r} in {path}) does not exist")
-    if not (checkpoint / "config.json").is_file():
-        raise EngineArgsError(f"checkpoint folder {checkpoint} has no config.json; is it a Hugging Face checkpoint?")
-    return {**args, "model": str(checkpoint)}

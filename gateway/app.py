@@ -31,16 +31,28 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from bls_router.serving_config import ENV_T4_BASE_URL, TOKENIZER_DIR, ServingConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.health import HealthBoard
 from gateway.ledger import BudgetLedger
 from gateway.metrics import UNKNOWN_TENANT, GatewayMetrics
-from gateway.openai_schema import GENERIC_MODEL, MODEL_PREFIX, ChatRequest, CompletionRequest, Kind, RoutingFields, completion_body, model_card, model_list, stream_chunks, usage
+from gateway.openai_schema import (
+    GENERIC_MODEL,
+    MODEL_PREFIX,
+    ChatRequest,
+    CompletionRequest,
+    Kind,
+    RoutingFields,
+    completion_body,
+    model_card,
+    model_list,
+    stream_chunks,
+    usage,
+)
 from gateway.pricing import max_cost
 from gateway.probes import Prober, probe_interval, tier_models
 from gateway.tenants import AuthError, Tenant, TenantSource
 from gateway.upstream import Upstream
+from routenlp_core.serving_config import ENV_T4_BASE_URL, TOKENIZER_DIR, ServingConfig
 
 logger = logging.getLogger(__name__)
 LEDGER_FILE = "gateway_ledger.sqlite"  # in the state folder

@@ -11,9 +11,10 @@ few tokens more, hence RETOKENISE_SLACK.
 
 from __future__ import annotations
 
-from bls_router.cascade import TIERS
-from bls_router.serving_config import ServingConfig
-from bls_router.service import FIXED_TIER_POLICIES, allowed_tiers
+from bls_router.service import allowed_tiers
+from routenlp_core.cascade import TIERS
+from routenlp_core.contract import FIXED_TIER_POLICIES
+from routenlp_core.serving_config import ServingConfig
 
 RETOKENISE_SLACK = 16  # tokens per decoder call
 

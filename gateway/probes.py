@@ -13,8 +13,8 @@ import httpx
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from bls_router.serving_config import ServingConfig
 from gateway.health import HealthBoard
+from routenlp_core.serving_config import ServingConfig
 
 logger = logging.getLogger(__name__)
 VERSIONS_EVERY = 10  # cycles between model-metadata reads (versions change only on a swap)

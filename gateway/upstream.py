@@ -7,6 +7,7 @@ from tritonclient.utils import InferenceServerException
 
 from clients.route_client import ENTRY_MODEL, RoutedAnswer, answer_from_outputs, entry_inputs
 from gateway.errors import from_triton
+from routenlp_core.contract import METADATA, OUTPUT
 
 
 class Upstream:
@@ -19,7 +20,7 @@ class Upstream:
         try:
             result = await self.client.infer(ENTRY_MODEL, inputs, client_timeout=self.timeout_s)
             # checks both tensors are there and the answer is this request's
-            return answer_from_outputs(result.as_numpy("OUTPUT"), result.as_numpy("METADATA"), request_id)
+            return answer_from_outputs(result.as_numpy(OUTPUT), result.as_numpy(METADATA), request_id)
         except InferenceServerException as err:
             raise from_triton(err.status(), err.message() or str(err)) from None
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-TIERS = ("t1", "t2", "t3", "t4")
+from routenlp_core.contract import TIERS
+
 DEFAULT_WORKERS = {"t1": 8, "t2": 4, "t3": 4}  # concurrent requests per replica (model instances)
 DEFAULT_T4_RATE_PER_S = 60.0
 DEFAULT_REQUESTS_PER_TIER = 20_000

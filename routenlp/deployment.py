@@ -4,7 +4,7 @@ so all of them run the same stack.
 
 The T4 endpoint and Triton start in parallel (each loads a model for up to a minute on CPU).
 Triton learns T4's URL, the escalation-log path and whether to keep raw text through its
-environment (bls_router/serving_config.py, bls_router/escalation_log.py). The repository API
+environment (routenlp_core/serving_config.py, bls_router/escalation_log.py). The repository API
 (load/unload) is restricted to holders of the admin key unless `open_admin` is set.
 
 With `openai_port` set, the OpenAI-compatible gateway (gateway/, `python -m gateway`) starts once
@@ -26,18 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bls_router.calibrate import BLS_MODEL
 from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
-from bls_router.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 from gateway.process import GatewayProcess
-from routenlp.paths import REPO_ROOT
 from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.triton_server import TritonServer
+from routenlp_core.contract import BLS_MODEL
+from routenlp_core.paths import ESCALATION_LOG_FILE, STATE_DIR
+from routenlp_core.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 
-STATE_DIR = Path(os.environ.get("ROUTENLP_STATE", REPO_ROOT / "var"))
 ENV_ADMIN_KEY = "ROUTENLP_ADMIN_KEY"
-ESCALATION_LOG_FILE = "escalation_log.sqlite"  # in the state folder
 ADMIN_HEADER = "admin-key"
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routenlp.paths import BENCHMARK_DIR, shared_data_dir
 from routenlp.stack import StackPaths
+from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
 
 INSTALL_FIX = "run `make install` (scripts/install.sh)"
 
@@ -109,7 +109,7 @@ def check_tritonserver() -> Check:
 
 def check_benchmark() -> Check:
     from routenlp.data import benchmark_stats
-    from routenlp.tasks import TASK_NAMES
+    from routenlp_core.tasks import TASK_NAMES
 
     try:
         rows = benchmark_stats(BENCHMARK_DIR)

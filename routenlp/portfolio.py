@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.tasks import TASK_NAMES, get_task
 
 DEFAULT_PORTFOLIO = Path(__file__).with_name("portfolios") / "default.toml"
 TIER_ORDER = ("t1", "t2", "t3", "t4")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bls_router.calibrate import BLS_MODEL
+from routenlp_core.contract import BLS_MODEL
 
 RESTARTS_FILE = "server_restarts.jsonl"
 

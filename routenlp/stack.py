@@ -13,6 +13,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from routenlp_core.vllm_engine_args import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER
+
 
 @dataclass(frozen=True)
 class StackPaths:
@@ -74,7 +76,7 @@ class StackPaths:
         env = dict(os.environ if base is None else base)
         env["PATH"] = f"{self.prefix / 'bin'}:{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = self.library_path()
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        env.setdefault(KVCACHE_PARAMETER, KVCACHE_GIB_DEFAULT)
         return env
 
 

@@ -4,7 +4,7 @@ Triton 2.51's python backend does not restart a dead stub, nor report it: the mo
 the server log says nothing, and every request to it fails after ~1 s with "Stub process
 't2_0_0' is not healthy." for as long as the server runs (measured: still so 2 minutes after a
 SIGKILL). The stub's own children (vLLM's EngineCore and its worker) are orphaned and keep their
-KV cache until the server stops. The BLS falls back meanwhile (bls_router/cascade.py), but a tier
+KV cache until the server stops. The BLS falls back meanwhile (routenlp_core/cascade.py), but a tier
 down for good would make every fallback permanent.
 
 The supervisor watches the server's stub processes (their argv names the model's version folder

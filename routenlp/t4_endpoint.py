@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from routenlp.processes import deprioritize_session, free_port, log_tail, stop_process_group
+from routenlp_core.vllm_engine_args import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER
 
-KVCACHE_GIB_DEFAULT = "1"  # vLLM's CPU default reserves far more than a tiny T4 needs
 LOCAL_T4_NICE = 19  # a stand-in for a remote API: never ahead of the serving processes
 
 
@@ -78,7 +78,7 @@ class T4Endpoint:
 
     def _child_env(self) -> dict[str, str]:
         env = {**os.environ, **(self.env or {})}
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", KVCACHE_GIB_DEFAULT)
+        env.setdefault(KVCACHE_PARAMETER, KVCACHE_GIB_DEFAULT)  # vLLM's default is far more than tiny tiers need
         key = env.get(self.api_key_env, "") if self.api_key_env else ""
         if key:
             env["VLLM_API_KEY"] = key

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import routenlp.deployment as deployment_module  # noqa: E402
 from clients.served_eval import route_records  # noqa: E402
 from routenlp.data.records import load_split  # noqa: E402
-from routenlp.paths import MODEL_REPOSITORY_DIR  # noqa: E402
 from routenlp.t4_endpoint import LOCAL_T4_NICE, T4Endpoint  # noqa: E402
-from routenlp.tasks import TASK_NAMES  # noqa: E402
+from routenlp_core.paths import MODEL_REPOSITORY_DIR  # noqa: E402
+from routenlp_core.tasks import TASK_NAMES  # noqa: E402
 
 
 def fake_t4(delay_s: float) -> ThreadingHTTPServer:

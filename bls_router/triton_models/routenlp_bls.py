@@ -8,7 +8,7 @@ Inputs (one request = one text, shape [1, 1] with the batch dimension):
 Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured tasks, the text for
 generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
 
-The version folder holds serving_config.json (bls_router/serving_config.py) and the shared
+The version folder holds serving_config.json (routenlp_core/serving_config.py) and the shared
 tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and HTTP calls to T4
 (T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key from the env variable the config
 names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
@@ -39,8 +39,8 @@ the shared series is removed under the other: its counts vanish from /metrics an
 touches freed memory (measured: a tritonserver SIGSEGV right after a hot swap of this model).
 """
 
-# The embedded interpreter starts in the C locale; torch (pulled in through transformers by
-# export.encoder) then fails reading its UTF-8 templates. Must run before those imports.
+# The embedded interpreter starts in the C locale; torch (which transformers may pull in for the
+# tokenizer) then fails reading its UTF-8 templates. Must run before those imports.
 import locale
 
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
@@ -52,19 +52,9 @@ import threading  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bls_router.cascade import TIERS, TierUnavailable  # noqa: E402
 from bls_router.deferred import WorkerPool, call_with_deadline  # noqa: E402
 from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
 from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
-from bls_router.serving_config import (  # noqa: E402
-    BLS_MAX_PENDING_DEFAULT,
-    BLS_MAX_PENDING_PARAMETER,
-    BLS_WORKERS_DEFAULT,
-    BLS_WORKERS_PARAMETER,
-    TOKENIZER_DIR,
-    ServingConfigError,
-    load_serving_config,
-)
 from bls_router.service import (  # noqa: E402
     ROUTED_POLICY,
     Generation,
@@ -73,8 +63,18 @@ from bls_router.service import (  # noqa: E402
     TierCodec,
     token_logprobs_from_vllm_json,
 )
+from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
+from routenlp_core.contract import INPUTS, METADATA, OUTPUT  # noqa: E402
+from routenlp_core.serving_config import (  # noqa: E402
+    BLS_MAX_PENDING_DEFAULT,
+    BLS_MAX_PENDING_PARAMETER,
+    BLS_WORKERS_DEFAULT,
+    BLS_WORKERS_PARAMETER,
+    TOKENIZER_DIR,
+    ServingConfigError,
+    load_serving_config,
+)
 
-INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID", "POLICY")
 DRAIN_TIMEOUT_S = 120.0
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
 
@@ -158,8 +158,8 @@ class TritonPythonModel:
                 "requests that need T4 fall back to T3"
             )
         # Import what the first request would otherwise import (encoders, answer parsing, labels).
-        import bls_router.t1_codec  # noqa: F401
-        from routenlp.answers import parse_output  # noqa: F401
+        import routenlp_core.t1_codec  # noqa: F401
+        from routenlp_core.answers import parse_output  # noqa: F401
 
         self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
         path = log_path()
@@ -360,8 +360,8 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"{self.name}: metrics update failed: {type(err).__name__}: {err}")
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("OUTPUT", np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
-                pb_utils.Tensor("METADATA", np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor(OUTPUT, np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
+                pb_utils.Tensor(METADATA, np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
             ]
         )
 

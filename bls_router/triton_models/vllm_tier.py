@@ -29,6 +29,7 @@ import time  # noqa: E402
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from bls_router.deferred import StepLoop  # noqa: E402
 from bls_router.vllm_requests import (  # noqa: E402
     INPUT_NAMES,
     RequestError,
@@ -37,8 +38,7 @@ from bls_router.vllm_requests import (  # noqa: E402
     fit_prompt_ids,
     parse_request,
 )
-from bls_router.deferred import StepLoop  # noqa: E402
-from export.vllm_tier_config import (  # noqa: E402
+from routenlp_core.vllm_engine_args import (  # noqa: E402
     ENGINE_BATCH_DEFAULT,
     ENGINE_BATCH_PARAMETER,
     KVCACHE_GIB_DEFAULT,

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 
 def register(sub) -> None:
@@ -32,8 +32,9 @@ def register(sub) -> None:
 
 
 def load_records(args) -> list[dict]:
-    from routenlp.data import load_records as read_jsonl, load_split
-    from routenlp.tasks import TASK_NAMES
+    from routenlp.data import load_records as read_jsonl
+    from routenlp.data import load_split
+    from routenlp_core.tasks import TASK_NAMES
 
     if args.data is not None:
         records = read_jsonl(args.data)
@@ -67,7 +68,7 @@ def stratified_sample(records: list[dict], n: int | None, seed: int) -> list[dic
 
 def label_of(record: dict) -> str:
     """The stratum: the label of a classification, the first entity type of NER, else one stratum."""
-    from routenlp.tasks import get_task
+    from routenlp_core.tasks import get_task
 
     target = record.get("target")
     if get_task(record["task"]).kind == "classification":

@@ -2,7 +2,7 @@
 -> a new version of the routenlp BLS.
 
 Reads the build's calibration answers (no training: run `routenlp export` first), fits the rules
-(bls_router.calibrate), prints per (task, tier) the realised regret with Wilson 95% intervals on
+(export.calibrate), prints per (task, tier) the realised regret with Wilson 95% intervals on
 each check pool that has answers (dev, and a split nothing was fitted on if the build has one),
 and writes the rules into a new version of the `routenlp` model of the repository.
 """
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 
 def register(sub) -> None:
@@ -29,9 +29,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from bls_router.calibrate import PROMISE, CalibrationUnavailable, calibrate_build, check_build, write_calibrated_version
-    from bls_router.serving_config import effective_bars
+    from export.calibrate import PROMISE, CalibrationUnavailable, calibrate_build, check_build, write_calibrated_version
     from export.pipeline import PortfolioBuild
+    from export.serving_config_builder import effective_bars
     from routenlp.portfolio import load_portfolio
     from routenlp.table import format_table
 

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from routenlp.paths import RESULTS_DIR
+from routenlp_core.paths import RESULTS_DIR
 
 DEFAULT_LOADS = "1000,5000,10000,20000"
 

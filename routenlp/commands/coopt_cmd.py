@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from routenlp.paths import ARTIFACTS_DIR, MODEL_REPOSITORY_DIR, RESULTS_DIR
+from routenlp_core.paths import ARTIFACTS_DIR, MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 
 def register(sub) -> None:

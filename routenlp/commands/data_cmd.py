@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from routenlp.paths import BENCHMARK_DIR, shared_data_dir
+from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
 
 
 def register(sub) -> None:

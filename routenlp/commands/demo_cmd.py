@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 from routenlp.table import format_table
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 REFERENCE_POLICY = "always-t4"
 
@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 def _records(per_task: int | None) -> list[dict]:
     from routenlp.data import load_split
-    from routenlp.tasks import TASK_NAMES
+    from routenlp_core.tasks import TASK_NAMES
 
     records = []
     for task in TASK_NAMES:
@@ -89,7 +89,7 @@ def run(args) -> int:
         write_pack=False, from_pack=not args.rebuild, pack=None,
     ))  # fmt: skip
     records = _records(args.per_task)
-    print(f"\nstarting the deployment (T4 endpoint + tritonserver; vLLM engines load in about a minute each) ...", flush=True)
+    print("\nstarting the deployment (T4 endpoint + tritonserver; vLLM engines load in about a minute each) ...", flush=True)
     with Deployment(MODEL_REPOSITORY_DIR, ports={}) as deployment:
         print(format_table([{"endpoint": k, "value": v} for k, v in deployment.describe().items()]), flush=True)
         url = deployment.server.grpc_url

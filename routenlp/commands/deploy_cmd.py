@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from coopt.deploy import smoke_check  # noqa: F401  (re-exported for callers of the command module)
-from routenlp.paths import MODEL_REPOSITORY_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def run(args) -> int:
     from coopt.deploy import DeployError, RepositoryAPI, deploy
     from routenlp.data import load_split
     from routenlp.deployment import STATE_DIR, admin_key
-    from routenlp.tasks import TASK_NAMES
+    from routenlp_core.tasks import TASK_NAMES
 
     api = RepositoryAPI(args.http_url, admin_key(args.state_dir or STATE_DIR))
     check = smoke_check(args.grpc_url, TASK_NAMES, lambda task: load_split(task, "dev")[0]["text"])

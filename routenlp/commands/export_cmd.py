@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 
 def register(sub) -> None:

@@ -20,9 +20,8 @@ def register(sub) -> None:
 
 def default_db() -> Path:
     from bls_router.escalation_log import log_path
-    from routenlp.deployment import ESCALATION_LOG_FILE, STATE_DIR
 
-    return log_path(default=STATE_DIR / ESCALATION_LOG_FILE)
+    return log_path()
 
 
 def _row(record: dict) -> dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 
 def register(sub) -> None:
@@ -28,16 +28,16 @@ def run(args) -> int:
     from routenlp.data import load_split
     from routenlp.deployment import grpc_url_of, latest_serving_config
     from routenlp.table import format_table
-    from routenlp.tasks import TASK_NAMES
+    from routenlp_core.tasks import TASK_NAMES
 
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     config = latest_serving_config(args.repository)
     records = [r for task in TASK_NAMES for r in load_split(task, "dev")[: args.per_task]]
     from transformers import PreTrainedTokenizerFast
 
-    from bls_router.calibrate import BLS_MODEL
-    from bls_router.serving_config import TOKENIZER_DIR
     from export.repository import latest_version
+    from routenlp_core.contract import BLS_MODEL
+    from routenlp_core.serving_config import TOKENIZER_DIR
 
     bls_dir = args.repository / BLS_MODEL
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(bls_dir / str(latest_version(bls_dir)) / TOKENIZER_DIR))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from routenlp.paths import RESULTS_DIR
+from routenlp_core.paths import RESULTS_DIR
 
 DEFAULT_LOADS = "1000,2000,5000,10000,15000,20000"
 

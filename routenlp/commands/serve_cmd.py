@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
 from pathlib import Path
 
-from routenlp.paths import MODEL_REPOSITORY_DIR
+from routenlp_core.paths import MODEL_REPOSITORY_DIR
 
 STANDARD_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's defaults
 OPENAI_PORT = 8080

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from routenlp.data.banking77 import banking77_labels
 from routenlp.data.ectsum import load_ectsum_documents
-from routenlp.data.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
 from routenlp.data.loaders import load_raw
-from routenlp.data.records import SPLITS, MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, record_group, write_records
+from routenlp.data.records import MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, SPLITS, record_group, write_records
 from routenlp.data.splits import (
     EVALUATION_SPLITS,
     SPLIT_FRACTIONS,
@@ -22,8 +21,9 @@ from routenlp.data.splits import (
     split_by_group,
     split_within_documents,
 )
-from routenlp.paths import BENCHMARK_DIR, shared_data_dir
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
+from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
+from routenlp_core.tasks import TASK_NAMES
 
 BUILD_VERSION = 2  # 2: fin_ner split within documents; evaluation records repeating a train text dropped
 DEFAULT_SEED = 13

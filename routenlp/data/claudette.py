@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from routenlp.data.labels import NONE_LABEL, RISK_LEVELS
 from routenlp.data.rawpath import read_text
 from routenlp.data.records import make_record
+from routenlp_core.labels import NONE_LABEL, RISK_LEVELS
 
 TASK = "legal_risk"
 # Unfairness tags end in their level digit; others (e.g. `countrym`) carry no risk level.

@@ -14,9 +14,9 @@ import hashlib
 import re
 from pathlib import Path
 
-from routenlp.data.labels import CLAUSE_CATEGORIES, NONE_LABEL
 from routenlp.data.rawpath import read_text
 from routenlp.data.records import make_record
+from routenlp_core.labels import CLAUSE_CATEGORIES, NONE_LABEL
 
 TASK = "legal_clause"
 COVER_FRACTION = 0.5

@@ -12,8 +12,8 @@ from routenlp.data.conll import load_conll
 from routenlp.data.cuad import load_cuad
 from routenlp.data.ectsum import load_ectsum
 from routenlp.data.records import write_records
-from routenlp.paths import BENCHMARK_DIR
-from routenlp.tasks import get_task
+from routenlp_core.paths import BENCHMARK_DIR
+from routenlp_core.tasks import get_task
 
 LOADERS: dict[str, Callable[[str | Path], list[dict]]] = {
     "cs_intent": load_banking77,

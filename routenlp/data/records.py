@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from routenlp.paths import BENCHMARK_DIR
-from routenlp.tasks import get_task
+from routenlp_core.paths import BENCHMARK_DIR
+from routenlp_core.tasks import get_task
 
 SPLITS: tuple[str, ...] = ("train", "calibration", "dev")
 # Longest model input kept per task (characters); longer inputs are cut at a word boundary so the

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from routenlp.data.records import SPLITS, load_records
-from routenlp.paths import BENCHMARK_DIR
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.paths import BENCHMARK_DIR
+from routenlp_core.tasks import TASK_NAMES, get_task
 
 
 def _split_order(path: Path) -> tuple[int, str]:

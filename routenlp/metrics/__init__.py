@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from routenlp.tasks import get_task
+from routenlp_core.stats import bootstrap_ci, wilson_interval
+from routenlp_core.tasks import get_task
 
 from .base import Metric
 from .classification import NO_CLAUSE, Accuracy, ClauseF1, MacroF1
 from .generation import RougeL
 from .ner import EntityF1
 from .response import LAYERS_ENV, MODEL_ENV, ResponseQuality, select_response_backend
-from .stats import bootstrap_ci, wilson_interval
 
 METRICS: dict[str, Metric] = {
     metric.key: metric

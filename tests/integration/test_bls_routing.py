@@ -28,13 +28,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from bls_router.calibrate import write_calibrated_version
-from bls_router.serving_config import load_serving_config
+from export.calibrate import write_calibrated_version
 from export.repository_builder import write_repository
 from routenlp.deployment import ADMIN_HEADER, Deployment, admin_key
 from routenlp.t4_endpoint import T4Endpoint
-from routenlp.tasks import TASK_NAMES, get_task
 from routenlp.triton_server import TritonServer
+from routenlp_core.serving_config import load_serving_config
+from routenlp_core.tasks import TASK_NAMES, get_task
 
 pytestmark = pytest.mark.integration
 
@@ -300,9 +300,9 @@ def test_route_command_over_grpc_and_http(stack, tmp_path, capsys):
 
 
 def test_bench_runs_every_system_through_the_server(stack, tmp_path):
-    from bls_router.serving_config import load_serving_config
     from clients.bench import run_bench
     from clients.bench_report import write_outputs
+    from routenlp_core.serving_config import load_serving_config
 
     config = load_serving_config(stack.repository / MODEL / "1")
     records = [r for task in TASK_NAMES for r in stack.build.pools.dev[task][:2]]

@@ -9,7 +9,7 @@ import pytest
 
 from export.report import format_report, portfolio_report, write_report
 from routenlp.portfolio import TIER_ORDER
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 
 pytestmark = pytest.mark.integration
 

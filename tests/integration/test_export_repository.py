@@ -14,17 +14,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.onnx_export import ort_session
 from export.repository_builder import MANIFEST, write_repository
 from export.router_model import encode_router_inputs, load_router
-from bls_router.service import ROUTER_ABLATIONS
 from export.t1 import T1_TASKS
 from routenlp.data import task_labels
 from routenlp.triton_server import TritonServer
+from routenlp_core.contract import ROUTER_ABLATION_MODELS
 
 pytestmark = pytest.mark.integration
 
 
 def test_repository_layout_and_generated_configs(tiny_build, tiny_repository, tmp_path):
     manifest = json.loads((tiny_repository / MANIFEST).read_text())
-    names = ["router", *ROUTER_ABLATIONS, *(f"t1_{t}" for t in T1_TASKS), "t2", "t3", "routenlp"]
+    names = ["router", *ROUTER_ABLATION_MODELS, *(f"t1_{t}" for t in T1_TASKS), "t2", "t3", "routenlp"]
     assert manifest["versions"][-1]["models"] == sorted(names)
     for name in names:
         config = text_format.Parse((tiny_repository / name / "config.pbtxt").read_text(), mc.ModelConfig())

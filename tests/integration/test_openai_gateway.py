@@ -25,7 +25,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bls_router.serving_config import load_serving_config
 from clients.fault_proxy import FaultProxy
 from clients.route_client import RouteClient
 from export.repository_builder import write_repository
@@ -34,7 +33,8 @@ from gateway.pricing import max_cost
 from gateway.tenants import hash_key
 from routenlp.deployment import Deployment
 from routenlp.t4_endpoint import T4Endpoint
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.serving_config import load_serving_config
+from routenlp_core.tasks import TASK_NAMES, get_task
 from tests.integration.t4_behind_proxy import deployment_with_t4_behind_proxy
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ from export.decoder import DecoderArch, build_decoder, save_decoder
 from export.pipeline import PortfolioBuild
 from export.repository_builder import write_repository
 from export.train_decoder import train_decoder
-from routenlp.answers import format_target, prompt_text
 from routenlp.deployment import Deployment
 from routenlp.portfolio import DEFAULT_PORTFOLIO, load_portfolio
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.answers import format_target, prompt_text
+from routenlp_core.tasks import TASK_NAMES
 from tests.integration.test_bls_routing import START_TIMEOUT_S, route
 
 pytestmark = pytest.mark.integration

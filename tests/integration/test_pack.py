@@ -17,13 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from export.pack import MANIFEST, MAX_PACK_BYTES, PACKS_DIR, PackError, mismatches, restore_pack, sha256_file, verify_pack, write_pack
+from export.pack import (
+    MANIFEST,
+    MAX_PACK_BYTES,
+    PACKS_DIR,
+    PackError,
+    mismatches,
+    restore_pack,
+    sha256_file,
+    verify_pack,
+    write_pack,
+)
 from export.pipeline import PortfolioBuild
 from export.quality import quality_table
 from export.report import portfolio_report
-from routenlp.paths import BENCHMARK_DIR
 from routenlp.portfolio import load_portfolio
-from routenlp.tasks import TASK_NAMES, get_task
+from routenlp_core.paths import BENCHMARK_DIR
+from routenlp_core.tasks import TASK_NAMES, get_task
 
 pytestmark = pytest.mark.integration
 
@@ -138,8 +148,8 @@ def test_served_pack_reproduces_its_recorded_quality(pack, tmp_path):
     from clients.served_eval import route_records, served_prediction
     from export.repository_builder import write_repository
     from routenlp.deployment import Deployment
-    from routenlp.t4_endpoint import T4Endpoint
     from routenlp.metrics import corpus_score
+    from routenlp.t4_endpoint import T4Endpoint
 
     build = _build_over(pack, tmp_path / "artifacts")
     restore_pack(pack, build)

@@ -19,7 +19,6 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +34,7 @@ from clients.route_client import RouteClient
 from export.repository_builder import MANIFEST, write_repository
 from routenlp.deployment import Deployment
 from routenlp.t4_endpoint import T4Endpoint
-from routenlp.tasks import TASK_NAMES
+from routenlp_core.tasks import TASK_NAMES
 from tests.integration.t4_behind_proxy import deployment_with_t4_behind_proxy
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bls_router.cascade import TierUnavailable
 from bls_router.circuit_breaker import BreakerState, CircuitBreaker
 from bls_router.t4_client import T4Client
 from export.decoder import DecoderArch, build_decoder, count_parameters, save_decoder
 from export.tokenizer import train_tokenizer
 from export.train_decoder import train_decoder
 from routenlp.t4_endpoint import EndpointStartError, T4Endpoint
+from routenlp_core.cascade import TierUnavailable
 from tests.integration.test_vllm_decoder import SEED, _task_split
 
 KEY_ENV = "ROUTENLP_T4_ITEST_KEY"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from routenlp.answers import format_target, parse_output, prompt_text
 from routenlp.data import SPLITS, load_split
-from routenlp.tasks import TASKS
+from routenlp_core.answers import format_target, parse_output, prompt_text
+from routenlp_core.tasks import TASKS
 
 STRUCTURED = [name for name, spec in TASKS.items() if spec.kind in ("classification", "ner")]
 

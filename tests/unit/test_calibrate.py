@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_router.calibrate import (
+from export.calibrate import (
     CalibrationUnavailable,
     Rules,
     calibrate_answers,
@@ -21,9 +21,9 @@ from bls_router.calibrate import (
     replay,
     write_calibrated_version,
 )
-from bls_router.conformal import U_MAX
-from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config, write_serving_config
 from export.repository_builder import routenlp_model_spec
+from routenlp_core.conformal import U_MAX
+from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config, write_serving_config
 
 from .test_service import make_config
 
@@ -211,7 +211,7 @@ def test_new_thresholds_go_into_a_new_routenlp_version(tmp_path):
 
 
 def test_calibrated_version_refuses_unknown_tasks_and_missing_models(tmp_path):
-    from bls_router.serving_config import ServingConfigError
+    from routenlp_core.serving_config import ServingConfigError
 
     repo = make_repository(tmp_path)
     with pytest.raises(ServingConfigError, match="thresholds for unknown task 'nope'"):

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from bls_router.cascade import CascadePolicy, TierResult, TierUnavailable, run_cascade
-from bls_router.conformal import U_MAX, crc_delta, min_calibration_size, realised_risk
+from routenlp_core.cascade import CascadePolicy, TierResult, TierUnavailable, run_cascade
+from routenlp_core.conformal import U_MAX, crc_delta, min_calibration_size, realised_risk
 
 PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
 POLICY = CascadePolicy(

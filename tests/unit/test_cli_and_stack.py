@@ -6,7 +6,7 @@ from routenlp.cli import build_parser
 from routenlp.doctor import Check, check_import
 from routenlp.stack import StackPaths
 from routenlp.table import format_table
-from routenlp.tasks import TASK_NAMES, UnknownTaskError, get_task
+from routenlp_core.tasks import TASK_NAMES, UnknownTaskError, get_task
 
 
 def test_cli_has_the_foundation_commands():

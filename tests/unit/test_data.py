@@ -4,8 +4,8 @@ format), document-level splits, deterministic builds, and the committed benchmar
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
 import random
 from pathlib import Path
 
@@ -20,12 +20,11 @@ from routenlp.data import (
     load_records,
     load_split,
 )
+from routenlp.data.build import WITHIN_DOCUMENT_SPLIT
 from routenlp.data.claudette import risk_label
 from routenlp.data.cuad import segment_spans
 from routenlp.data.ectsum import company, load_ectsum_documents
-from routenlp.data.labels import CLAUSE_LABELS, RISK_LABELS
 from routenlp.data.records import record_group, truncate_text
-from routenlp.data.build import WITHIN_DOCUMENT_SPLIT
 from routenlp.data.splits import (
     drop_training_duplicates,
     normalised_text,
@@ -34,8 +33,9 @@ from routenlp.data.splits import (
     split_by_group,
     split_within_documents,
 )
-from routenlp.paths import BENCHMARK_DIR, shared_data_dir
-from routenlp.tasks import TASK_NAMES, UnknownTaskError
+from routenlp_core.labels import CLAUSE_LABELS, RISK_LABELS
+from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
+from routenlp_core.tasks import TASK_NAMES, UnknownTaskError
 
 BITEXT_COLUMNS = ["context", "role", "instruction", "intent", "entity_type", "entity_value",
                   "start_offset", "end_offset", "category", "tags", "response"]

@@ -19,10 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
-import pytest
 import yaml
 
-from routenlp.paths import REPO_ROOT
+from routenlp_core.paths import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
 K8S = DOCKER / "k8s"

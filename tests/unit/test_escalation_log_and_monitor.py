@@ -1,6 +1,5 @@
 """The durable escalation log (SQLite WAL) and the escalation-rate monitor, without Triton."""
 
-import json
 import multiprocessing
 import sqlite3
 

@@ -18,7 +18,7 @@ from routenlp.metrics import (
     wilson_interval,
 )
 from routenlp.metrics.response import ChrfBackend, ResponseQuality, select_response_backend
-from routenlp.tasks import TASK_NAMES, TASKS, UnknownTaskError
+from routenlp_core.tasks import TASK_NAMES, TASKS, UnknownTaskError
 
 
 @pytest.fixture(autouse=True)

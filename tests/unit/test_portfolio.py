@@ -3,7 +3,7 @@ import tomllib
 import pytest
 
 from routenlp.portfolio import DEFAULT_PORTFOLIO, PortfolioError, load_portfolio, parse_portfolio
-from routenlp.tasks import UnknownTaskError
+from routenlp_core.tasks import UnknownTaskError
 
 
 def _raw():

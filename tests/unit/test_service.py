@@ -10,17 +10,6 @@ import string
 import numpy as np
 import pytest
 
-from bls_router.cascade import TierResult, TierUnavailable
-from bls_router.serving_config import (
-    ENV_T4_BASE_URL,
-    ServingConfig,
-    ServingConfigError,
-    T1Head,
-    T4Settings,
-    load_serving_config,
-    validate as validate_config,
-    write_serving_config,
-)
 from bls_router.service import (
     Generation,
     RequestError,
@@ -28,9 +17,22 @@ from bls_router.service import (
     TierCodec,
     cheapest_confident_tier,
     decide_route,
-    router_probabilities,
     format_output,
+    router_probabilities,
     token_logprobs_from_vllm_json,
+)
+from routenlp_core.cascade import TierResult, TierUnavailable
+from routenlp_core.serving_config import (
+    ENV_T4_BASE_URL,
+    ServingConfig,
+    ServingConfigError,
+    T1Head,
+    T4Settings,
+    load_serving_config,
+    write_serving_config,
+)
+from routenlp_core.serving_config import (
+    validate as validate_config,
 )
 
 TASKS = ("cs_intent", "cs_response", "fin_ner", "fin_summary", "legal_clause", "legal_risk")
@@ -540,7 +542,7 @@ def test_missing_serving_config_says_who_writes_it(tmp_path):
 
 
 def test_t4_settings_take_operator_overrides_from_the_environment():
-    from bls_router.serving_config import ServingConfigError, T4Settings
+    from routenlp_core.serving_config import ServingConfigError, T4Settings
 
     base = T4Settings("", "t4", "ROUTENLP_T4_API_KEY")
     tuned = base.with_env_overrides({"ROUTENLP_T4_TIMEOUT_S": "0.5", "ROUTENLP_T4_BREAKER_FAILURES": "2", "ROUTENLP_T4_BREAKER_RESET_S": "3"})

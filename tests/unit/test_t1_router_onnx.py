@@ -10,7 +10,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.encoder import EncoderArch, encode_texts, pad_batch
+from export.encoder import EncoderArch
 from export.onnx_export import (
     ParityError,
     export_onnx,
@@ -37,6 +37,7 @@ from export.train_router import router_accuracy, train_router
 from export.triton_config import render_config
 from routenlp.data import load_split, task_labels
 from routenlp.portfolio import RouterSettings
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
 
 TINY = EncoderArch(dim=32, layers=1, heads=2, hidden_dim=64, max_positions=128)
 STRUCTURED = ("cs_intent", "fin_ner", "legal_clause", "legal_risk")

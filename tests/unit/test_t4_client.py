@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bls_router.cascade import TierResult, TierUnavailable
 from bls_router.circuit_breaker import BreakerState, CircuitBreaker
 from bls_router.t4_client import T4Client
+from routenlp_core.cascade import TierResult, TierUnavailable
 
 SECRET = "sk-test-3f9c1e0b-DO-NOT-LEAK"
 KEY_ENV = "ROUTENLP_T4_TEST_KEY"

@@ -20,7 +20,8 @@ from bls_router.vllm_requests import (
     parse_sampling_parameters,
 )
 from export.triton_config import render_config
-from export.vllm_tier_config import EngineArgsError, read_engine_args, vllm_model_json, vllm_tier_spec
+from export.vllm_tier_config import vllm_model_json, vllm_tier_spec
+from routenlp_core.vllm_engine_args import EngineArgsError, read_engine_args
 
 
 def _bytes(text: str | bytes) -> np.ndarray:

@@ -12,6 +12,11 @@ RESULTS_DIR = REPO_ROOT / "results"
 MODEL_REPOSITORY_DIR = REPO_ROOT / "model_repository"
 # Built artefacts (trained models, caches); not committed.
 ARTIFACTS_DIR = Path(os.environ.get("ROUTENLP_ARTIFACTS", REPO_ROOT / "artifacts"))
+# Runtime state of `routenlp serve` (logs, admin key) and the escalation log's one default place;
+# ROUTENLP_ESCALATION_LOG overrides the log's path (a container points it at its volume).
+STATE_DIR = Path(os.environ.get("ROUTENLP_STATE", REPO_ROOT / "var"))
+ESCALATION_LOG_FILE = "escalation_log.sqlite"
+DEFAULT_ESCALATION_LOG = STATE_DIR / ESCALATION_LOG_FILE
 
 
 def shared_data_dir() -> Path:

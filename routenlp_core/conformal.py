@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from routenlp.metrics import wilson_interval
+from routenlp_core.stats import wilson_interval
 
 U_MAX = 1.0  # uncertainties are 1 - max prob or mean(1 - p(token)): never above 1
 

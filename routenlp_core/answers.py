@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from routenlp.data.labels import NER_TYPES, NONE_LABEL, task_labels
-from routenlp.tasks import get_task
+from routenlp_core.labels import NER_TYPES, NONE_LABEL, task_labels
+from routenlp_core.tasks import get_task
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A decoder tier's answer: text, chosen-token logprobs (for the cascade's uncertainty) and billed
+    token counts; the offline engines also give the token ids and why generation stopped."""
+
+    text: str
+    token_logprobs: Sequence[float]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_ids: Sequence[int] = ()
+    finish_reason: str | None = None
+
 
 PROMPT_TEMPLATE = "task: {task}\ntext: {text}\nanswer:"
 ENTITY_SEPARATOR = "; "

@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from routenlp.paths import BENCHMARK_DIR
+from routenlp_core.paths import BENCHMARK_DIR
 
 NONE_LABEL = "none"
 

@@ -3,8 +3,7 @@
 Shared by training/evaluation (export/t1.py re-exports every name here) and by the routing BLS,
 which runs the logits function as a BLS call to `t1_<task>`: one copy of the code, so a served
 T1 answer is exactly the one the build measured. Nothing here needs torch (only numpy and a
-tokenizer); note that export.encoder still imports transformers' DistilBertConfig at its top,
-which loads torch in transformers 5, so importing this module currently loads torch too.
+tokenizer; the encoder input rules are routenlp_core/encoder_inputs.py).
 
 NER alignment: the words are joined with single spaces, exactly the record's text, and each BPE
 piece is mapped back to its word through the character offsets. (`is_split_into_words` would
@@ -20,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from export.encoder import encode_texts, pad_batch
-from routenlp.tasks import get_task
+from routenlp_core.encoder_inputs import encode_texts, pad_batch
+from routenlp_core.tasks import get_task
 
 IGNORE_INDEX = -100
 OUTSIDE = "O"

@@ -16,7 +16,7 @@ over recorded answers, `replay`). Calibration, per task:
    system (router + the tiers below, already calibrated) actually sends to k; with fewer than
    MIN_POPULATION of them, all of the task's records (`population` says which). The loss of
    accepting record i is its regret l_i = (q_target,i - q_k,i)+ with q in [0, 1], and
-   delta = crc_delta(u, l, alpha) (conformal risk control, bls_router.conformal). Targets are
+   delta = crc_delta(u, l, alpha) (conformal risk control, routenlp_core.conformal). Targets are
    tried cheapest first (for cascade-first T1: the router's pick above T1), and one is taken only
    if it beats k (task metric) on the records k would escalate; with none, k is final for the task.
 3. check_pool: the same replay on dev (or any other pool with answers) gives per (task, tier)
@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bls_router.cascade import TIERS, CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
-from bls_router.conformal import U_MAX, RiskCheck, crc_delta, min_calibration_size, realised_risk
+from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
+from routenlp_core.conformal import U_MAX, RiskCheck, crc_delta, min_calibration_size, realised_risk
+from routenlp_core.contract import BLS_MODEL, TIERS
 
 ESCALATING_TIERS = TIERS[:-1]
 CALIBRATION_POOL = "calibration"
-BLS_MODEL = "routenlp"
 TARGET_QUALITY_RATIO = 0.97  # gamma's target: this share of Always-T4's quality on calibration
 GAMMA_GRID = tuple(round(0.02 * i, 2) for i in range(51))
 MIN_POPULATION = 40  # fewer routed calibration answers than this: calibrate on the whole task
@@ -87,8 +87,8 @@ def servable(task: str, structured: frozenset[str]) -> tuple[str, ...]:
 
 def replay(record: Mapping, answers: Answers, probs: Probabilities | None, rules: Rules, prices, structured: frozenset[str], cascade: bool = True) -> Replayed:
     """The served decision for one record, run over its recorded tier answers (serving code)."""
-    from bls_router.serving_config import DEFAULT_GAMMA
     from bls_router.service import decide_route
+    from routenlp_core.serving_config import DEFAULT_GAMMA
 
     task, rows = record["task"], answers[record["id"]]
     allowed = [t for t in servable(task, structured) if t in rows]
@@ -137,7 +137,7 @@ def fit_gamma(task: str, records, answers: Answers, probs: Probabilities, rules:
 def calibrate_task(task: str, records, answers: Answers, probs: Probabilities | None, rules: Rules, prices, structured, alpha: float) -> dict[str, dict]:
     """Thresholds and escalation targets of `task`'s tiers, cheapest first, written into `rules`;
     returns per tier what each rests on."""
-    from bls_router.serving_config import DEFAULT_GAMMA
+    from routenlp_core.serving_config import DEFAULT_GAMMA
 
     rules.thresholds.setdefault(task, {})
     rules.escalate_to.setdefault(task, {})
@@ -198,8 +198,8 @@ def calibrate_answers(records, answers: Answers, probs: Probabilities | None, pr
 
 
 def task_alphas(build, alpha: float | None) -> dict[str, float]:
-    from bls_router.serving_config import DEFAULT_ALPHA
-    from routenlp.tasks import TASK_NAMES
+    from routenlp_core.serving_config import DEFAULT_ALPHA
+    from routenlp_core.tasks import TASK_NAMES
 
     portfolio = getattr(build, "portfolio", None)
     return {task: float(alpha) if alpha is not None else (portfolio.tasks[task].alpha if portfolio else DEFAULT_ALPHA) for task in TASK_NAMES}
@@ -215,7 +215,7 @@ def build_prices(build) -> dict[str, float]:
 
 
 def structured_tasks() -> frozenset[str]:
-    from routenlp.tasks import TASK_NAMES, get_task
+    from routenlp_core.tasks import TASK_NAMES, get_task
 
     return frozenset(t for t in TASK_NAMES if get_task(t).structured)
 
@@ -357,9 +357,9 @@ def write_calibrated_version(repository: Path, thresholds: Mapping[str, Mapping[
     """A new version of the routenlp model: the latest version's files with the new thresholds.
 
     The models it routes to are untouched (their version is in the config: repository_version)."""
-    from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config
     from export.repository import latest_version, write_model_version
     from export.repository_builder import routenlp_model_spec
+    from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config
 
     repository = Path(repository)
     model_dir = repository / BLS_MODEL

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TIERS = ("t1", "t2", "t3", "t4")
+from routenlp_core.contract import TIERS
 
 
 class TierUnavailable(RuntimeError):
