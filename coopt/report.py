@@ -83,8 +83,9 @@ def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
         x = [r["iteration"] for r in measured]
         cost_ax.plot(x, [r["cost_ratio"] for r in measured], marker="o", label=mode)
         quality_ax.plot(x, [r["quality_ratio"] for r in measured], marker="o", label=mode)
-    cost_ax.set(title="cost ratio vs Always-T4 (dev, served)", xlabel="iteration", ylabel="cost ratio")
-    quality_ax.set(title="quality ratio vs Always-T4 (dev, served)", xlabel="iteration", ylabel="quality ratio")
+    how = "replayed" if result.get("replayed") else "served"
+    cost_ax.set(title=f"cost ratio vs Always-T4 (dev, {how})", xlabel="iteration", ylabel="cost ratio")
+    quality_ax.set(title=f"quality ratio vs Always-T4 (dev, {how})", xlabel="iteration", ylabel="quality ratio")
     for ax in (cost_ax, quality_ax):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -98,11 +99,19 @@ def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
 
 def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
     totals = result["swap_totals"]
-    lines = [
-        "# RouteNLP co-optimization loop (served)",
-        "",
+    replayed = bool(result.get("replayed"))
+    how = [
+        f"Command: `{command}`. Nothing is served: every cost and quality ratio replays the serving code's routing (rules",
+        f"calibrated afresh on each iteration's calibration answers) over the {result['dev_records']} dev records' recorded answers of each",
+        "iteration's tiers, against Always-T4 over the same answers; the teacher's answers are T4's recorded ones (coopt/replayed.py).",
+    ] if replayed else [
         f"Command: `{command}`. Every cost and quality ratio is measured by routing the {result['dev_records']} dev records through the",
         "running tritonserver after the iteration's repository version went live, against Always-T4 on the same records.",
+    ]  # fmt: skip
+    lines = [
+        "# RouteNLP co-optimization loop (" + ("replayed over the portfolio pack" if replayed else "served") + ")",
+        "",
+        *how,
         f"Failures are mined on the {result['pool_records']}-record router pool (held out of tier training); the random run asks",
         "T4 for the same number of random pool queries as the targeted run would (same budget).",
         "",
@@ -114,7 +123,7 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         "",
         format_table(iteration_rows(result), markdown=True),
         "",
-        f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed.",
+        *([] if replayed else [f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed."]),
         *crash_lines(result["server_crashes"]),
         "",
         f"![convergence](plots/{plot_name})",
@@ -124,7 +133,9 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         format_table(cluster_rows(result), markdown=True) if cluster_rows(result) else "(no clusters)",
         "",
     ]
-    if result.get("promoted"):
+    if result.get("promoted") and replayed:
+        lines += [f"The targeted run's best build (lowest cost ratio within the quality tolerance): {result['promoted']['build']}.", ""]
+    elif result.get("promoted"):
         promoted = result["promoted"]
         lines += [f"Left live: repository version {promoted['version']} (the targeted run's best, from version {promoted['from_version']}).", ""]
     return "\n".join(lines)

@@ -3,14 +3,15 @@
 import json
 
 from clients.served_eval import ServedAnswer
-from coopt.distill import build_distillation, student_tier, teacher_better_tasks
+from coopt.distill import build_distillation, served_teacher, student_tier, teacher_better_tasks
 from coopt.iteration import with_replay
 from coopt.report import cluster_rows, iteration_rows, markdown, summary_rows
 
 
 def _served(record, output, cost=0.5, error=None):
+    """A served always-t4 answer, as the teacher (coopt.distill.served_teacher reads it)."""
     meta = None if error else {"tier": "t4", "cost_usd": cost}
-    return ServedAnswer(record, None if error else output, meta, 10.0, error)
+    return served_teacher([ServedAnswer(record, None if error else output, meta, 10.0, error)])[0]
 
 
 RISK = {"id": "r1", "task": "legal_risk", "text": "We may end the contract at any time.", "target": "potentially_unfair"}
