@@ -85,6 +85,7 @@ class CooptLoop:
         self.crashes: list[dict[str, Any]] = []  # tritonserver deaths survived: when, how, restart time
         self.live_version: int | None = None  # the repository version the server answers with
         self.clusters: dict[str, list[dict[str, Any]]] = {}
+        self.budgets: dict[int, int] = {}  # iteration -> teacher queries the targeted run asked
 
     # ---- live measurements --------------------------------------------------------------------
 
@@ -196,8 +197,10 @@ class CooptLoop:
         hardest = {r["id"] for r in distillation_records(chosen, pool, hardest_share=s.hardest_share, random_share=0.0)}
         summaries = [c.summary() for c in chosen]
         if mode == "targeted":
+            self.budgets[iteration] = len(targeted)
             return targeted, summaries, hardest
-        return random_records(pool, len(targeted), seed=s.seed + 1000 + iteration), summaries, set()
+        # the targeted run's budget at this iteration (its own failures would give another size from iteration 2 on)
+        return random_records(pool, self.budgets.get(iteration, len(targeted)), seed=s.seed + 1000 + iteration), summaries, set()
 
     def distill(self, state: State, queries, filtered: set[str]) -> Distillation:
         from coopt.distill import teacher_better_tasks
