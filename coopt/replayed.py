@@ -133,10 +133,20 @@ class ReplayedLoop(CooptLoop):
         return build
 
     def promote(self, chosen: State) -> dict[str, Any]:
-        return {"from_version": chosen.version, "build": str(chosen.build.root), "written": False}
+        return {"from_version": chosen.version, "build": _in_clone(chosen.build.root), "written": False}
 
 
 def _fixed(row: Mapping[str, Any], tier: str, price: float) -> dict[str, Any]:
     """A fixed-tier answer as replay_pool's row (no router, no escalation)."""
     tokens = int(row.get("tokens", 0))
     return {"metadata": {"tier": tier, "escalations": 0, "cost_usd": tokens / 1000.0 * price}, "prediction": row["prediction"], "quality": float(row["quality"])}
+
+
+def _in_clone(path) -> str:
+    """`path` relative to the clone when it lies inside it (the results name no machine paths)."""
+    from pathlib import Path
+
+    from routenlp.paths import REPO_ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

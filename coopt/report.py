@@ -53,6 +53,33 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+GOAL_RATIO, GOAL_QUALITY = 1.5, 0.01  # issue 20: targeted cuts cost >= 1.5 x random's, quality within 0.01 of the base
+
+
+def comparison_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Targeted vs random per iteration (same teacher budget): cost reduction from the base and
+    quality change, and whether the targeted one meets the goal at that iteration."""
+    runs = result["runs"]
+    if "targeted" not in runs or "random" not in runs:
+        return []
+    rows = []
+    for targeted, random in zip(runs["targeted"][1:], runs["random"][1:]):
+        if targeted.get("cost_ratio") is None or random.get("cost_ratio") is None:
+            break
+        cut = {name: 1 - row["cost_ratio"] / runs[name][0]["cost_ratio"] for name, row in (("targeted", targeted), ("random", random))}
+        dq = {name: row["quality_ratio"] - runs[name][0]["quality_ratio"] for name, row in (("targeted", targeted), ("random", random))}
+        ratio = cut["targeted"] / cut["random"] if cut["random"] > 0 else None
+        met = cut["targeted"] > 0 and (ratio is None or ratio >= GOAL_RATIO) and dq["targeted"] >= -GOAL_QUALITY
+        rows.append({
+            "iter": str(targeted["iteration"]), "teacher asked": str((targeted.get("distilled") or {}).get("asked_teacher", "-")),
+            "cost cut targeted": f"{cut['targeted'] * 100:.1f}%", "cost cut random": f"{cut['random'] * 100:.1f}%",
+            "targeted / random": "-" if ratio is None else f"{ratio:.2f}",
+            "quality change targeted": f"{dq['targeted']:+.4f}", "quality change random": f"{dq['random']:+.4f}",
+            f"goal (>= {GOAL_RATIO} x, >= -{GOAL_QUALITY})": "met" if met else "missed",
+        })  # fmt: skip
+    return rows
+
+
 def cluster_rows(result: Mapping[str, Any], run: str = "targeted", limit: int = 10) -> list[dict[str, str]]:
     """The largest failure clusters (by size x gap) of a run's first iteration, with examples."""
     first = result["clusters"].get(f"{run}/1", [])
@@ -113,7 +140,7 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         "",
         *how,
         f"Failures are mined on the {result['pool_records']}-record router pool (held out of tier training); the random run asks",
-        "T4 for the same number of random pool queries as the targeted run would (same budget).",
+        "T4 for as many random pool queries as the targeted run asked at the same iteration (same budget).",
         "",
         "## Summary",
         "",
@@ -123,6 +150,8 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         "",
         format_table(iteration_rows(result), markdown=True),
         "",
+        *(["## Targeted vs random per iteration (same teacher budget)", "", format_table(comparison_rows(result), markdown=True), ""]
+          if comparison_rows(result) else []),
         *([] if replayed else [f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed."]),
         *crash_lines(result["server_crashes"]),
         "",

@@ -5,7 +5,7 @@ import json
 from clients.served_eval import ServedAnswer
 from coopt.distill import TeacherAnswer, build_distillation, head_can_learn, served_teacher, student_tier, teacher_better_tasks
 from coopt.iteration import with_replay
-from coopt.report import cluster_rows, iteration_rows, markdown, summary_rows
+from coopt.report import cluster_rows, comparison_rows, iteration_rows, markdown, summary_rows
 
 
 def _served(record, output, cost=0.5, error=None):
@@ -113,6 +113,9 @@ def test_the_report_has_one_row_per_iteration_the_reductions_and_the_clusters():
     assert summary["targeted"]["cost reduction"] == "20.0%" and summary["random"]["cost reduction"] == "5.0%"
     assert summary["targeted"]["teacher $"] == "19.00"
     assert cluster_rows(result)[0]["example queries"].startswith("The licensee")
+    [first] = comparison_rows(result)  # one iteration both runs reached: 10% vs 5% cut, quality unchanged
+    assert (first["cost cut targeted"], first["cost cut random"], first["targeted / random"]) == ("10.0%", "5.0%", "2.00")
+    assert first["goal (>= 1.5 x, >= -0.01)"] == "met" and "Targeted vs random per iteration" in markdown(result, "c", "p.png")
     text = markdown(result, "routenlp coopt", "coopt_convergence.png")
     assert "400 requests sent during them, 3 failed" in text and "repository version 9" in text
     assert "died during swap to version 4 (targeted iteration 1), 3 of 40 requests failed: killed by SIGSEGV; ready again after 95.2 s" in text
