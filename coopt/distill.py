@@ -1,7 +1,8 @@
 """Sequence-level distillation data from the frontier tier's served answers (paper 3.4 step 4-5).
 
 Each selected query is sent to T4 (through the live server, POLICY always-t4: a real, billed call;
-or, replayed, T4's recorded answer on the pack's router pool with its billed price) and its answer becomes the training target of the cheapest tier that serves the task: T1's head for
+or, replayed, T4's recorded answer on the pack's router pool with its billed price) and its answer
+becomes the training target of the cheapest tier that serves the task: T1's head for
 structured tasks, T2 for generation tasks (the tiers whose gains move traffic off T4).
 
 Only tasks where T4 is the better tier on the router pool (task metric, teacher vs student) are
@@ -44,7 +45,12 @@ class TeacherAnswer:
 
 def served_teacher(answers: Sequence[ServedAnswer]) -> list[TeacherAnswer]:
     """Served always-t4 answers as teacher answers (a failed call stays a failure)."""
-    return [TeacherAnswer(a.record, None if a.error else served_prediction(a), 0.0 if a.error else float(a.metadata.get("cost_usd", 0.0)), a.error) for a in answers]
+    return [
+        TeacherAnswer(a.record, None, 0.0, a.error)
+        if a.error
+        else TeacherAnswer(a.record, served_prediction(a), float(a.metadata.get("cost_usd", 0.0)))
+        for a in answers
+    ]
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,8 @@ def head_can_learn(record: Mapping[str, Any], prediction: Any) -> bool:
 
     labels = set(task_labels(record["task"]))
     if is_token_task(record["task"]):
-        return isinstance(prediction, list) and len(prediction) == len(record_words(record)) and all(tag in labels for tag in prediction)
+        words = record_words(record)
+        return isinstance(prediction, list) and len(prediction) == len(words) and set(prediction) <= labels
     return isinstance(prediction, str) and prediction in labels
 
 

@@ -197,7 +197,8 @@ class IterationBuild(PortfolioBuild):
 
     def run(self) -> dict[str, Any]:
         steps = {}
-        stages = [("t1", self.build_t1), ("decoders", self.build_decoders), ("answers", self.build_answers), ("router", self.build_router)]
+        stages = [("t1", self.build_t1), ("decoders", self.build_decoders), ("answers", self.build_answers)]
+        stages.append(("router", self.build_router))
         for name, step in stages + ([("onnx", self.build_onnx)] if self.export_onnx else []):
             steps[name] = step()
         self.steps = steps

@@ -199,8 +199,9 @@ class CooptLoop:
         if mode == "targeted":
             self.budgets[iteration] = len(targeted)
             return targeted, summaries, hardest
-        # the targeted run's budget at this iteration (its own failures would give another size from iteration 2 on)
-        return random_records(pool, self.budgets.get(iteration, len(targeted)), seed=s.seed + 1000 + iteration), summaries, set()
+        # the targeted run's budget at this iteration (its own failures give another size from iteration 2 on)
+        budget = self.budgets.get(iteration, len(targeted))
+        return random_records(pool, budget, seed=s.seed + 1000 + iteration), summaries, set()
 
     def distill(self, state: State, queries, filtered: set[str]) -> Distillation:
         from coopt.distill import teacher_better_tasks
@@ -261,7 +262,8 @@ class CooptLoop:
             state = State(build, version, build.trained_on())
             row = {
                 "iteration": iteration, **self.measure(state), "failures": len(failures), "clusters_used": len(clusters),
-                "distilled": distillation.summary(), "repository_version": version, "swap": {k: swap[k] for k in ("sent", "failed", "seconds") if k in swap} or None,
+                "distilled": distillation.summary(), "repository_version": version,
+                "swap": {k: swap[k] for k in ("sent", "failed", "seconds") if k in swap} or None,
                 "seconds": round(time.perf_counter() - started, 1),
             }  # fmt: skip
             rows.append(row)
@@ -274,7 +276,9 @@ class CooptLoop:
         return rows, best[1]
 
     def iteration_build(self, state: State, mode: str, iteration: int, distillation: Distillation) -> IterationBuild:
-        return IterationBuild(state.build, self.root / mode / f"iter{iteration}", distillation, self.bars, self.settings.finetune, progress=self.progress, log=self.log)
+        root = self.root / mode / f"iter{iteration}"
+        tune = self.settings.finetune
+        return IterationBuild(state.build, root, distillation, self.bars, tune, progress=self.progress, log=self.log)
 
     def _better(self, row, best, base) -> bool:
         acceptable = row["quality_ratio"] >= base["quality_ratio"] - self.settings.quality_tolerance

@@ -48,7 +48,9 @@ class ReplayedLoop(CooptLoop):
             self._rules[key] = (rules_from_calibration(thresholds, calibration), calibration)
         return self._rules[key][0]
 
-    def replay_pool(self, build, pool: str, records: Sequence[Mapping[str, Any]], policy: str = "routenlp") -> list[dict[str, Any]]:
+    def replay_pool(
+        self, build, pool: str, records: Sequence[Mapping[str, Any]], policy: str = "routenlp"
+    ) -> list[dict[str, Any]]:
         """Per record: the served metadata (tier, escalations, cost_usd) and the answer's quality,
         of RouteNLP under `build`'s rules, or of a fixed tier (`always-tK`)."""
         from bls_router.calibrate import build_prices, replay, router_pass_probabilities, structured_tasks
@@ -66,7 +68,9 @@ class ReplayedLoop(CooptLoop):
         for record in records:
             outcome = replay(record, answers, probs, rules, prices, structured_tasks()).outcome
             row = answers[record["id"]][outcome.tier]
-            out.append({"metadata": outcome.metadata(), "prediction": row["prediction"], "quality": float(row["quality"])})
+            out.append(
+                {"metadata": outcome.metadata(), "prediction": row["prediction"], "quality": float(row["quality"])}
+            )
         return out
 
     def _summary(self, build, policy: str) -> dict[str, Any]:
@@ -77,10 +81,16 @@ class ReplayedLoop(CooptLoop):
         by_task: dict[str, list[int]] = {}
         for i, record in enumerate(self.dev):
             by_task.setdefault(record["task"], []).append(i)
-        quality = {task: round(corpus_score(task, [routed[i]["prediction"] for i in rows], [self.dev[i]["target"] for i in rows]), 4) for task, rows in sorted(by_task.items())}
+        quality = {
+            task: round(
+                corpus_score(task, [routed[i]["prediction"] for i in rows], [self.dev[i]["target"] for i in rows]), 4
+            )
+            for task, rows in sorted(by_task.items())
+        }
         mix = Counter(r["metadata"]["tier"] for r in routed)
         return {
-            "requests": len(routed), "errors": 0, "quality": quality, "mean_quality": round(sum(quality.values()) / len(quality), 4),
+            "requests": len(routed), "errors": 0, "quality": quality,
+            "mean_quality": round(sum(quality.values()) / len(quality), 4),
             "mix": {tier: round(mix[tier] / len(routed), 4) for tier in SERVED_TIERS},
             "dollars": round(sum(r["metadata"]["cost_usd"] for r in routed), 6),
             "escalation_rate": round(sum(1 for r in routed if r["metadata"]["escalations"]) / len(routed), 4),
@@ -139,7 +149,11 @@ class ReplayedLoop(CooptLoop):
 def _fixed(row: Mapping[str, Any], tier: str, price: float) -> dict[str, Any]:
     """A fixed-tier answer as replay_pool's row (no router, no escalation)."""
     tokens = int(row.get("tokens", 0))
-    return {"metadata": {"tier": tier, "escalations": 0, "cost_usd": tokens / 1000.0 * price}, "prediction": row["prediction"], "quality": float(row["quality"])}
+    return {
+        "metadata": {"tier": tier, "escalations": 0, "cost_usd": tokens / 1000.0 * price},
+        "prediction": row["prediction"],
+        "quality": float(row["quality"]),
+    }
 
 
 def _in_clone(path) -> str:

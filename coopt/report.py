@@ -66,18 +66,27 @@ def comparison_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
     for targeted, random in zip(runs["targeted"][1:], runs["random"][1:]):
         if targeted.get("cost_ratio") is None or random.get("cost_ratio") is None:
             break
-        cut = {name: 1 - row["cost_ratio"] / runs[name][0]["cost_ratio"] for name, row in (("targeted", targeted), ("random", random))}
-        dq = {name: row["quality_ratio"] - runs[name][0]["quality_ratio"] for name, row in (("targeted", targeted), ("random", random))}
+        pair = {"targeted": targeted, "random": random}
+        cut = {name: 1 - row["cost_ratio"] / runs[name][0]["cost_ratio"] for name, row in pair.items()}
+        dq = {name: row["quality_ratio"] - runs[name][0]["quality_ratio"] for name, row in pair.items()}
         ratio = cut["targeted"] / cut["random"] if cut["random"] > 0 else None
         met = cut["targeted"] > 0 and (ratio is None or ratio >= GOAL_RATIO) and dq["targeted"] >= -GOAL_QUALITY
         rows.append({
-            "iter": str(targeted["iteration"]), "teacher asked": str((targeted.get("distilled") or {}).get("asked_teacher", "-")),
+            "iter": str(targeted["iteration"]),
+            "teacher asked": str((targeted.get("distilled") or {}).get("asked_teacher", "-")),
             "cost cut targeted": f"{cut['targeted'] * 100:.1f}%", "cost cut random": f"{cut['random'] * 100:.1f}%",
             "targeted / random": "-" if ratio is None else f"{ratio:.2f}",
             "quality change targeted": f"{dq['targeted']:+.4f}", "quality change random": f"{dq['random']:+.4f}",
             f"goal (>= {GOAL_RATIO} x, >= -{GOAL_QUALITY})": "met" if met else "missed",
         })  # fmt: skip
     return rows
+
+
+def comparison_section(result: Mapping[str, Any]) -> list[str]:
+    rows = comparison_rows(result)
+    if not rows:
+        return []
+    return ["## Targeted vs random per iteration (same teacher budget)", "", format_table(rows, markdown=True), ""]
 
 
 def cluster_rows(result: Mapping[str, Any], run: str = "targeted", limit: int = 10) -> list[dict[str, str]]:
@@ -128,9 +137,10 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
     totals = result["swap_totals"]
     replayed = bool(result.get("replayed"))
     how = [
-        f"Command: `{command}`. Nothing is served: every cost and quality ratio replays the serving code's routing (rules",
-        f"calibrated afresh on each iteration's calibration answers) over the {result['dev_records']} dev records' recorded answers of each",
-        "iteration's tiers, against Always-T4 over the same answers; the teacher's answers are T4's recorded ones (coopt/replayed.py).",
+        f"Command: `{command}`. Nothing is served: every cost and quality ratio replays the serving code's",
+        "routing (rules calibrated afresh on each iteration's calibration answers) over the recorded answers",
+        f"of each iteration's tiers on the {result['dev_records']} dev records, against Always-T4 over the same",
+        "answers; the teacher's answers are T4's recorded ones (coopt/replayed.py).",
     ] if replayed else [
         f"Command: `{command}`. Every cost and quality ratio is measured by routing the {result['dev_records']} dev records through the",
         "running tritonserver after the iteration's repository version went live, against Always-T4 on the same records.",
@@ -150,9 +160,11 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         "",
         format_table(iteration_rows(result), markdown=True),
         "",
-        *(["## Targeted vs random per iteration (same teacher budget)", "", format_table(comparison_rows(result), markdown=True), ""]
-          if comparison_rows(result) else []),
-        *([] if replayed else [f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed."]),
+        *comparison_section(result),
+        *([] if replayed else [
+            f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them,"
+            f" {totals['failed']} failed."
+        ]),
         *crash_lines(result["server_crashes"]),
         "",
         f"![convergence](plots/{plot_name})",
@@ -163,7 +175,8 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         "",
     ]
     if result.get("promoted") and replayed:
-        lines += [f"The targeted run's best build (lowest cost ratio within the quality tolerance): {result['promoted']['build']}.", ""]
+        best = result["promoted"]["build"]
+        lines += [f"The targeted run's best build (lowest cost ratio within the quality tolerance): {best}.", ""]
     elif result.get("promoted"):
         promoted = result["promoted"]
         lines += [f"Left live: repository version {promoted['version']} (the targeted run's best, from version {promoted['from_version']}).", ""]

@@ -31,7 +31,9 @@ def register(sub) -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="where the admin key lives (default var/)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--replay", action="store_true", help="no server: start from the committed pack and replay routes over its recorded answers")
+    parser.add_argument(
+        "--replay", action="store_true", help="no server: start from the committed pack, replay routes over its answers"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -94,7 +96,7 @@ def run_replayed(args, modes: tuple[str, ...]) -> int:
     portfolio = load_portfolio(args.portfolio, profile=args.profile)
     base = PortfolioBuild(portfolio, progress=False)
     if not use_pack(base, pack_dir(portfolio)):
-        print("error: --replay starts from the committed portfolio pack (see README, The portfolio pack)", file=sys.stderr)
+        print("error: --replay starts from the committed portfolio pack (README, The portfolio pack)", file=sys.stderr)
         return 2
     base.run()
     settings = CooptSettings(max_iterations=args.iterations, epsilon=args.epsilon)
