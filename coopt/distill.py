@@ -1,7 +1,8 @@
 """Sequence-level distillation data from the frontier tier's served answers (paper 3.4 step 4-5).
 
-Each selected query is sent to T4 through the live server (POLICY always-t4: a real, billed call)
-and its answer becomes the training target of the cheapest tier that serves the task: T1's head for
+Each selected query is sent to T4 (through the live server, POLICY always-t4: a real, billed call;
+or, replayed, T4's recorded answer on the pack's router pool with its billed price) and its answer
+becomes the training target of the cheapest tier that serves the task: T1's head for
 structured tasks, T2 for generation tasks (the tiers whose gains move traffic off T4).
 
 Only tasks where T4 is the better tier on the router pool (task metric, teacher vs student) are
@@ -33,6 +34,26 @@ def student_tier(task: str) -> str:
 
 
 @dataclass(frozen=True)
+class TeacherAnswer:
+    """T4's answer to one selected query, however it was obtained (served or replayed)."""
+
+    record: Mapping[str, Any]
+    prediction: Any
+    dollars: float
+    error: str | None = None
+
+
+def served_teacher(answers: Sequence[ServedAnswer]) -> list[TeacherAnswer]:
+    """Served always-t4 answers as teacher answers (a failed call stays a failure)."""
+    return [
+        TeacherAnswer(a.record, None, 0.0, a.error)
+        if a.error
+        else TeacherAnswer(a.record, served_prediction(a), float(a.metadata.get("cost_usd", 0.0)))
+        for a in answers
+    ]
+
+
+@dataclass(frozen=True)
 class Example:
     """One distillation example: the query and the teacher's answer as its target."""
 
@@ -56,6 +77,7 @@ class Distillation:
     asked: int = 0  # queries sent to the teacher
     teacher_dollars: float = 0.0
     teacher_errors: int = 0
+    unlearnable: int = 0  # teacher answers outside the student head's label set: no target
     skipped_tasks: tuple[str, ...] = ()  # tasks where T4 is not the better tier: nothing distilled
 
     def for_student(self, tier: str) -> list[Example]:
@@ -85,8 +107,22 @@ class Distillation:
             "kept_by_task": dict(sorted(by_task.items())),
             "teacher_dollars": round(self.teacher_dollars, 4),
             "teacher_errors": self.teacher_errors,
+            "unlearnable": self.unlearnable,
             "skipped_tasks": list(self.skipped_tasks),
         }
+
+
+def head_can_learn(record: Mapping[str, Any], prediction: Any) -> bool:
+    """Whether a T1 head can take `prediction` as its label: one of the task's labels, or for NER
+    one known tag per word. T4 decodes free text, so its answer can fall outside the label set."""
+    from bls_router.t1_codec import is_token_task, record_words
+    from routenlp.data.labels import task_labels
+
+    labels = set(task_labels(record["task"]))
+    if is_token_task(record["task"]):
+        words = record_words(record)
+        return isinstance(prediction, list) and len(prediction) == len(words) and set(prediction) <= labels
+    return isinstance(prediction, str) and prediction in labels
 
 
 def teacher_better_tasks(student_rows: Mapping[str, Mapping[str, Mapping[str, Any]]], records: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
@@ -106,18 +142,19 @@ def teacher_better_tasks(student_rows: Mapping[str, Mapping[str, Mapping[str, An
 
 
 def build_distillation(
-    teacher_answers: Sequence[ServedAnswer],
+    teacher_answers: Sequence[TeacherAnswer],
     student_rows: Mapping[str, Mapping[str, Mapping[str, Any]]],
     previously_trained: Mapping[str, set[str]],
     *,
     filtered: set[str] | frozenset[str] | None = None,
     teacher_better: Mapping[str, bool] | None = None,
 ) -> Distillation:
-    """Distillation examples from served T4 answers on the selected queries.
+    """Distillation examples from T4's answers on the selected queries.
 
     `student_rows`: id -> tier -> the latest answer row of each tier on the pool (export.labeling
     rows: prediction, quality). `filtered`: the query ids whose teacher answer must beat the
-    student's to be kept (None: all of them); the others are kept as they are. `teacher_better`:
+    student's to be kept (None: all of them); the others are kept as they are, except an answer a T1
+    head cannot take as a label (counted as unlearnable). `teacher_better`:
     task -> False skips the task. A query whose teacher call failed is skipped and counted."""
     skipped = tuple(sorted(task for task, ok in (teacher_better or {}).items() if not ok))
     distillation = Distillation(trained_on={tier: set(ids) for tier, ids in previously_trained.items()}, asked=len(teacher_answers), skipped_tasks=skipped)
@@ -125,12 +162,15 @@ def build_distillation(
         if answer.error is not None:
             distillation.teacher_errors += 1
             continue
-        distillation.teacher_dollars += float(answer.metadata.get("cost_usd", 0.0))
+        distillation.teacher_dollars += answer.dollars
         record = answer.record
         if record["task"] in skipped:
             continue
         student = student_tier(record["task"])
-        prediction = served_prediction(answer)
+        prediction = answer.prediction
+        if student == "t1" and not head_can_learn(record, prediction):
+            distillation.unlearnable += 1
+            continue
         teacher_quality = example_score(record["task"], prediction, record["target"])
         student_quality = float(student_rows[record["id"]][student]["quality"])
         if (filtered is None or record["id"] in filtered) and teacher_quality <= student_quality:

@@ -53,7 +53,7 @@ class CooptSettings:
     max_k: int = MAX_K
     hardest_share: float = 0.3
     random_share: float = 0.2
-    quality_tolerance: float = 0.02  # how far below the base quality ratio a promoted version may be
+    quality_tolerance: float = 0.01  # how far below the base quality ratio a promoted version may be (issue 20)
     concurrency: int = 4
     traffic_concurrency: int = 2
     finetune: FinetuneSettings = FinetuneSettings()
@@ -93,6 +93,7 @@ class CooptLoop:
         self.crashes: list[dict[str, Any]] = []  # tritonserver deaths survived: when, how, restart time
         self.live_version: int | None = None  # the repository version the server answers with
         self.clusters: dict[str, list[dict[str, Any]]] = {}
+        self.budgets: dict[int, int] = {}  # iteration -> teacher queries the targeted run asked
 
     # ---- live measurements --------------------------------------------------------------------
 
@@ -143,9 +144,14 @@ class CooptLoop:
     def measure(self, state: State) -> dict[str, Any]:
         """Cost and quality ratio vs Always-T4 on dev through the live server, plus the router's
         offline accuracy vs the oracle tier (refreshed dev answers)."""
-        from clients.served_eval import compare, summarize
+        from clients.served_eval import summarize
 
-        summary = summarize(self._route(self.dev, "routenlp", f"dev (version {state.version})"))
+        return self.row_from(summarize(self._route(self.dev, "routenlp", f"dev (version {state.version})")), state)
+
+    def row_from(self, summary: Mapping[str, Any], state: State) -> dict[str, Any]:
+        """An iteration's measured fields from RouteNLP's dev summary (served_eval.summarize's keys)."""
+        from clients.served_eval import compare
+
         ratios = compare(summary, self.reference)
         router = state.build.cache.stamp("router")["summary"]
         return {
@@ -163,12 +169,22 @@ class CooptLoop:
         from clients.served_eval import served_prediction
         from routenlp.metrics import example_score
 
-        used = set().union(*state.trained_on.values()) if state.trained_on else set()
-        pool = [r for r in self.pool if r["id"] not in used]
+        pool = self.unused_pool(state)
         answers = self._route(pool, "routenlp", f"mine {len(pool)} pool queries")
         served = [a for a in answers if a.error is None]
         quality = [example_score(a.record["task"], served_prediction(a), a.record["target"]) for a in served]
         return find_failures([a.record for a in served], [a.metadata for a in served], quality, self.bars), pool
+
+    def unused_pool(self, state: State) -> list[Mapping[str, Any]]:
+        """The mining pool minus what any tier has been distilled on."""
+        used = set().union(*state.trained_on.values()) if state.trained_on else set()
+        return [r for r in self.pool if r["id"] not in used]
+
+    def teacher(self, state: State, queries: Sequence[Mapping[str, Any]]) -> list:
+        """T4's answers to `queries`: billed always-t4 calls through the live server."""
+        from coopt.distill import served_teacher
+
+        return served_teacher(self._route(queries, REFERENCE_POLICY, f"teacher (T4) on {len(queries)} queries"))
 
     # ---- one iteration ------------------------------------------------------------------------
 
@@ -189,13 +205,16 @@ class CooptLoop:
         hardest = {r["id"] for r in distillation_records(chosen, pool, hardest_share=s.hardest_share, random_share=0.0)}
         summaries = [c.summary() for c in chosen]
         if mode == "targeted":
+            self.budgets[iteration] = len(targeted)
             return targeted, summaries, hardest
-        return random_records(pool, len(targeted), seed=s.seed + 1000 + iteration), summaries, set()
+        # the targeted run's budget at this iteration (its own failures give another size from iteration 2 on)
+        budget = self.budgets.get(iteration, len(targeted))
+        return random_records(pool, budget, seed=s.seed + 1000 + iteration), summaries, set()
 
     def distill(self, state: State, queries, filtered: set[str]) -> Distillation:
         from coopt.distill import teacher_better_tasks
 
-        teacher = self._route(queries, REFERENCE_POLICY, f"teacher (T4) on {len(queries)} queries")
+        teacher = self.teacher(state, queries)
         rows = state.build.load_answers("router")
         better = teacher_better_tasks(rows, state.build.pools.flat("router"))
         return build_distillation(teacher, rows, state.trained_on, filtered=filtered, teacher_better=better)
@@ -242,7 +261,7 @@ class CooptLoop:
             self.clusters[f"{mode}/{iteration}"] = clusters
             distillation = self.distill(state, queries, filtered)
             self.log(f"[{mode} {iteration}] {len(failures)} failures, {len(clusters)} clusters, teacher asked {len(queries)}, kept {len(distillation.examples)}")
-            build = IterationBuild(state.build, self.root / mode / f"iter{iteration}", distillation, self.bars, self.settings.finetune, progress=self.progress, log=self.log)
+            build = self.iteration_build(state, mode, iteration, distillation)
             build.run()
             version, swap = self.deploy(build, f"{mode} iteration {iteration}")
             if swap["error"]:
@@ -251,7 +270,8 @@ class CooptLoop:
             state = State(build, version, build.trained_on())
             row = {
                 "iteration": iteration, **self.measure(state), "failures": len(failures), "clusters_used": len(clusters),
-                "distilled": distillation.summary(), "repository_version": version, "swap": {k: swap[k] for k in ("sent", "failed", "seconds")},
+                "distilled": distillation.summary(), "repository_version": version,
+                "swap": {k: swap[k] for k in ("sent", "failed", "seconds") if k in swap} or None,
                 "seconds": round(time.perf_counter() - started, 1),
             }  # fmt: skip
             rows.append(row)
@@ -263,32 +283,50 @@ class CooptLoop:
                 break
         return rows, best[1]
 
+    def iteration_build(self, state: State, mode: str, iteration: int, distillation: Distillation) -> IterationBuild:
+        root = self.root / mode / f"iter{iteration}"
+        tune = self.settings.finetune
+        return IterationBuild(state.build, root, distillation, self.bars, tune, progress=self.progress, log=self.log)
+
     def _better(self, row, best, base) -> bool:
         acceptable = row["quality_ratio"] >= base["quality_ratio"] - self.settings.quality_tolerance
         return acceptable and row["cost_ratio"] < best["cost_ratio"]
 
+    def deploy_base(self) -> int:
+        """The base build as a new repository version, live; returns the version."""
+        from export.repository_builder import write_repository
+
+        version = write_repository(self.base, self.live.repository, target="cpu")["version"]
+        self.swap_to(version, "base")
+        return version
+
+    def back_to(self, base_version: int, mode: str) -> None:
+        self.swap_to(base_version, f"back to base for {mode}")
+
+    def promote(self, chosen: State) -> dict[str, Any]:
+        """`chosen` written again as the newest version and left live."""
+        label = "promote " + ("base" if chosen.build is self.base else chosen.build.root.name)
+        version, _ = self.deploy(chosen.build, label)
+        return {"from_version": chosen.version, "version": version, "build": str(chosen.build.root)}
+
     # ---- the whole loop -----------------------------------------------------------------------
 
     def run(self, modes: Sequence[str] = MODES) -> dict[str, Any]:
-        from export.repository_builder import write_repository
-
         started = time.perf_counter()
-        base_version = write_repository(self.base, self.live.repository, target="cpu")["version"]
-        self.swap_to(base_version, "base")
+        base_version = self.deploy_base()
         self.log("measuring the base deployment on dev (RouteNLP and Always-T4)")
         self.measure_reference()
         base_row = self.measure(State(self.base, base_version))
+        self.log(f"[base] cost ratio {base_row['cost_ratio']:.4f}, quality ratio {base_row['quality_ratio']:.4f}")
         runs, best = {}, {}
         for mode in modes:
             if mode != modes[0]:
-                self.swap_to(base_version, f"back to base for {mode}")  # both runs start from the same version
+                self.back_to(base_version, mode)  # both runs start from the same version
             runs[mode], best[mode] = self.run_mode(mode, base_version, base_row)
         promoted = None
         chosen = best.get("targeted") or best.get(modes[0])
         if chosen is not None:
-            label = "promote " + ("base" if chosen.build is self.base else chosen.build.root.name)
-            version, _ = self.deploy(chosen.build, label)
-            promoted = {"from_version": chosen.version, "version": version, "build": str(chosen.build.root)}
+            promoted = self.promote(chosen)
         return {
             "settings": _settings_dict(self.settings),
             "bars": self.bars,

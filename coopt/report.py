@@ -53,6 +53,42 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+GOAL_RATIO, GOAL_QUALITY = 1.5, 0.01  # issue 20: targeted cuts cost >= 1.5 x random's, quality within 0.01 of the base
+
+
+def comparison_rows(result: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Targeted vs random per iteration (same teacher budget): cost reduction from the base and
+    quality change, and whether the targeted one meets the goal at that iteration."""
+    runs = result["runs"]
+    if "targeted" not in runs or "random" not in runs:
+        return []
+    rows = []
+    for targeted, random in zip(runs["targeted"][1:], runs["random"][1:]):
+        if targeted.get("cost_ratio") is None or random.get("cost_ratio") is None:
+            break
+        pair = {"targeted": targeted, "random": random}
+        cut = {name: 1 - row["cost_ratio"] / runs[name][0]["cost_ratio"] for name, row in pair.items()}
+        dq = {name: row["quality_ratio"] - runs[name][0]["quality_ratio"] for name, row in pair.items()}
+        ratio = cut["targeted"] / cut["random"] if cut["random"] > 0 else None
+        met = cut["targeted"] > 0 and (ratio is None or ratio >= GOAL_RATIO) and dq["targeted"] >= -GOAL_QUALITY
+        rows.append({
+            "iter": str(targeted["iteration"]),
+            "teacher asked": str((targeted.get("distilled") or {}).get("asked_teacher", "-")),
+            "cost cut targeted": f"{cut['targeted'] * 100:.1f}%", "cost cut random": f"{cut['random'] * 100:.1f}%",
+            "targeted / random": "-" if ratio is None else f"{ratio:.2f}",
+            "quality change targeted": f"{dq['targeted']:+.4f}", "quality change random": f"{dq['random']:+.4f}",
+            f"goal (>= {GOAL_RATIO} x, >= -{GOAL_QUALITY})": "met" if met else "missed",
+        })  # fmt: skip
+    return rows
+
+
+def comparison_section(result: Mapping[str, Any]) -> list[str]:
+    rows = comparison_rows(result)
+    if not rows:
+        return []
+    return ["## Targeted vs random per iteration (same teacher budget)", "", format_table(rows, markdown=True), ""]
+
+
 def cluster_rows(result: Mapping[str, Any], run: str = "targeted", limit: int = 10) -> list[dict[str, str]]:
     """The largest failure clusters (by size x gap) of a run's first iteration, with examples."""
     first = result["clusters"].get(f"{run}/1", [])
@@ -83,8 +119,9 @@ def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
         x = [r["iteration"] for r in measured]
         cost_ax.plot(x, [r["cost_ratio"] for r in measured], marker="o", label=mode)
         quality_ax.plot(x, [r["quality_ratio"] for r in measured], marker="o", label=mode)
-    cost_ax.set(title="cost ratio vs Always-T4 (dev, served)", xlabel="iteration", ylabel="cost ratio")
-    quality_ax.set(title="quality ratio vs Always-T4 (dev, served)", xlabel="iteration", ylabel="quality ratio")
+    how = "replayed" if result.get("replayed") else "served"
+    cost_ax.set(title=f"cost ratio vs Always-T4 (dev, {how})", xlabel="iteration", ylabel="cost ratio")
+    quality_ax.set(title=f"quality ratio vs Always-T4 (dev, {how})", xlabel="iteration", ylabel="quality ratio")
     for ax in (cost_ax, quality_ax):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -98,13 +135,22 @@ def plot_convergence(result: Mapping[str, Any], path: Path) -> Path:
 
 def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
     totals = result["swap_totals"]
-    lines = [
-        "# RouteNLP co-optimization loop (served)",
-        "",
+    replayed = bool(result.get("replayed"))
+    how = [
+        f"Command: `{command}`. Nothing is served: every cost and quality ratio replays the serving code's",
+        "routing (rules calibrated afresh on each iteration's calibration answers) over the recorded answers",
+        f"of each iteration's tiers on the {result['dev_records']} dev records, against Always-T4 over the same",
+        "answers; the teacher's answers are T4's recorded ones (coopt/replayed.py).",
+    ] if replayed else [
         f"Command: `{command}`. Every cost and quality ratio is measured by routing the {result['dev_records']} dev records through the",
         "running tritonserver after the iteration's repository version went live, against Always-T4 on the same records.",
+    ]  # fmt: skip
+    lines = [
+        "# RouteNLP co-optimization loop (" + ("replayed over the portfolio pack" if replayed else "served") + ")",
+        "",
+        *how,
         f"Failures are mined on the {result['pool_records']}-record router pool (held out of tier training); the random run asks",
-        "T4 for the same number of random pool queries as the targeted run would (same budget).",
+        "T4 for as many random pool queries as the targeted run asked at the same iteration (same budget).",
         "",
         "## Summary",
         "",
@@ -114,7 +160,11 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         "",
         format_table(iteration_rows(result), markdown=True),
         "",
-        f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them, {totals['failed']} failed.",
+        *comparison_section(result),
+        *([] if replayed else [
+            f"Live swaps under traffic: {totals['swaps']} swaps, {totals['sent']} requests sent during them,"
+            f" {totals['failed']} failed."
+        ]),
         *crash_lines(result["server_crashes"]),
         "",
         f"![convergence](plots/{plot_name})",
@@ -124,7 +174,10 @@ def markdown(result: Mapping[str, Any], command: str, plot_name: str) -> str:
         format_table(cluster_rows(result), markdown=True) if cluster_rows(result) else "(no clusters)",
         "",
     ]
-    if result.get("promoted"):
+    if result.get("promoted") and replayed:
+        best = result["promoted"]["build"]
+        lines += [f"The targeted run's best build (lowest cost ratio within the quality tolerance): {best}.", ""]
+    elif result.get("promoted"):
         promoted = result["promoted"]
         lines += [f"Left live: repository version {promoted['version']} (the targeted run's best, from version {promoted['from_version']}).", ""]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Builds (or takes from the step cache) the portfolio, starts the deployment unless --url/--http-url
 name a running server, runs the cluster-targeted loop and its random-distillation ablation from
 the same base version (coopt/loop.py), and writes results/coopt.json, results/coopt.md and
-results/plots/coopt_convergence.png.
+results/plots/coopt_convergence.png. With --replay: no server, the committed portfolio pack's
+recorded answers replayed instead (coopt/replayed.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def register(sub) -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="where the admin key lives (default var/)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--replay", action="store_true", help="no server: start from the committed pack, replay routes over its answers"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -43,6 +47,8 @@ def run(args) -> int:
     if not modes or any(m not in MODES for m in modes):
         print(f"error: --modes takes {', '.join(MODES)} (comma-separated), got {args.modes!r}", file=sys.stderr)
         return 2
+    if args.replay:
+        return run_replayed(args, modes)
     if bool(args.url) != bool(args.http_url):
         print("error: --url and --http-url go together (a running server's gRPC and HTTP addresses)", file=sys.stderr)
         return 2
@@ -74,3 +80,32 @@ def run(args) -> int:
     print("wrote " + ", ".join(outputs.values()))
     failed = result["swap_totals"]["failed"]
     return 0 if failed == 0 and all("deploy_error" not in row for rows in result["runs"].values() for row in rows) else 1
+
+
+def run_replayed(args, modes: tuple[str, ...]) -> int:
+    """The loop over the pack's recorded answers (coopt/replayed.py): fine-tuning and router
+    retraining are real, routes and teacher calls are replayed; nothing is served."""
+    from coopt.loop import CooptSettings
+    from coopt.replayed import ReplayedLoop
+    from coopt.report import print_tables, write_outputs
+    from export.pack import pack_dir
+    from export.pipeline import PortfolioBuild
+    from routenlp.commands.export_cmd import use_pack
+    from routenlp.portfolio import load_portfolio
+
+    portfolio = load_portfolio(args.portfolio, profile=args.profile)
+    base = PortfolioBuild(portfolio, progress=False)
+    if not use_pack(base, pack_dir(portfolio)):
+        print("error: --replay starts from the committed portfolio pack (README, The portfolio pack)", file=sys.stderr)
+        return 2
+    base.run()
+    settings = CooptSettings(max_iterations=args.iterations, epsilon=args.epsilon)
+    root = ARTIFACTS_DIR / f"{portfolio.name}-{args.profile}" / "coopt-replayed"
+    result = ReplayedLoop(base, settings, root, progress=not args.quiet).run(modes)
+    result["replayed"] = True
+    command = " ".join(["routenlp coopt", *(shlex.quote(a) for a in sys.argv[2:])])
+    print()
+    print_tables(result)
+    outputs = write_outputs(result, args.results, command)
+    print("wrote " + ", ".join(outputs.values()))
+    return 0

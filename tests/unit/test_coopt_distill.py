@@ -3,14 +3,22 @@
 import json
 
 from clients.served_eval import ServedAnswer
-from coopt.distill import build_distillation, student_tier, teacher_better_tasks
+from coopt.distill import (
+    TeacherAnswer,
+    build_distillation,
+    head_can_learn,
+    served_teacher,
+    student_tier,
+    teacher_better_tasks,
+)
 from coopt.iteration import with_replay
-from coopt.report import cluster_rows, iteration_rows, markdown, summary_rows
+from coopt.report import cluster_rows, comparison_rows, iteration_rows, markdown, summary_rows
 
 
 def _served(record, output, cost=0.5, error=None):
+    """A served always-t4 answer, as the teacher (coopt.distill.served_teacher reads it)."""
     meta = None if error else {"tier": "t4", "cost_usd": cost}
-    return ServedAnswer(record, None if error else output, meta, 10.0, error)
+    return served_teacher([ServedAnswer(record, None if error else output, meta, 10.0, error)])[0]
 
 
 RISK = {"id": "r1", "task": "legal_risk", "text": "We may end the contract at any time.", "target": "potentially_unfair"}
@@ -57,6 +65,22 @@ def test_the_random_share_is_kept_unfiltered_and_tasks_where_t4_is_worse_are_not
     assert gated.teacher_dollars == 1.5  # the teacher was still paid for
 
 
+def test_teacher_answers_outside_the_heads_label_set_are_never_targets():
+    # T4 decodes free text: 'atK' is no cs_intent label, and a NER answer needs one known tag per word
+    intent = {"id": "i1", "task": "cs_intent", "text": "my card is lost", "target": "lost_or_stolen_card"}
+    ner = {"id": "n1", "task": "fin_ner", "text": "Acme Corp pays", "tokens": ["Acme", "Corp", "pays"]}
+    ner["target"] = ["I-ORG", "I-ORG", "O"]
+    assert head_can_learn(intent, "lost_or_stolen_card") and not head_can_learn(intent, "atK")
+    assert head_can_learn(ner, ["I-ORG", "I-ORG", "O"])
+    assert not head_can_learn(ner, ["I-ORG", "O"]) and not head_can_learn(ner, ["B-ORG", "O", "O"])
+    student = {"i1": {"t1": {"quality": 0.0}}, "n1": {"t1": {"quality": 0.0}}}
+    teacher = [TeacherAnswer(intent, "atK", 0.2), TeacherAnswer(ner, ["I-ORG", "I-ORG", "O"], 0.3)]
+    kept = build_distillation(teacher, student, {}, filtered=set())  # both in the unfiltered random share
+    assert [e.record["id"] for e in kept.examples] == ["n1"]
+    assert kept.unlearnable == 1 and kept.summary()["unlearnable"] == 1
+    assert kept.teacher_dollars == 0.5
+
+
 def test_teacher_better_compares_t4_with_the_student_tier_on_the_pool():
     records = [{"id": f"r{i}", "task": "legal_risk", "target": "fair"} for i in range(4)] + [{"id": "s", "task": "fin_summary", "target": "up 5%"}]
     rows = {f"r{i}": {"t1": {"prediction": "fair"}, "t4": {"prediction": "fair" if i < 2 else "unfair"}} for i in range(4)}
@@ -99,6 +123,23 @@ def test_the_report_has_one_row_per_iteration_the_reductions_and_the_clusters():
     assert summary["targeted"]["cost reduction"] == "20.0%" and summary["random"]["cost reduction"] == "5.0%"
     assert summary["targeted"]["teacher $"] == "19.00"
     assert cluster_rows(result)[0]["example queries"].startswith("The licensee")
+    [first] = comparison_rows(result)  # one iteration both runs reached: 10% vs 5% cut, quality unchanged
+    cuts = (first["cost cut targeted"], first["cost cut random"], first["targeted / random"])
+    assert cuts == ("10.0%", "5.0%", "2.00")
+    assert first["goal (>= 1.5 x, >= -0.01)"] == "met"
+    assert "Targeted vs random per iteration" in markdown(result, "c", "p.png")
     text = markdown(result, "routenlp coopt", "coopt_convergence.png")
     assert "400 requests sent during them, 3 failed" in text and "repository version 9" in text
     assert "died during swap to version 4 (targeted iteration 1), 3 of 40 requests failed: killed by SIGSEGV; ready again after 95.2 s" in text
+
+
+def test_the_replayed_report_says_nothing_was_served():
+    result = {
+        "runs": {"targeted": [_row(0, 0.20, 1.0), {**_row(1, 0.18, 1.0), "swap": None}]},
+        "clusters": {}, "server_crashes": [],
+        "swap_totals": {"swaps": 0, "sent": 0, "failed": 0}, "dev_records": 600, "pool_records": 1000, "replayed": True,
+        "promoted": {"from_version": 1, "build": "artifacts/x/coopt-replayed/targeted/iter1", "written": False},
+    }  # fmt: skip
+    text = markdown(result, "routenlp coopt --replay", "coopt_convergence.png")
+    assert "(replayed over the portfolio pack)" in text and "Nothing is served" in text and "Live swaps" not in text
+    assert "best build" in text and iteration_rows(result)[1]["swap sent/failed"] == "-"

@@ -42,3 +42,15 @@ def test_distillation_set_takes_the_hardest_cluster_queries_and_a_random_share_o
     assert hardest == ["legal_risk-9", "legal_risk-8", "legal_risk-7"]  # 30% of 10, largest gap first
     assert len(picked) == 3 + round(97 * 0.2) and len({r["id"] for r in picked}) == len(picked)
     assert len(random_records(pool, len(picked), seed=2)) == len(picked)
+
+
+def test_the_random_run_asks_the_teacher_as_often_as_the_targeted_run_did_at_that_iteration():
+    from coopt.loop import CooptLoop, CooptSettings
+
+    loop = object.__new__(CooptLoop)  # select() needs only the settings and the budgets (no build, no server)
+    loop.settings, loop.budgets = CooptSettings(), {}
+    pool = [{"id": f"p{i}", "task": "legal_risk", "text": str(i)} for i in range(50)]
+    assert loop.select(None, [], pool, "targeted", 2)[0] == [] and loop.budgets == {2: 0}
+    loop.budgets[2] = 7
+    queries, _, filtered = loop.select(None, [], pool, "random", 2)
+    assert len(queries) == 7 and filtered == set()

@@ -1,0 +1,31 @@
+"""The co-optimization loop replayed over the tiny build's recorded answers (`routenlp coopt --replay`):
+no server, but the failures, the T4 teacher answers, the fine-tuned tiers, the refreshed answers and
+the retrained router are real, and each iteration is measured by the serving code's replay on dev."""
+
+from __future__ import annotations
+
+import pytest
+
+from bls_router.calibrate import build_prices
+from coopt.loop import CooptSettings, State
+from coopt.replayed import ReplayedLoop
+
+pytestmark = pytest.mark.integration
+
+
+def test_one_targeted_iteration_replayed_on_the_tiny_build(tiny_build, tmp_path):
+    loop = ReplayedLoop(tiny_build, CooptSettings(max_iterations=1, epsilon=0.0), tmp_path, log=lambda _: None)
+    result = loop.run(("targeted",))
+    base, first = result["runs"]["targeted"]
+    assert base["cost_ratio"] > 0 and first["cost_ratio"] > 0 and first["quality_ratio"] > 0
+    assert first["failures"] > 0 and first["clusters_used"] > 0 and first["distilled"]["asked_teacher"] > 0
+    assert result["promoted"]["written"] is False and result["swaps"] == []
+    # Always-T4 replayed is T4's recorded answers billed at T4's price: the teacher's price too
+    answers = tiny_build.load_answers("dev")
+    t4 = sum(int(answers[r["id"]]["t4"].get("tokens", 0)) for r in loop.dev) / 1000.0 * build_prices(tiny_build)["t4"]
+    assert result["reference"]["dollars"] == pytest.approx(t4, rel=1e-6)
+    teacher = loop.teacher(State(tiny_build, 0), loop.pool[:3])
+    assert all(a.error is None and a.dollars > 0 for a in teacher)
+    # the iteration's build really retrained: its router is its own, not the base's
+    iteration = tmp_path / "targeted" / "iter1"
+    assert (iteration / "router" / "router.safetensors").exists() and not (iteration / "router").is_symlink()
