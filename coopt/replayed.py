@@ -1,7 +1,7 @@
 """The co-optimization loop without a server: every route replayed over a build's all-pairs answers.
 
 The portfolio pack holds every tier's answer on every router-pool, calibration and dev record, so
-the served system can be replayed with the serving code itself (bls_router.calibrate.replay:
+the served system can be replayed with the serving code itself (export.calibrate.replay:
 decide_route + run_cascade over recorded answers) instead of sending requests. Per iteration,
 instead of the live steps of coopt/loop.py:
   - rules: calibrated afresh on the iteration build's calibration answers (what
@@ -38,7 +38,7 @@ class ReplayedLoop(CooptLoop):
 
     def rules(self, build):
         """The serving rules `routenlp calibrate` fits on `build`'s calibration answers (cached)."""
-        from bls_router.calibrate import calibrate_build, rules_from_calibration
+        from export.calibrate import calibrate_build, rules_from_calibration
         from export.pipeline import torch_threads
 
         key = str(build.root)
@@ -53,7 +53,7 @@ class ReplayedLoop(CooptLoop):
     ) -> list[dict[str, Any]]:
         """Per record: the served metadata (tier, escalations, cost_usd) and the answer's quality,
         of RouteNLP under `build`'s rules, or of a fixed tier (`always-tK`)."""
-        from bls_router.calibrate import build_prices, replay, router_pass_probabilities, structured_tasks
+        from export.calibrate import build_prices, replay, router_pass_probabilities, structured_tasks
         from export.pipeline import torch_threads
 
         answers = build.load_answers(pool)
@@ -114,7 +114,7 @@ class ReplayedLoop(CooptLoop):
 
     def teacher(self, state: State, queries: Sequence[Mapping[str, Any]]) -> list[TeacherAnswer]:
         """T4's recorded answers (T4 is never retrained, so the base build's are current)."""
-        from bls_router.calibrate import build_prices
+        from export.calibrate import build_prices
 
         answers, price = self.base.load_answers("router"), build_prices(self.base)[TEACHER]
         out = []
@@ -160,7 +160,7 @@ def _in_clone(path) -> str:
     """`path` relative to the clone when it lies inside it (the results name no machine paths)."""
     from pathlib import Path
 
-    from routenlp.paths import REPO_ROOT
+    from routenlp_core.paths import REPO_ROOT
 
     path = Path(path).resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

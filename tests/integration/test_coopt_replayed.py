@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bls_router.calibrate import build_prices
+from export.calibrate import build_prices
 from coopt.loop import CooptSettings, State
 from coopt.replayed import ReplayedLoop
 
