@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from export.calibrate import build_prices
 from coopt.loop import CooptSettings, State
 from coopt.replayed import ReplayedLoop
+from export.calibrate import build_prices
 
 pytestmark = pytest.mark.integration
 
