@@ -115,7 +115,7 @@ class Distillation:
 def head_can_learn(record: Mapping[str, Any], prediction: Any) -> bool:
     """Whether a T1 head can take `prediction` as its label: one of the task's labels, or for NER
     one known tag per word. T4 decodes free text, so its answer can fall outside the label set."""
-    from routenlp.data.labels import task_labels
+    from routenlp_core.labels import task_labels
     from routenlp_core.t1_codec import is_token_task, record_words
 
     labels = set(task_labels(record["task"]))
