@@ -35,6 +35,8 @@ import numpy as np
 
 from bls_router.cascade import TIERS, CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
 from bls_router.serving_config import ServingConfig
+from bls_router.stage_times import current as current_stage_times
+from bls_router.stage_times import span
 from bls_router.uncertainty import generation_uncertainty
 
 logger = logging.getLogger(__name__)
@@ -279,6 +281,7 @@ class RoutingService:
     def route(self, request: RouteRequest) -> RouteResult:
         """Router pick, then the cascade. Raises TierUnavailable only if no tier could answer."""
         started = self.clock()
+        started_ns = time.perf_counter_ns()
         allowed = allowed_tiers(request.task, request.max_tier, self.config)
         notes: list[str] = []
         router_info: dict[str, Any] = {}
@@ -311,11 +314,17 @@ class RoutingService:
         if outcome.fallback:
             notes.append(outcome.fallback)
         total_ms = (self.clock() - started) * 1e3
-        output = format_output(request.task, outcome.output, request.text)
-        metadata = self._metadata(request, outcome, start, router_info, router_ms, total_ms, notes)
-        result = RouteResult(request, output, metadata, outcome, cascade_policy=decision.policy)
-        result.record = self._record(result)
-        self._emit(result.record)
+        with span("metadata"):
+            output = format_output(request.task, outcome.output, request.text)
+            metadata = self._metadata(request, outcome, start, router_info, router_ms, total_ms, notes)
+            result = RouteResult(request, output, metadata, outcome, cascade_policy=decision.policy)
+            result.record = self._record(result)
+        with span("log"):
+            self._emit(result.record)
+        times = current_stage_times()
+        # the rest of route(): router probabilities, the decision, the cascade, T1's answer decoding
+        inside = sum(times.ns.get(stage, 0) for stage in ("tokenize", "router", "t1", "metadata", "log"))
+        times.add("cascade", max(0, time.perf_counter_ns() - started_ns - inside))
         return result
 
     def cascade_policy_for(self, request: RouteRequest) -> CascadePolicy:
@@ -412,14 +421,17 @@ class TierCodec:
     def router(self, text: str, task: str, model: str = ROUTER_MODEL) -> list[float]:
         from export.encoder import encode_texts, pad_batch
 
-        input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
+        with span("tokenize"):
+            input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention,
             "task_id": np.array([[self.config.task_ids[task]]], dtype=np.int64),
         }
         try:
-            logits = np.asarray(self.backend.router_logits(inputs, model), dtype=np.float64).reshape(-1)
+            with span("router"):
+                logits = self.backend.router_logits(inputs, model)
+            logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         except TierUnavailable:
             raise
         except Exception as err:
@@ -440,10 +452,15 @@ class TierCodec:
         from bls_router.t1_codec import predict_with
 
         head = self.config.t1[task]
-        logits_fn = lambda ids, mask: self.backend.t1_logits(task, ids, mask)  # noqa: E731
+
+        def logits_fn(ids, mask):
+            with span("t1"):
+                return self.backend.t1_logits(task, ids, mask)
+
         (prediction, u), = predict_with(logits_fn, self.tokenizer, task, head.labels, [{"task": task, "text": text}], head.max_len)
         # billed as the build labelled T1: the text's tokens, cut at the head's input length
-        tokens = min(len(self.tokenizer(text)["input_ids"]), head.max_len)
+        with span("tokenize"):
+            tokens = min(len(self.tokenizer(text)["input_ids"]), head.max_len)
         return TierResult(output=prediction, u=float(u), tokens=tokens)
 
     def _decoder(self, tier: str, task: str, text: str) -> TierResult:

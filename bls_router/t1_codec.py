@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bls_router.stage_times import span
 from export.encoder import encode_texts, pad_batch
 from routenlp.tasks import get_task
 
@@ -96,13 +97,14 @@ def predict_with(
     results: list[tuple[Any, float]] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        if token_level:
-            words = [record_words(r) for r in chunk]
-            encoded = [encode_words(tokenizer, w, max_len) for w in words]
-            ids = [e[0] for e in encoded]
-        else:
-            ids = encode_texts(tokenizer, [str(r["text"]) for r in chunk], max_len)
-        input_ids, attention = pad_batch(ids, tokenizer.pad_token_id)
+        with span("tokenize"):
+            if token_level:
+                words = [record_words(r) for r in chunk]
+                encoded = [encode_words(tokenizer, w, max_len) for w in words]
+                ids = [e[0] for e in encoded]
+            else:
+                ids = encode_texts(tokenizer, [str(r["text"]) for r in chunk], max_len)
+            input_ids, attention = pad_batch(ids, tokenizer.pad_token_id)
         logits = np.asarray(logits_fn(input_ids, attention), dtype=np.float32)
         expected = (len(chunk), input_ids.shape[1], len(labels)) if token_level else (len(chunk), len(labels))
         if logits.shape != expected:

@@ -56,6 +56,8 @@ from bls_router.cascade import TIERS, TierUnavailable  # noqa: E402
 from bls_router.deferred import WorkerPool, call_with_deadline  # noqa: E402
 from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
 from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
+from bls_router.stage_times import STAGES, StageTimes, StageTotals, activate  # noqa: E402
+from bls_router.stage_times import current as current_stage_times  # noqa: E402
 from bls_router.serving_config import (  # noqa: E402
     BLS_MAX_PENDING_DEFAULT,
     BLS_MAX_PENDING_PARAMETER,
@@ -172,11 +174,10 @@ class TritonPythonModel:
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
         self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         self.answers = WorkerPool(
             workers,
             max_pending=max_pending,
-            send=lambda sender, response: sender.send(response, flags=final),
+            send=self._send,
             fail=lambda err: self._error(f"internal error: {type(err).__name__}: {err}", "internal"),
             log_error=lambda message: pb_utils.Logger.log_error(f"{self.name}: {message}"),
             on_pending=self._set_in_flight,
@@ -223,12 +224,35 @@ class TritonPythonModel:
         in_flight = pb_utils.MetricFamily(name="routenlp_requests_in_flight", description="Requests accepted and not yet answered", kind=pb_utils.MetricFamily.GAUGE)
         self.families["in_flight"] = in_flight
         self.in_flight = in_flight.Metric(labels=owner)
+        stage_family = pb_utils.MetricFamily(name="routenlp_stage_seconds_total", description="Time routed requests spent per stage of the BLS", kind=counter)
+        self.families["stage_seconds"] = stage_family
+        self.stage_seconds = {stage: stage_family.Metric(labels={"stage": stage, **owner}) for stage in STAGES}
+        stage_requests = pb_utils.MetricFamily(name="routenlp_stage_requests_total", description="Requests counted in routenlp_stage_seconds_total", kind=counter)
+        self.families["stage_requests"] = stage_requests
+        self.stage_requests = stage_requests.Metric(labels=owner)
+        self.stage_totals = StageTotals()
+        self._stop_publishing = threading.Event()
+        threading.Thread(target=self._publish_stage_times, name=f"{self.name}-stages", daemon=True).start()
         self.latency = {}
         histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
         if histogram is not None:
             family = pb_utils.MetricFamily(name="routenlp_latency_ms", description="End-to-end routing latency in ms, by task", kind=histogram)
             self.families["latency"] = family
             self.latency = {task: family.Metric(labels={"task": task, **owner}, buckets=LATENCY_BUCKETS_MS) for task in self.config.tasks}
+
+    def _publish_stage_times(self):
+        """Every second, the growth of the stage totals onto their counters (a counter update is a
+        message to the server: one per second, not nine per request)."""
+        published = (0, dict.fromkeys(STAGES, 0))
+        while not self._stop_publishing.wait(1.0):
+            requests, ns = self.stage_totals.snapshot()
+            with self._metrics_lock:
+                if self.stage_requests is None:
+                    return
+                self.stage_requests.increment(requests - published[0])
+                for stage, total in ns.items():
+                    self.stage_seconds[stage].increment((total - published[1].get(stage, 0)) / 1e9)
+            published = (requests, ns)
 
     def _observe(self, result):
         with self._metrics_lock:
@@ -340,7 +364,18 @@ class TritonPythonModel:
             self.failures[code].increment(1)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
 
-    def _answer(self, routed):
+    def _send(self, sender, response):
+        """Sends the answer; the routing thread's StageTimes (set by _answer) then go to the totals."""
+        times = current_stage_times()
+        with times.span("response"):
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if isinstance(times, StageTimes) and times.ns:
+            self.stage_totals.add(times)
+        activate(None)
+
+    def _answer(self, routed, times):
+        # the thread's current() until _send, which runs right after on this same thread
+        activate(times)
         # No request.is_cancelled() here: in Triton 2.51 that check reaches
         # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
         # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
@@ -355,27 +390,33 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
             return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
         try:
-            self._observe(result)
+            with times.span("metrics"):
+                self._observe(result)
         except Exception as err:  # metrics must never fail a request
             pb_utils.Logger.log_warn(f"{self.name}: metrics update failed: {type(err).__name__}: {err}")
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("OUTPUT", np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
-                pb_utils.Tensor("METADATA", np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
-            ]
-        )
+        with times.span("metadata"):
+            metadata = result.metadata_json().encode("utf-8")
+        with times.span("response"):
+            return pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor("OUTPUT", np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
+                    pb_utils.Tensor("METADATA", np.array([[metadata]], dtype=np.object_)),
+                ]
+            )
 
     def _accept(self, request):
         """None when the request was handed to a routing thread, else its error response."""
+        times = StageTimes()
         try:
             # parsed here: the request's tensors live in shared memory released when execute returns
-            routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
+            with times.span("decode"):
+                routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
         except RequestError as err:
             return self._error(str(err), "invalid_arg")
         except Exception as err:
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
             return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
-        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed)):
+        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed, times)):
             return self._error(f"overloaded: {self.answers.max_pending} requests in flight on this instance; retry later", "unavailable")
         return None
 
@@ -401,8 +442,13 @@ class TritonPythonModel:
         log, self.escalation_log = getattr(self, "escalation_log", None), None
         if log is not None:
             log.close()
+        stop = getattr(self, "_stop_publishing", None)
+        if stop is not None:
+            stop.set()
         # Metric objects must go before their MetricFamily (python_backend's rule).
-        self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None
+        with getattr(self, "_metrics_lock", threading.Lock()):
+            self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None
+            self.stage_seconds, self.stage_requests = {}, None
         self.families = {}
 
 
