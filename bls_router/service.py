@@ -417,12 +417,13 @@ class TierCodec:
         self.config = config
         self.tokenizer = tokenizer
         self.backend = backend
+        from bls_router.t1_codec import TokenIds
+
+        self.token_ids = TokenIds(tokenizer)  # one encoding per request text, shared by its calls
 
     def router(self, text: str, task: str, model: str = ROUTER_MODEL) -> list[float]:
-        from export.encoder import encode_texts, pad_batch
-
         with span("tokenize"):
-            input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
+            input_ids, attention = self.token_ids.batch(self.token_ids(text), self.config.router_max_len)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -457,10 +458,11 @@ class TierCodec:
             with span("t1"):
                 return self.backend.t1_logits(task, ids, mask)
 
-        (prediction, u), = predict_with(logits_fn, self.tokenizer, task, head.labels, [{"task": task, "text": text}], head.max_len)
+        record = {"task": task, "text": text}
+        (prediction, u), = predict_with(logits_fn, self.tokenizer, task, head.labels, [record], head.max_len, token_ids=self.token_ids)
         # billed as the build labelled T1: the text's tokens, cut at the head's input length
         with span("tokenize"):
-            tokens = min(len(self.tokenizer(text)["input_ids"]), head.max_len)
+            tokens = min(len(self.token_ids(text)), head.max_len)
         return TierResult(output=prediction, u=float(u), tokens=tokens)
 
     def _decoder(self, tier: str, task: str, text: str) -> TierResult:

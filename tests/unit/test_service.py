@@ -548,3 +548,17 @@ def test_t4_settings_take_operator_overrides_from_the_environment():
     assert base.with_env_overrides({}) == base
     with pytest.raises(ServingConfigError, match="ROUTENLP_T4_MAX_RETRIES='many' is not a int"):
         base.with_env_overrides({"ROUTENLP_T4_MAX_RETRIES": "many"})
+
+
+def test_token_ids_match_the_tokenizer_and_pad_batch(tokenizer):
+    from bls_router.t1_codec import TokenIds
+    from export.encoder import encode_texts, pad_batch
+
+    token_ids = TokenIds(tokenizer)
+    for text in ("my card has not arrived", "acme corp  opened\tan office é€ in paris " * 3, string.printable):
+        assert token_ids(text) == tokenizer(text)["input_ids"]
+        for max_len in (2, 5, 64):
+            expected = pad_batch(encode_texts(tokenizer, [text], max_len), tokenizer.pad_token_id)
+            got = token_ids.batch(token_ids(text), max_len)
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, expected))
+    assert [a.tolist() for a in token_ids.batch([], 8)] == [[[tokenizer.pad_token_id]], [[0]]]
