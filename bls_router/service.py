@@ -28,6 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from bls_router.cascade import TIERS, CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
 from bls_router.serving_config import ServingConfig
+from bls_router.stage_times import activate
 from bls_router.stage_times import current as current_stage_times
 from bls_router.stage_times import span
 from bls_router.uncertainty import generation_uncertainty
@@ -209,8 +211,12 @@ class RoutingService:
         bls_version: str | int | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
+        overlap: Executor | None = None,
     ) -> None:
         self.config = config
+        # runs the T1 call while the router call is under way, where T1 answers first whatever the
+        # router says (see t1_first); None: one call after the other
+        self.overlap = overlap
         conformal = config.policy()
         every = {task: {tier: FIXED_THRESHOLD for tier in TIERS[:-1]} for task in config.tasks}
         self.cascade_policies = {
@@ -287,6 +293,7 @@ class RoutingService:
         router_info: dict[str, Any] = {}
         fixed = FIXED_TIER_POLICIES.get(request.policy)
         base = self.cascade_policy_for(request)
+        t1_early = self._t1_early(request, allowed) if fixed is None else None
         if fixed is not None:
             decision, router_info = RouteDecision(fixed, base), {"tier": None, "skipped": f"policy {request.policy}"}
         else:
@@ -302,10 +309,16 @@ class RoutingService:
                 notes.append(f"router unavailable: started at {decision.start}")
         router_ms = (self.clock() - started) * 1e3
 
+
+        def call_tier(tier: str) -> TierResult:
+            if tier == "t1" and t1_early is not None:
+                return t1_early.result()
+            return self.call_tier(tier, request.task, request.text)
+
         outcome = run_cascade(
             request.task,
             decision.start,
-            lambda tier: self.call_tier(tier, request.task, request.text),
+            call_tier,
             decision.policy,
             max_tier=request.max_tier,
             clock=self.clock,
@@ -326,6 +339,27 @@ class RoutingService:
         inside = sum(times.ns.get(stage, 0) for stage in ("tokenize", "router", "t1", "metadata", "log"))
         times.add("cascade", max(0, time.perf_counter_ns() - started_ns - inside))
         return result
+
+    def t1_first(self, request: RouteRequest, allowed: Sequence[str]) -> bool:
+        """Whether the cascade starts at T1 whatever the router says: T1 is the only tier allowed, or
+        the task is cascade-first with T1 allowed (decide_route)."""
+        return allowed[0] == "t1" and (len(allowed) == 1 or request.task in self.config.cascade_first)
+
+    def _t1_early(self, request: RouteRequest, allowed: Sequence[str]) -> Future | None:
+        """The T1 call, started on the overlap executor beside the router call when t1_first.
+        The stage's latency_ms is then the wait for it after the router call, not its whole call."""
+        if self.overlap is None or not self.t1_first(request, allowed):
+            return None
+        times = current_stage_times()
+
+        def call() -> TierResult:
+            activate(times)  # its spans count for this request
+            try:
+                return self.call_tier("t1", request.task, request.text)
+            finally:
+                activate(None)
+
+        return self.overlap.submit(call)
 
     def cascade_policy_for(self, request: RouteRequest) -> CascadePolicy:
         """The thresholds the request's POLICY escalates by (fixed-tier policies never escalate

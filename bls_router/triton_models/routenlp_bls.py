@@ -48,6 +48,7 @@ locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 import json  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -76,6 +77,7 @@ from bls_router.service import (  # noqa: E402
     token_logprobs_from_vllm_json,
 )
 
+BLS_OVERLAP_PARAMETER = "overlap_t1"
 INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID", "POLICY")
 DRAIN_TIMEOUT_S = 120.0
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
@@ -173,7 +175,13 @@ class TritonPythonModel:
         # "monitor" (optional): window / min_requests / relative_rise overrides, e.g. for a short test
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
-        self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
+        # a thread per routing thread for the T1 call that overlaps the router call (parameter
+        # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare)
+        overlap = model_config.get("parameters", {}).get(BLS_OVERLAP_PARAMETER, {}).get("string_value", "1") != "0"
+        self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
+        self.service = RoutingService(
+            self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"], overlap=self.overlap
+        )
         self.answers = WorkerPool(
             workers,
             max_pending=max_pending,
@@ -440,6 +448,9 @@ class TritonPythonModel:
             left = answers.close(DRAIN_TIMEOUT_S)
             if left:
                 pb_utils.Logger.log_error(f"{self.name}: {left} requests still unanswered at unload")
+        overlap, self.overlap = getattr(self, "overlap", None), None
+        if overlap is not None:
+            overlap.shutdown(wait=False)
         t4, self.t4 = getattr(self, "t4", None), None
         if t4 is not None:
             t4.close()
