@@ -180,8 +180,8 @@ class TritonPythonModel:
         overlap = model_config.get("parameters", {}).get(BLS_OVERLAP_PARAMETER, {}).get("string_value", "1") != "0"
         self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
         self.service = RoutingService(
-            self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"], overlap=self.overlap
-        )
+            self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap
+        )  # no sink: _answer queues each record itself and waits for its commit just before sending
         self.answers = WorkerPool(
             workers,
             max_pending=max_pending,
@@ -280,12 +280,27 @@ class TritonPythonModel:
                 (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
 
     def _log_record(self, record):
-        try:
-            self.escalation_log.append(record)
-        except Exception as err:
+        """Queues the record on the log's writer; returns a wait() that returns once it is committed
+        (the answer is sent only after it). A failure is counted and logged, never the request's."""
+        def failed(err):
             with self._metrics_lock:
-                self.log_failures.increment(1)
+                if self.log_failures is not None:
+                    self.log_failures.increment(1)
             pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
+
+        try:
+            commit = self.escalation_log.submit(record)
+        except Exception as err:
+            failed(err)
+            return lambda: None
+
+        def wait():
+            try:
+                commit.wait(self.timeout_s)
+            except Exception as err:
+                failed(err)
+
+        return wait
 
     # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
 
@@ -401,6 +416,8 @@ class TritonPythonModel:
         except Exception as err:  # a bug: answer this request, keep serving the others
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
             return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+        with times.span("log"):
+            committed = self._log_record(result.record)
         try:
             with times.span("metrics"):
                 self._observe(result)
@@ -409,12 +426,15 @@ class TritonPythonModel:
         with times.span("metadata"):
             metadata = result.metadata_json().encode("utf-8")
         with times.span("response"):
-            return pb_utils.InferenceResponse(
+            response = pb_utils.InferenceResponse(
                 output_tensors=[
                     pb_utils.Tensor("OUTPUT", np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
                     pb_utils.Tensor("METADATA", np.array([[metadata]], dtype=np.object_)),
                 ]
             )
+        with times.span("log"):  # the durability promise: the record is committed before the answer goes
+            committed()
+        return response
 
     def _accept(self, request):
         """None when the request was handed to a routing thread, else its error response."""
