@@ -22,13 +22,15 @@ def entry_rows(records: Sequence[Mapping[str, Any]], **extra: str) -> list[dict[
     return [{"TEXT": [r["text"]], "TASK": [r["task"]], **{name: [value] for name, value in extra.items()}} for r in records]
 
 
-def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int) -> list[dict[str, dict]]:
-    """Direct t1_<task> rows: input_ids / attention_mask [1, T], encoded as the BLS encodes them."""
+def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int, batched: bool = True) -> list[dict[str, dict]]:
+    """Direct t1_<task> rows: input_ids / attention_mask, encoded as the BLS encodes them; shape [T]
+    for a model with Triton batching (perf_analyzer adds the batch axis), else [1, T]."""
     from export.encoder import encode_texts
 
     rows = []
     for ids in encode_texts(tokenizer, [r["text"] for r in records], max_len):
-        rows.append({"input_ids": {"content": ids, "shape": [1, len(ids)]}, "attention_mask": {"content": [1] * len(ids), "shape": [1, len(ids)]}})
+        shape = [len(ids)] if batched else [1, len(ids)]
+        rows.append({"input_ids": {"content": ids, "shape": shape}, "attention_mask": {"content": [1] * len(ids), "shape": shape}})
     return rows
 
 
