@@ -93,4 +93,8 @@ class BreakdownProbe:
 
     def result(self) -> dict[str, Any]:
         (stages_before, triton_before), (stages_after, triton_after) = self._before, self._after
-        return {"bls_stages_us": breakdown(stages_before, stages_after), "triton_models": triton_breakdown(triton_before, triton_after)}
+        return {
+            "bls_requests": int(stages_after[0] - stages_before[0]),
+            "bls_stages_us": breakdown(stages_before, stages_after),
+            "triton_models": triton_breakdown(triton_before, triton_after),
+        }
