@@ -31,7 +31,9 @@ routenlp_escalations_total, routenlp_fallbacks_total, routenlp_cost_dollars_tota
 tier), routenlp_request_failures_total (label code), routenlp_log_failures_total, the
 routenlp_latency_ms histogram (task) and the gauges routenlp_escalation_rate,
 routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline), and
-routenlp_requests_in_flight (accepted by this instance, not yet answered).
+routenlp_requests_in_flight (accepted by this instance, not yet answered; sampled once a second),
+routenlp_stage_seconds_total (stage) and routenlp_stage_requests_total: where routed requests'
+time went (bls_router/stage_times.py; published once a second, read by `routenlp perf`).
 Every series also carries `version` and `instance` (sum them away in queries): two instances, or
 two versions during a hot swap, must never share one series. Triton 2.51 counts references per
 MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
@@ -188,7 +190,6 @@ class TritonPythonModel:
             send=self._send,
             fail=lambda err: self._error(f"internal error: {type(err).__name__}: {err}", "internal"),
             log_error=lambda message: pb_utils.Logger.log_error(f"{self.name}: {message}"),
-            on_pending=self._set_in_flight,
             name=f"{self.name}-route",
         )
         pb_utils.Logger.log_info(
@@ -250,9 +251,12 @@ class TritonPythonModel:
 
     def _publish_stage_times(self):
         """Every second, the growth of the stage totals onto their counters (a counter update is a
-        message to the server: one per second, not nine per request)."""
+        message to the server: one per second, not nine per request) and the in-flight gauge."""
         published = (0, dict.fromkeys(STAGES, 0))
         while not self._stop_publishing.wait(1.0):
+            answers = self.answers
+            if answers is not None:  # sampled here: two gauge updates per request cost ~0.1 ms of it
+                self._set_in_flight(answers.pending)
             requests, ns = self.stage_totals.snapshot()
             with self._metrics_lock:
                 if self.stage_requests is None:
