@@ -25,12 +25,14 @@ def stack_requests(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
     return batched
 
 
-def split_outputs(outputs: Sequence[np.ndarray], feeds: Sequence[Mapping[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+def split_outputs(
+    outputs: Sequence[np.ndarray], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> Iterator[list[np.ndarray]]:
     """Each request's rows of the batched outputs; a per-token output ([B, T, ...]) cut back to
     the request's own length (its attention_mask's)."""
     start = 0
     for feed in feeds:
         rows = len(next(iter(feed.values())))
         length = feed["attention_mask"].shape[1] if "attention_mask" in feed else None
-        yield [out[start : start + rows, :length] if out.ndim > 2 and length is not None else out[start : start + rows] for out in outputs]
+        yield [out[start : start + rows, :length] if out.ndim > 2 else out[start : start + rows] for out in outputs]
         start += rows

@@ -493,7 +493,9 @@ class TierCodec:
                 return self.backend.t1_logits(task, ids, mask)
 
         record = {"task": task, "text": text}
-        (prediction, u), = predict_with(logits_fn, self.tokenizer, task, head.labels, [record], head.max_len, token_ids=self.token_ids)
+        (prediction, u), = predict_with(
+            logits_fn, self.tokenizer, task, head.labels, [record], head.max_len, token_ids=self.token_ids
+        )
         # billed as the build labelled T1: the text's tokens, cut at the head's input length
         with span("tokenize"):
             tokens = min(len(self.token_ids(text)), head.max_len)

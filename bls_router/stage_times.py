@@ -104,4 +104,5 @@ def breakdown(before: tuple[int, Mapping[str, float]], after: tuple[int, Mapping
     requests = after[0] - before[0]
     if requests <= 0:
         return {}
-    return {stage: round((after[1].get(stage, 0.0) - before[1].get(stage, 0.0)) / requests * 1e6, 1) for stage in after[1]}
+    grown = {stage: after[1].get(stage, 0.0) - before[1].get(stage, 0.0) for stage in after[1]}
+    return {stage: round(seconds / requests * 1e6, 1) for stage, seconds in grown.items()}

@@ -136,7 +136,10 @@ def predict_with(
                 ids = [token_ids(str(chunk[0]["text"]))[:max_len]]
             else:
                 ids = encode_texts(tokenizer, [str(r["text"]) for r in chunk], max_len)
-            input_ids, attention = token_ids.batch(ids[0], max_len) if token_ids is not None and len(ids) == 1 else pad_batch(ids, tokenizer.pad_token_id)
+            if token_ids is not None and len(ids) == 1:
+                input_ids, attention = token_ids.batch(ids[0], max_len)
+            else:
+                input_ids, attention = pad_batch(ids, tokenizer.pad_token_id)
         logits = np.asarray(logits_fn(input_ids, attention), dtype=np.float32)
         expected = (len(chunk), input_ids.shape[1], len(labels)) if token_level else (len(chunk), len(labels))
         if logits.shape != expected:

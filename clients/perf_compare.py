@@ -22,7 +22,7 @@ def entry_rows(records: Sequence[Mapping[str, Any]], **extra: str) -> list[dict[
     return [{"TEXT": [r["text"]], "TASK": [r["task"]], **{name: [value] for name, value in extra.items()}} for r in records]
 
 
-def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int, batched: bool = True) -> list[dict[str, dict]]:
+def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int, batched: bool = True) -> list[dict]:
     """Direct t1_<task> rows: input_ids / attention_mask, encoded as the BLS encodes them; shape [T]
     for a model with Triton batching (perf_analyzer adds the batch axis), else [1, T]."""
     from export.encoder import encode_texts
@@ -30,7 +30,11 @@ def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int, batch
     rows = []
     for ids in encode_texts(tokenizer, [r["text"] for r in records], max_len):
         shape = [len(ids)] if batched else [1, len(ids)]
-        rows.append({"input_ids": {"content": ids, "shape": shape}, "attention_mask": {"content": [1] * len(ids), "shape": shape}})
+        mask = [1] * len(ids)
+        rows.append({
+            "input_ids": {"content": ids, "shape": shape},
+            "attention_mask": {"content": mask, "shape": shape},
+        })
     return rows
 
 
@@ -59,8 +63,8 @@ def compare_policies(url: str, records, work_dir: Path, concurrencies: Sequence[
 
 
 def routing_overhead(
-    url: str, records, tokenizer, max_len: int, work_dir: Path, concurrencies: Sequence[int], measurement_ms: int = 3000,
-    rounds: int = 3, probe=None, log=print,
+    url: str, records, tokenizer, max_len: int, work_dir: Path, concurrencies: Sequence[int],
+    measurement_ms: int = 3000, rounds: int = 3, probe=None, log=print,
 ) -> list[dict[str, Any]]:
     """Routed-on-T1 (the entry model, MAX_TIER t1) against direct t1_<task> calls at each
     concurrency: `rounds` interleaved pairs (routed, direct, routed, direct, ...) so both sides
@@ -85,14 +89,16 @@ def routing_overhead(
             plain.append(_point(f"t1_{OVERHEAD_TASK}", url, direct, c, measurement_ms))
         row = _pair_row(c, _median_point(ours), _median_point(plain), "routed_t1", "direct_t1")
         for q in ("p50", "p95", "p99"):
-            row[f"added_{q}_ms"] = round(statistics.median(getattr(a, f"{q}_ms") - getattr(b, f"{q}_ms") for a, b in zip(ours, plain)), 2)
+            added = [getattr(a, f"{q}_ms") - getattr(b, f"{q}_ms") for a, b in zip(ours, plain)]
+            row[f"added_{q}_ms"] = round(statistics.median(added), 2)
         row["throughput_ratio_per_round"] = [round(a.throughput / b.throughput, 3) for a, b in zip(ours, plain)]
         if breakdowns:
             row["breakdown"] = _merge_breakdowns(breakdowns)
         rows.append(row)
         log(
-            f"  concurrency {c}: routed-on-T1 p50 {row['routed_t1_p50_ms']:.2f} ms vs direct t1 {row['direct_t1_p50_ms']:.2f} ms "
-            f"(+{row['added_p50_ms']:.2f} p50, +{row['added_p95_ms']:.2f} p95), throughput x{row['throughput_ratio']:.3f}"
+            f"  concurrency {c}: routed-on-T1 p50 {row['routed_t1_p50_ms']:.2f} ms vs direct t1 "
+            f"{row['direct_t1_p50_ms']:.2f} ms (+{row['added_p50_ms']:.2f} p50, +{row['added_p95_ms']:.2f} p95), "
+            f"throughput x{row['throughput_ratio']:.3f}"
         )
     return rows
 
@@ -104,7 +110,8 @@ def _median_point(points: Sequence[PerfPoint]) -> PerfPoint:
         values = [getattr(p, name) for p in points if getattr(p, name) is not None]
         return statistics.median(values) if values else None
 
-    return PerfPoint(points[0].concurrency, median("throughput"), median("p50_ms"), median("p99_ms"), median("avg_ms"), median("p95_ms"))
+    names = ("throughput", "p50_ms", "p99_ms", "avg_ms", "p95_ms")
+    return PerfPoint(points[0].concurrency, *(median(name) for name in names))
 
 
 def _merge_breakdowns(breakdowns: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -145,5 +152,9 @@ def _pair_row(concurrency: int, a: PerfPoint, b: PerfPoint, a_name: str, b_name:
         f"{a_name}_p99_ms": round(a.p99_ms, 2),
         f"{b_name}_p99_ms": round(b.p99_ms, 2),
         "p99_ratio": round(a.p99_ms / b.p99_ms, 3) if b.p99_ms else None,
-        **({f"{a_name}_p95_ms": round(a.p95_ms, 2), f"{b_name}_p95_ms": round(b.p95_ms, 2)} if a.p95_ms is not None and b.p95_ms is not None else {}),
+        **(
+            {f"{a_name}_p95_ms": round(a.p95_ms, 2), f"{b_name}_p95_ms": round(b.p95_ms, 2)}
+            if a.p95_ms is not None and b.p95_ms is not None
+            else {}
+        ),
     }

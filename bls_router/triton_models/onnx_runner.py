@@ -45,7 +45,8 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         for index, request in enumerate(requests):
             try:
-                feeds.append((index, {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}))
+                tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in self.input_names}
+                feeds.append((index, {name: tensor.as_numpy() for name, tensor in tensors.items()}))
             except Exception as err:
                 responses[index] = self._error(err)
         if len(feeds) > 1:
@@ -65,9 +66,10 @@ class TritonPythonModel:
         return responses
 
     def _response(self, outputs):
-        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(self.output_names, outputs)]
+        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out)) for name, out in zip(self.output_names, outputs)]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _error(self, err):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INVALID_ARG))
+        error = pb_utils.TritonError(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INVALID_ARG)
+        return pb_utils.InferenceResponse(error=error)
 

@@ -233,10 +233,14 @@ class TritonPythonModel:
         in_flight = pb_utils.MetricFamily(name="routenlp_requests_in_flight", description="Requests accepted and not yet answered", kind=pb_utils.MetricFamily.GAUGE)
         self.families["in_flight"] = in_flight
         self.in_flight = in_flight.Metric(labels=owner)
-        stage_family = pb_utils.MetricFamily(name="routenlp_stage_seconds_total", description="Time routed requests spent per stage of the BLS", kind=counter)
+        stage_family = pb_utils.MetricFamily(
+            name="routenlp_stage_seconds_total", description="Time routed requests spent per stage of the BLS", kind=counter
+        )
         self.families["stage_seconds"] = stage_family
         self.stage_seconds = {stage: stage_family.Metric(labels={"stage": stage, **owner}) for stage in STAGES}
-        stage_requests = pb_utils.MetricFamily(name="routenlp_stage_requests_total", description="Requests counted in routenlp_stage_seconds_total", kind=counter)
+        stage_requests = pb_utils.MetricFamily(
+            name="routenlp_stage_requests_total", description="Requests counted in routenlp_stage_seconds_total", kind=counter
+        )
         self.families["stage_requests"] = stage_requests
         self.stage_requests = stage_requests.Metric(labels=owner)
         self.stage_totals = StageTotals()
@@ -338,7 +342,8 @@ class TritonPythonModel:
         return self._infer(model, inputs, ["logits"], deadline=False)["logits"]
 
     def t1_logits(self, task, input_ids, attention_mask):
-        return self._infer(f"t1_{task}", {"input_ids": input_ids, "attention_mask": attention_mask}, ["logits"], deadline=False)["logits"]
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self._infer(f"t1_{task}", inputs, ["logits"], deadline=False)["logits"]
 
     def generate(self, tier, prompt, max_tokens):
         if tier == "t4":

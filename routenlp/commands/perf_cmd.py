@@ -23,16 +23,17 @@ HOT_PATH_MODELS = ("router", "t1_cs_intent", "t1_fin_ner", "t1_legal_clause", "t
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("perf", help="perf_analyzer: routed-on-T1 vs direct T1 (added latency, throughput ratio, breakdown)")
+    what = "perf_analyzer: routed-on-T1 vs direct T1 (added latency, throughput ratio, breakdown)"
+    parser = sub.add_parser("perf", help=what)
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved routed/direct pairs per concurrency (medians)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved routed/direct pairs per concurrency")
     parser.add_argument("--per-task", type=int, default=20, help="dev records per task in the input data")
     parser.add_argument("--measurement-ms", type=int, default=3000)
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR)
-    parser.add_argument("--url", default=None, help="gRPC address of a running server (default: start one with the hot-path models)")
+    parser.add_argument("--url", default=None, help="gRPC address of a running server (default: start one)")
     parser.add_argument("--http-url", default=None, help="with --url: its HTTP address (per-model statistics)")
     parser.add_argument("--metrics-url", default=None, help="with --url: its /metrics URL (the BLS's stage counters)")
-    parser.add_argument("--policies", action="store_true", help="also routed vs Always-T4 (starts the whole deployment)")
+    parser.add_argument("--policies", action="store_true", help="also routed vs Always-T4 (the whole deployment)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "perf.json")
     parser.set_defaults(handler=run)
 
@@ -57,7 +58,8 @@ def _server(args) -> Iterator[tuple[str, str | None, str | None]]:
 
     with tempfile.TemporaryDirectory() as state:
         env = {**os.environ, ENV_LOG_PATH: str(Path(state) / "escalation_log.sqlite")}
-        with TritonServer(args.repository, Path(state) / "tritonserver.log", load_models=HOT_PATH_MODELS, env=env) as server:
+        server = TritonServer(args.repository, Path(state) / "tritonserver.log", load_models=HOT_PATH_MODELS, env=env)
+        with server:
             yield server.grpc_url, server.http_url, server.metrics_url
 
 
@@ -98,10 +100,15 @@ def run(args) -> int:
     out: dict = {"command": "routenlp perf " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["perf"] else "routenlp perf"}
     try:
         with _server(args) as (url, http_url, metrics_url), tempfile.TemporaryDirectory() as tmp:
-            probe = BreakdownProbe(metrics_url, http_url, ["routenlp", "router", f"t1_{OVERHEAD_TASK}"]) if http_url and metrics_url else None
-            print(f"perf_analyzer over gRPC ({url}): routed-on-T1 vs direct t1_{OVERHEAD_TASK}, {args.rounds} interleaved rounds per concurrency {levels}")
+            models = ["routenlp", "router", f"t1_{OVERHEAD_TASK}"]
+            probe = BreakdownProbe(metrics_url, http_url, models) if http_url and metrics_url else None
+            print(
+                f"perf_analyzer over gRPC ({url}): routed-on-T1 vs direct t1_{OVERHEAD_TASK}, "
+                f"{args.rounds} interleaved rounds per concurrency {levels}"
+            )
+            max_len = config.t1[OVERHEAD_TASK].max_len
             out["overhead"] = routing_overhead(
-                url, records, tokenizer, config.t1[OVERHEAD_TASK].max_len, Path(tmp), levels, args.measurement_ms, rounds=args.rounds, probe=probe
+                url, records, tokenizer, max_len, Path(tmp), levels, args.measurement_ms, rounds=args.rounds, probe=probe
             )
             if args.policies:
                 out["policies"] = compare_policies(url, records, Path(tmp), levels, args.measurement_ms)
@@ -120,8 +127,8 @@ def run(args) -> int:
         print("\nrouted (routenlp) vs Always-T4, same server, back to back:")
         print(format_table(out["policies"]))
     out.update(
-        records=len([r for r in records if r["task"] == OVERHEAD_TASK]), measurement_ms=args.measurement_ms, rounds=args.rounds,
-        repository_version=config.repository_version, profile=config.profile,
+        records=len([r for r in records if r["task"] == OVERHEAD_TASK]), measurement_ms=args.measurement_ms,
+        rounds=args.rounds, repository_version=config.repository_version, profile=config.profile,
     )  # fmt: skip
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(out, indent=2) + "\n")
