@@ -1,7 +1,8 @@
 """The durable escalation log: one row per routed request, in SQLite (WAL mode).
 
 Written by the `routenlp` BLS before it answers (so every request that got a success response has
-its row, even if tritonserver is killed right after), read by `routenlp log tail`, the escalation
+its row, even if tritonserver is killed right after; one writer thread per BLS instance commits
+the rows queued meanwhile together, EscalationLog), read by `routenlp log tail`, the escalation
 monitor's reports and coopt's failure collection. WAL lets readers run while the server writes;
 synchronous=NORMAL in WAL mode keeps committed rows across a process crash (what a SIGKILL is).
 Several model instances (processes) may append at once: SQLite serialises the writers.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -91,34 +93,112 @@ def open_wal_database(path: Path) -> sqlite3.Connection:
     return connection
 
 
+class Commit:
+    """Set once the record it stands for is committed (or its transaction failed)."""
+
+    __slots__ = ("_done", "error")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self._done.set()
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Returns once the record is committed; raises the commit's error, or TimeoutError."""
+        if not self._done.wait(timeout_s):
+            raise TimeoutError(f"escalation log: no commit within {timeout_s:g} s")
+        if self.error is not None:
+            raise self.error
+
+
+_STOP = object()
+GROUP_MAX_ROWS = 256  # rows per transaction at most (a burst is committed in a few)
+_INSERT = (
+    "INSERT INTO escalations (ts, request_id, task, tier, path, escalations, fallback, cost_usd, total_ms, "
+    "repository_version, bls_version, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 class EscalationLog:
-    """Append-only store of routing records (RouteResult.record dicts)."""
+    """Append-only store of routing records (RouteResult.record dicts), written by one background
+    thread with group commit: whatever rows are queued when it is free go in one transaction.
+
+    Durability promise (unchanged by the group commit): submit() returns a Commit whose wait()
+    returns only once the row's transaction is committed to the WAL, and the BLS sends a request's
+    answer only after that wait, so every answered request's row survives a process crash (SIGKILL).
+    What the group commit saves is the commit per row under concurrency and, for each request, the
+    time the row is written while its response is being built."""
 
     def __init__(self, path: Path | str, *, keep_text: bool = False) -> None:
         self.path = Path(path)
         self.keep_text = keep_text
-        self._lock = threading.Lock()  # one connection per log, shared by the model's threads
         self._db = open_wal_database(self.path)
         self._db.executescript(_SCHEMA)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="escalation-log", daemon=True)
+        self._writer.start()
 
-    def append(self, record: Mapping[str, Any]) -> None:
+    def _row(self, record: Mapping[str, Any]) -> tuple:
         row = {k: v for k, v in record.items() if self.keep_text or k not in RAW_TEXT_FIELDS}
-        values = (
+        return (
             float(row["ts"]), str(row["request_id"]), str(row["task"]), str(row["tier"]), json.dumps(list(row["path"])),
             int(row.get("escalations") or 0), row.get("fallback"), float(row.get("cost_usd") or 0.0), float(row.get("total_ms") or 0.0),
             row.get("repository_version"), None if row.get("bls_version") is None else str(row["bls_version"]),
             json.dumps(row, sort_keys=True, default=str),
         )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO escalations (ts, request_id, task, tier, path, escalations, fallback, cost_usd, total_ms, "
-                "repository_version, bls_version, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
+
+    def submit(self, record: Mapping[str, Any]) -> Commit:
+        """Queues the record for the writer; wait() on the result before answering its request.
+        A record that cannot be turned into a row raises here, in the caller."""
+        commit = Commit()
+        if not self._writer.is_alive():
+            raise RuntimeError("escalation log is closed")
+        self._queue.put((self._row(record), commit))
+        return commit
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """submit() and wait for the commit."""
+        self.submit(record).wait()
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < GROUP_MAX_ROWS:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[tuple[tuple, Commit]]) -> None:
+        error = None
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(_INSERT, [row for row, _ in batch])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except Exception as err:  # every record of the transaction reports it to its request
+            error = err
+        for _, commit in batch:
+            commit.finish(error)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Commits what is queued, then closes."""
+        if self._writer.is_alive():
+            self._queue.put(_STOP)
+            self._writer.join()
+        self._db.close()
 
     def __enter__(self) -> "EscalationLog":
         return self

@@ -28,6 +28,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -52,6 +53,8 @@ from routenlp_core.contract import (
     RequestError,
 )
 from routenlp_core.serving_config import ServingConfig
+from routenlp_core.stage_times import activate, span
+from routenlp_core.stage_times import current as current_stage_times
 from routenlp_core.uncertainty import generation_uncertainty
 
 logger = logging.getLogger(__name__)
@@ -205,8 +208,12 @@ class RoutingService:
         bls_version: str | int | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
+        overlap: Executor | None = None,
     ) -> None:
         self.config = config
+        # runs the T1 call while the router call is under way, where T1 answers first whatever the
+        # router says (see t1_first); None: one call after the other
+        self.overlap = overlap
         conformal = config.policy()
         every = {task: {tier: FIXED_THRESHOLD for tier in TIERS[:-1]} for task in config.tasks}
         self.cascade_policies = {
@@ -277,11 +284,13 @@ class RoutingService:
     def route(self, request: RouteRequest) -> RouteResult:
         """Router pick, then the cascade. Raises TierUnavailable only if no tier could answer."""
         started = self.clock()
+        started_ns = time.perf_counter_ns()
         allowed = allowed_tiers(request.task, request.max_tier, self.config)
         notes: list[str] = []
         router_info: dict[str, Any] = {}
         fixed = FIXED_TIER_POLICIES.get(request.policy)
         base = self.cascade_policy_for(request)
+        t1_early = self._t1_early(request, allowed) if fixed is None else None
         if fixed is not None:
             decision, router_info = RouteDecision(fixed, base), {"tier": None, "skipped": f"policy {request.policy}"}
         else:
@@ -297,10 +306,16 @@ class RoutingService:
                 notes.append(f"router unavailable: started at {decision.start}")
         router_ms = (self.clock() - started) * 1e3
 
+
+        def call_tier(tier: str) -> TierResult:
+            if tier == "t1" and t1_early is not None:
+                return t1_early.result()
+            return self.call_tier(tier, request.task, request.text)
+
         outcome = run_cascade(
             request.task,
             decision.start,
-            lambda tier: self.call_tier(tier, request.task, request.text),
+            call_tier,
             decision.policy,
             max_tier=request.max_tier,
             clock=self.clock,
@@ -309,12 +324,39 @@ class RoutingService:
         if outcome.fallback:
             notes.append(outcome.fallback)
         total_ms = (self.clock() - started) * 1e3
-        output = format_output(request.task, outcome.output, request.text)
-        metadata = self._metadata(request, outcome, start, router_info, router_ms, total_ms, notes)
-        result = RouteResult(request, output, metadata, outcome, cascade_policy=decision.policy)
-        result.record = self._record(result)
-        self._emit(result.record)
+        with span("metadata"):
+            output = format_output(request.task, outcome.output, request.text)
+            metadata = self._metadata(request, outcome, start, router_info, router_ms, total_ms, notes)
+            result = RouteResult(request, output, metadata, outcome, cascade_policy=decision.policy)
+            result.record = self._record(result)
+        with span("log"):
+            self._emit(result.record)
+        times = current_stage_times()
+        # the rest of route(): router probabilities, the decision, the cascade, T1's answer decoding
+        inside = sum(times.ns.get(stage, 0) for stage in ("tokenize", "router", "t1", "metadata", "log"))
+        times.add("cascade", max(0, time.perf_counter_ns() - started_ns - inside))
         return result
+
+    def t1_first(self, request: RouteRequest, allowed: Sequence[str]) -> bool:
+        """Whether the cascade starts at T1 whatever the router says: T1 is the only tier allowed, or
+        the task is cascade-first with T1 allowed (decide_route)."""
+        return allowed[0] == "t1" and (len(allowed) == 1 or request.task in self.config.cascade_first)
+
+    def _t1_early(self, request: RouteRequest, allowed: Sequence[str]) -> Future | None:
+        """The T1 call, started on the overlap executor beside the router call when t1_first.
+        The stage's latency_ms is then the wait for it after the router call, not its whole call."""
+        if self.overlap is None or not self.t1_first(request, allowed):
+            return None
+        times = current_stage_times()
+
+        def call() -> TierResult:
+            activate(times)  # its spans count for this request
+            try:
+                return self.call_tier("t1", request.task, request.text)
+            finally:
+                activate(None)
+
+        return self.overlap.submit(call)
 
     def cascade_policy_for(self, request: RouteRequest) -> CascadePolicy:
         """The thresholds the request's POLICY escalates by (fixed-tier policies never escalate
@@ -396,18 +438,22 @@ class TierCodec:
         self.config = config
         self.tokenizer = tokenizer
         self.backend = backend
+        from routenlp_core.t1_codec import TokenIds
+
+        self.token_ids = TokenIds(tokenizer)  # one encoding per request text, shared by its calls
 
     def router(self, text: str, task: str, model: str = ROUTER_MODEL) -> list[float]:
-        from routenlp_core.encoder_inputs import encode_texts, pad_batch
-
-        input_ids, attention = pad_batch(encode_texts(self.tokenizer, [text], self.config.router_max_len), self.tokenizer.pad_token_id)
+        with span("tokenize"):
+            input_ids, attention = self.token_ids.batch(self.token_ids(text), self.config.router_max_len)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention,
             "task_id": np.array([[self.config.task_ids[task]]], dtype=np.int64),
         }
         try:
-            logits = np.asarray(self.backend.router_logits(inputs, model), dtype=np.float64).reshape(-1)
+            with span("router"):
+                logits = self.backend.router_logits(inputs, model)
+            logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         except TierUnavailable:
             raise
         except Exception as err:
@@ -428,10 +474,18 @@ class TierCodec:
         from routenlp_core.t1_codec import predict_with
 
         head = self.config.t1[task]
-        logits_fn = lambda ids, mask: self.backend.t1_logits(task, ids, mask)  # noqa: E731
-        (prediction, u), = predict_with(logits_fn, self.tokenizer, task, head.labels, [{"task": task, "text": text}], head.max_len)
+
+        def logits_fn(ids, mask):
+            with span("t1"):
+                return self.backend.t1_logits(task, ids, mask)
+
+        record = {"task": task, "text": text}
+        (prediction, u), = predict_with(
+            logits_fn, self.tokenizer, task, head.labels, [record], head.max_len, token_ids=self.token_ids
+        )
         # billed as the build labelled T1: the text's tokens, cut at the head's input length
-        tokens = min(len(self.tokenizer(text)["input_ids"]), head.max_len)
+        with span("tokenize"):
+            tokens = min(len(self.token_ids(text)), head.max_len)
         return TierResult(output=prediction, u=float(u), tokens=tokens)
 
     def _decoder(self, tier: str, task: str, text: str) -> TierResult:

@@ -24,6 +24,7 @@ class PerfPoint:
     p50_ms: float
     p99_ms: float
     avg_ms: float
+    p95_ms: float | None = None  # None: a CSV without the column
 
 
 def write_input_data(path: Path, rows: Sequence[Mapping[str, Sequence]]) -> Path:
@@ -54,6 +55,7 @@ def parse_csv(path: Path) -> list[PerfPoint]:
             p50_ms=float(row["p50 latency"]) * us,
             p99_ms=float(row["p99 latency"]) * us,
             avg_ms=sum(float(row[k]) for k in ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output", "Client Recv") if k in row) * us,
+            p95_ms=float(row["p95 latency"]) * us if row.get("p95 latency") else None,
         )
         for row in rows
     ]

@@ -23,13 +23,19 @@ def entry_rows(records: Sequence[Mapping[str, Any]], **extra: str) -> list[dict[
     return [{TEXT: [r["text"]], TASK: [r["task"]], **{name: [value] for name, value in extra.items()}} for r in records]
 
 
-def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int) -> list[dict[str, dict]]:
-    """Direct t1_<task> rows: input_ids / attention_mask [1, T], encoded as the BLS encodes them."""
+def t1_rows(records: Sequence[Mapping[str, Any]], tokenizer, max_len: int, batched: bool = True) -> list[dict]:
+    """Direct t1_<task> rows: input_ids / attention_mask, encoded as the BLS encodes them; shape [T]
+    for a model with Triton batching (perf_analyzer adds the batch axis), else [1, T]."""
     from routenlp_core.encoder_inputs import encode_texts
 
     rows = []
     for ids in encode_texts(tokenizer, [r["text"] for r in records], max_len):
-        rows.append({"input_ids": {"content": ids, "shape": [1, len(ids)]}, "attention_mask": {"content": [1] * len(ids), "shape": [1, len(ids)]}})
+        shape = [len(ids)] if batched else [1, len(ids)]
+        mask = [1] * len(ids)
+        rows.append({
+            "input_ids": {"content": ids, "shape": shape},
+            "attention_mask": {"content": mask, "shape": shape},
+        })
     return rows
 
 
@@ -57,19 +63,83 @@ def compare_policies(url: str, records, work_dir: Path, concurrencies: Sequence[
     return rows
 
 
-def routing_overhead(url: str, records, tokenizer, max_len: int, work_dir: Path, concurrencies: Sequence[int], measurement_ms: int = 3000, log=print) -> list[dict[str, Any]]:
+def routing_overhead(
+    url: str, records, tokenizer, max_len: int, work_dir: Path, concurrencies: Sequence[int],
+    measurement_ms: int = 3000, rounds: int = 3, probe=None, log=print,
+) -> list[dict[str, Any]]:
+    """Routed-on-T1 (the entry model, MAX_TIER t1) against direct t1_<task> calls at each
+    concurrency: `rounds` interleaved pairs (routed, direct, routed, direct, ...) so both sides
+    see the same load on a shared machine; the row holds the medians over rounds and their
+    difference / ratio. `probe` (clients.perf_breakdown.BreakdownProbe): read around every routed
+    run, so each row also says where the routed requests' time went."""
+    import statistics
+
     task_records = [r for r in records if r["task"] == OVERHEAD_TASK]
     routed = write_input_data(work_dir / "routed_t1.json", entry_rows(task_records, MAX_TIER="t1"))
     direct = write_input_data(work_dir / "direct_t1.json", t1_rows(task_records, tokenizer, max_len))
     rows = []
     for c in concurrencies:
-        ours = _point(ENTRY_MODEL, url, routed, c, measurement_ms)
-        plain = _point(f"t1_{OVERHEAD_TASK}", url, direct, c, measurement_ms)
-        row = _pair_row(c, ours, plain, "routed_t1", "direct_t1")
-        row["added_p50_ms"] = round(ours.p50_ms - plain.p50_ms, 2)
+        ours, plain, breakdowns = [], [], []
+        for _ in range(rounds):
+            if probe is not None:
+                with probe:
+                    ours.append(_point(ENTRY_MODEL, url, routed, c, measurement_ms))
+                breakdowns.append(probe.result())
+            else:
+                ours.append(_point(ENTRY_MODEL, url, routed, c, measurement_ms))
+            plain.append(_point(f"t1_{OVERHEAD_TASK}", url, direct, c, measurement_ms))
+        row = _pair_row(c, _median_point(ours), _median_point(plain), "routed_t1", "direct_t1")
+        for q in ("p50", "p95", "p99"):
+            added = [getattr(a, f"{q}_ms") - getattr(b, f"{q}_ms") for a, b in zip(ours, plain)]
+            row[f"added_{q}_ms"] = round(statistics.median(added), 2)
+        row["throughput_ratio_per_round"] = [round(a.throughput / b.throughput, 3) for a, b in zip(ours, plain)]
+        if breakdowns:
+            row["breakdown"] = _merge_breakdowns(breakdowns)
         rows.append(row)
-        log(f"  concurrency {c}: routed-on-T1 p50 {ours.p50_ms:.2f} ms vs direct t1 {plain.p50_ms:.2f} ms")
+        log(
+            f"  concurrency {c}: routed-on-T1 p50 {row['routed_t1_p50_ms']:.2f} ms vs direct t1 "
+            f"{row['direct_t1_p50_ms']:.2f} ms (+{row['added_p50_ms']:.2f} p50, +{row['added_p95_ms']:.2f} p95), "
+            f"throughput x{row['throughput_ratio']:.3f}"
+        )
     return rows
+
+
+def _median_point(points: Sequence[PerfPoint]) -> PerfPoint:
+    import statistics
+
+    def median(name: str) -> float | None:
+        values = [getattr(p, name) for p in points if getattr(p, name) is not None]
+        return statistics.median(values) if values else None
+
+    names = ("throughput", "p50_ms", "p99_ms", "avg_ms", "p95_ms")
+    return PerfPoint(points[0].concurrency, *(median(name) for name in names))
+
+
+def _merge_breakdowns(breakdowns: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-request means over all rounds (weighted by each round's requests)."""
+    stages: dict[str, float] = {}
+    requests = 0
+    models: dict[str, dict[str, float]] = {}
+    for result in breakdowns:
+        n = result.get("bls_requests", 0)
+        requests += n
+        for stage, us in result["bls_stages_us"].items():
+            stages[stage] = stages.get(stage, 0.0) + us * n
+        for model, row in result["triton_models"].items():
+            entry = models.setdefault(model, {"requests": 0, "executions": 0})
+            entry["requests"] += row["requests"]
+            entry["executions"] += row["executions"]
+            for key, value in row.items():
+                if key.endswith("_us") and value is not None:
+                    entry[key] = entry.get(key, 0.0) + value * row["requests"]
+    for entry in models.values():
+        for key in [k for k in entry if k.endswith("_us")]:
+            entry[key] = round(entry[key] / entry["requests"], 1) if entry["requests"] else None
+    return {
+        "bls_requests": requests,
+        "bls_stages_us": {stage: round(total / requests, 1) for stage, total in stages.items()} if requests else {},
+        "triton_models": models,
+    }
 
 
 def _pair_row(concurrency: int, a: PerfPoint, b: PerfPoint, a_name: str, b_name: str) -> dict[str, Any]:
@@ -83,4 +153,9 @@ def _pair_row(concurrency: int, a: PerfPoint, b: PerfPoint, a_name: str, b_name:
         f"{a_name}_p99_ms": round(a.p99_ms, 2),
         f"{b_name}_p99_ms": round(b.p99_ms, 2),
         "p99_ratio": round(a.p99_ms / b.p99_ms, 3) if b.p99_ms else None,
+        **(
+            {f"{a_name}_p95_ms": round(a.p95_ms, 2), f"{b_name}_p95_ms": round(b.p95_ms, 2)}
+            if a.p95_ms is not None and b.p95_ms is not None
+            else {}
+        ),
     }

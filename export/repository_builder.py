@@ -35,18 +35,29 @@ ONNX_RUNNER = MODELS_DIR / "onnx_runner.py"
 VLLM_TIER = MODELS_DIR / "vllm_tier.py"
 ROUTENLP_BLS = MODELS_DIR / "routenlp_bls.py"
 # Imported by the adapters from the installed package; part of what a new adapter version is.
-ADAPTER_HELPERS = (MODELS_DIR.parent / "deferred.py",)
+ADAPTER_HELPERS = (MODELS_DIR.parent / "deferred.py", MODELS_DIR.parent / "onnx_batch.py")
 MANIFEST = "routenlp_repository.json"
 # Where NGC deployments mount the repository (docker -v ...:/models); vLLM needs absolute paths.
 NGC_MOUNT = "/models"
 
 
+# Router and T1: Triton's dynamic batcher hands a model instance every request queued while it was
+# busy (no added delay: an idle model runs a lone request at once), one ONNX Runtime run for all.
+ONNX_MAX_BATCH = 16
+
+
 def onnx_model_spec(io_spec, target: str, name: str | None = None) -> ModelSpec:
+    import dataclasses
+
+    spec = io_spec.model_spec(name=name, max_batch_size=ONNX_MAX_BATCH, dynamic_batching_delay_us=0)
     if target == "cpu":
+        # The python-backend runner pads requests of different lengths into one batch itself
+        # (onnx_runner.py); the onnxruntime backend (ngc) batches only equal shapes.
+        inputs = [dataclasses.replace(t, ragged=True) for t in spec.inputs]
         # One intra-op thread per model: many small models share 2 cores, and the BLS calls them
         # concurrently.
-        return io_spec.model_spec(name=name, backend="python", parameters={"intra_op_threads": "1"})
-    return io_spec.model_spec(name=name, backend=None, platform="onnxruntime_onnx")
+        return dataclasses.replace(spec, inputs=inputs, backend="python", parameters={"intra_op_threads": "1"})
+    return dataclasses.replace(spec, backend=None, platform="onnxruntime_onnx")
 
 
 def _onnx_files(onnx_path: Path, target: str) -> dict[str, Path]:

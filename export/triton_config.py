@@ -17,6 +17,8 @@ class TensorSpec:
     dtype: str
     dims: Sequence[int] = (1,)
     optional: bool = False
+    # the dynamic batcher may put requests of different shapes in one batch (the model pads them)
+    ragged: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ def build_config(spec: ModelSpec) -> mc.ModelConfig:
     if spec.platform:
         config.platform = spec.platform
     for tensor in spec.inputs:
-        config.input.add(name=tensor.name, data_type=_data_type(tensor.dtype), dims=list(tensor.dims), optional=tensor.optional)
+        config.input.add(
+            name=tensor.name, data_type=_data_type(tensor.dtype), dims=list(tensor.dims), optional=tensor.optional, allow_ragged_batch=tensor.ragged
+        )
     for tensor in spec.outputs:
         config.output.add(name=tensor.name, data_type=_data_type(tensor.dtype), dims=list(tensor.dims))
     config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(spec.instance_kind), count=spec.instance_count)

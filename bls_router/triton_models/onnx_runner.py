@@ -12,6 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from bls_router.onnx_batch import split_outputs, stack_requests
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -37,17 +39,37 @@ class TritonPythonModel:
             )
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        """The requests the dynamic batcher gathered, in one ONNX Runtime run when their inputs
+        stack (padded along the sequence axis: see stack_requests); one run each otherwise."""
+        feeds = []
+        responses = [None] * len(requests)
+        for index, request in enumerate(requests):
             try:
-                feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
-                outputs = self.session.run(self.output_names, feeds)
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(self.output_names, outputs)]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+                tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in self.input_names}
+                feeds.append((index, {name: tensor.as_numpy() for name, tensor in tensors.items()}))
+            except Exception as err:
+                responses[index] = self._error(err)
+        if len(feeds) > 1:
+            try:
+                batched = stack_requests([feed for _, feed in feeds])
+                outputs = self.session.run(self.output_names, batched)
+                for (index, feed), rows in zip(feeds, split_outputs(outputs, [feed for _, feed in feeds])):
+                    responses[index] = self._response(rows)
+                return responses
+            except Exception:  # e.g. one request's bad tensor: run each alone, so only it fails
+                pass
+        for index, feed in feeds:
+            try:
+                responses[index] = self._response(self.session.run(self.output_names, feed))
             except Exception as err:  # one bad request must not fail the others in the batch
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INVALID_ARG)
-                    )
-                )
+                responses[index] = self._error(err)
         return responses
+
+    def _response(self, outputs):
+        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out)) for name, out in zip(self.output_names, outputs)]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _error(self, err):
+        error = pb_utils.TritonError(f"{self.name}: {type(err).__name__}: {err}", pb_utils.TritonError.INVALID_ARG)
+        return pb_utils.InferenceResponse(error=error)
+

@@ -31,7 +31,9 @@ routenlp_escalations_total, routenlp_fallbacks_total, routenlp_cost_dollars_tota
 tier), routenlp_request_failures_total (label code), routenlp_log_failures_total, the
 routenlp_latency_ms histogram (task) and the gauges routenlp_escalation_rate,
 routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline), and
-routenlp_requests_in_flight (accepted by this instance, not yet answered).
+routenlp_requests_in_flight (accepted by this instance, not yet answered; sampled once a second),
+routenlp_stage_seconds_total (stage) and routenlp_stage_requests_total: where routed requests'
+time went (routenlp_core/stage_times.py; published once a second, read by `routenlp perf`).
 Every series also carries `version` and `instance` (sum them away in queries): two instances, or
 two versions during a hot swap, must never share one series. Triton 2.51 counts references per
 MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
@@ -48,6 +50,7 @@ locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 import json  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -74,7 +77,10 @@ from routenlp_core.serving_config import (  # noqa: E402
     ServingConfigError,
     load_serving_config,
 )
+from routenlp_core.stage_times import STAGES, StageTimes, StageTotals, activate  # noqa: E402
+from routenlp_core.stage_times import current as current_stage_times  # noqa: E402
 
+BLS_OVERLAP_PARAMETER = "overlap_t1"
 DRAIN_TIMEOUT_S = 120.0
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
 
@@ -171,15 +177,19 @@ class TritonPythonModel:
         # "monitor" (optional): window / min_requests / relative_rise overrides, e.g. for a short test
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
-        self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        # a thread per routing thread for the T1 call that overlaps the router call (parameter
+        # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare)
+        overlap = model_config.get("parameters", {}).get(BLS_OVERLAP_PARAMETER, {}).get("string_value", "1") != "0"
+        self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
+        self.service = RoutingService(
+            self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap
+        )  # no sink: _answer queues each record itself and waits for its commit just before sending
         self.answers = WorkerPool(
             workers,
             max_pending=max_pending,
-            send=lambda sender, response: sender.send(response, flags=final),
+            send=self._send,
             fail=lambda err: self._error(f"internal error: {type(err).__name__}: {err}", "internal"),
             log_error=lambda message: pb_utils.Logger.log_error(f"{self.name}: {message}"),
-            on_pending=self._set_in_flight,
             name=f"{self.name}-route",
         )
         pb_utils.Logger.log_info(
@@ -223,12 +233,42 @@ class TritonPythonModel:
         in_flight = pb_utils.MetricFamily(name="routenlp_requests_in_flight", description="Requests accepted and not yet answered", kind=pb_utils.MetricFamily.GAUGE)
         self.families["in_flight"] = in_flight
         self.in_flight = in_flight.Metric(labels=owner)
+        stage_family = pb_utils.MetricFamily(
+            name="routenlp_stage_seconds_total", description="Time routed requests spent per stage of the BLS", kind=counter
+        )
+        self.families["stage_seconds"] = stage_family
+        self.stage_seconds = {stage: stage_family.Metric(labels={"stage": stage, **owner}) for stage in STAGES}
+        stage_requests = pb_utils.MetricFamily(
+            name="routenlp_stage_requests_total", description="Requests counted in routenlp_stage_seconds_total", kind=counter
+        )
+        self.families["stage_requests"] = stage_requests
+        self.stage_requests = stage_requests.Metric(labels=owner)
+        self.stage_totals = StageTotals()
+        self._stop_publishing = threading.Event()
+        threading.Thread(target=self._publish_stage_times, name=f"{self.name}-stages", daemon=True).start()
         self.latency = {}
         histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
         if histogram is not None:
             family = pb_utils.MetricFamily(name="routenlp_latency_ms", description="End-to-end routing latency in ms, by task", kind=histogram)
             self.families["latency"] = family
             self.latency = {task: family.Metric(labels={"task": task, **owner}, buckets=LATENCY_BUCKETS_MS) for task in self.config.tasks}
+
+    def _publish_stage_times(self):
+        """Every second, the growth of the stage totals onto their counters (a counter update is a
+        message to the server: one per second, not nine per request) and the in-flight gauge."""
+        published = (0, dict.fromkeys(STAGES, 0))
+        while not self._stop_publishing.wait(1.0):
+            answers = self.answers
+            if answers is not None:  # sampled here: two gauge updates per request cost ~0.1 ms of it
+                self._set_in_flight(answers.pending)
+            requests, ns = self.stage_totals.snapshot()
+            with self._metrics_lock:
+                if self.stage_requests is None:
+                    return
+                self.stage_requests.increment(requests - published[0])
+                for stage, total in ns.items():
+                    self.stage_seconds[stage].increment((total - published[1].get(stage, 0)) / 1e9)
+            published = (requests, ns)
 
     def _observe(self, result):
         with self._metrics_lock:
@@ -248,16 +288,35 @@ class TritonPythonModel:
                 (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
 
     def _log_record(self, record):
-        try:
-            self.escalation_log.append(record)
-        except Exception as err:
+        """Queues the record on the log's writer; returns a wait() that returns once it is committed
+        (the answer is sent only after it). A failure is counted and logged, never the request's."""
+        def failed(err):
             with self._metrics_lock:
-                self.log_failures.increment(1)
+                if self.log_failures is not None:
+                    self.log_failures.increment(1)
             pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
+
+        try:
+            commit = self.escalation_log.submit(record)
+        except Exception as err:
+            failed(err)
+            return lambda: None
+
+        def wait():
+            try:
+                commit.wait(self.timeout_s)
+            except Exception as err:
+                failed(err)
+
+        return wait
 
     # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
 
-    def _infer(self, model, inputs, outputs):
+    def _infer(self, model, inputs, outputs, *, deadline=True):
+        """One BLS call. deadline=False for the ONNX models: they answer inside execute(), so a
+        stub that dies still gets its batch answered by the backend ("not healthy"), and the
+        thread the deadline needs (~1-2 ms per call, measured) is saved; decoder tiers answer
+        through their response sender, where a dead stub means no answer ever: they keep it."""
         request = pb_utils.InferenceRequest(
             model_name=model,
             requested_output_names=list(outputs),
@@ -265,7 +324,7 @@ class TritonPythonModel:
             timeout=self.timeout_us,
         )
         try:
-            response = call_with_deadline(request.exec, self.timeout_s, model)
+            response = call_with_deadline(request.exec, self.timeout_s, model) if deadline else request.exec()
         except Exception as err:
             raise TierUnavailable(f"{model}: BLS call failed: {err}") from None
         if response.has_error():
@@ -280,10 +339,11 @@ class TritonPythonModel:
         return found
 
     def router_logits(self, inputs, model):
-        return self._infer(model, inputs, ["logits"])["logits"]
+        return self._infer(model, inputs, ["logits"], deadline=False)["logits"]
 
     def t1_logits(self, task, input_ids, attention_mask):
-        return self._infer(f"t1_{task}", {"input_ids": input_ids, "attention_mask": attention_mask}, ["logits"])["logits"]
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self._infer(f"t1_{task}", inputs, ["logits"], deadline=False)["logits"]
 
     def generate(self, tier, prompt, max_tokens):
         if tier == "t4":
@@ -340,7 +400,18 @@ class TritonPythonModel:
             self.failures[code].increment(1)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
 
-    def _answer(self, routed):
+    def _send(self, sender, response):
+        """Sends the answer; the routing thread's StageTimes (set by _answer) then go to the totals."""
+        times = current_stage_times()
+        with times.span("response"):
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if isinstance(times, StageTimes) and times.ns:
+            self.stage_totals.add(times)
+        activate(None)
+
+    def _answer(self, routed, times):
+        # the thread's current() until _send, which runs right after on this same thread
+        activate(times)
         # No request.is_cancelled() here: in Triton 2.51 that check reaches
         # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
         # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
@@ -354,28 +425,39 @@ class TritonPythonModel:
         except Exception as err:  # a bug: answer this request, keep serving the others
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
             return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+        with times.span("log"):
+            committed = self._log_record(result.record)
         try:
-            self._observe(result)
+            with times.span("metrics"):
+                self._observe(result)
         except Exception as err:  # metrics must never fail a request
             pb_utils.Logger.log_warn(f"{self.name}: metrics update failed: {type(err).__name__}: {err}")
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(OUTPUT, np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
-                pb_utils.Tensor(METADATA, np.array([[result.metadata_json().encode("utf-8")]], dtype=np.object_)),
-            ]
-        )
+        with times.span("metadata"):
+            metadata = result.metadata_json().encode("utf-8")
+        with times.span("response"):
+            response = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(OUTPUT, np.array([[result.output.encode("utf-8")]], dtype=np.object_)),
+                    pb_utils.Tensor(METADATA, np.array([[metadata]], dtype=np.object_)),
+                ]
+            )
+        with times.span("log"):  # the durability promise: the record is committed before the answer goes
+            committed()
+        return response
 
     def _accept(self, request):
         """None when the request was handed to a routing thread, else its error response."""
+        times = StageTimes()
         try:
             # parsed here: the request's tensors live in shared memory released when execute returns
-            routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
+            with times.span("decode"):
+                routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
         except RequestError as err:
             return self._error(str(err), "invalid_arg")
         except Exception as err:
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
             return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
-        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed)):
+        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed, times)):
             return self._error(f"overloaded: {self.answers.max_pending} requests in flight on this instance; retry later", "unavailable")
         return None
 
@@ -395,14 +477,22 @@ class TritonPythonModel:
             left = answers.close(DRAIN_TIMEOUT_S)
             if left:
                 pb_utils.Logger.log_error(f"{self.name}: {left} requests still unanswered at unload")
+        overlap, self.overlap = getattr(self, "overlap", None), None
+        if overlap is not None:
+            overlap.shutdown(wait=False)
         t4, self.t4 = getattr(self, "t4", None), None
         if t4 is not None:
             t4.close()
         log, self.escalation_log = getattr(self, "escalation_log", None), None
         if log is not None:
             log.close()
+        stop = getattr(self, "_stop_publishing", None)
+        if stop is not None:
+            stop.set()
         # Metric objects must go before their MetricFamily (python_backend's rule).
-        self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None
+        with getattr(self, "_metrics_lock", threading.Lock()):
+            self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None
+            self.stage_seconds, self.stage_requests = {}, None
         self.families = {}
 
 

@@ -99,3 +99,67 @@ def test_monitor_waits_for_enough_requests_and_ignores_uncalibrated_tasks():
     assert all(monitor.observe("cs_response", True) is None for _ in range(200))  # no baseline: no alert
     with pytest.raises(ValueError):
         EscalationMonitor({}, window=10, min_requests=20)
+
+
+def test_group_commit_writes_every_concurrent_record_and_reports_failures_to_each(tmp_path):
+    import threading
+
+    path = tmp_path / "log.sqlite"
+    with EscalationLog(path) as log:
+        commits, lock = [], threading.Lock()
+
+        def submit(start):
+            for i in range(start, start + 100):
+                commit = log.submit(_record(i))
+                with lock:
+                    commits.append(commit)
+
+        threads = [threading.Thread(target=submit, args=(k * 1000,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for commit in commits:
+            commit.wait(10)  # returns: committed
+        with EscalationLogReader(path) as reader:  # committed means readable by another connection
+            assert reader.count() == 400
+        sqlite3.connect(path).execute("DROP TABLE escalations").connection.commit()
+        failed = [log.submit(_record(i)) for i in range(3)]
+        for commit in failed:
+            with pytest.raises(sqlite3.OperationalError, match="no such table"):
+                commit.wait(10)
+        with pytest.raises(KeyError):  # a record that cannot become a row fails its caller at once
+            log.submit({"ts": 1.0})
+    with pytest.raises(RuntimeError, match="closed"):
+        log.submit(_record(1))
+
+
+_KILL_SCRIPT = """
+import sys
+from bls_router.escalation_log import EscalationLog
+log = EscalationLog(sys.argv[1])
+i = 0
+while True:
+    log.submit({"ts": 1.0, "request_id": f"r{i}", "task": "t", "tier": "t1", "path": ["t1"]}).wait()
+    print(f"r{i}", flush=True)  # "answered": only after the commit
+    i += 1
+"""
+
+
+def test_every_row_waited_for_survives_a_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "log.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True)
+    answered = []
+    deadline = time.monotonic() + 60
+    while len(answered) < 300 and time.monotonic() < deadline:
+        answered.append(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    answered += proc.stdout.read().split()
+    proc.wait(10)
+    with EscalationLogReader(path) as reader:
+        assert len(answered) >= 300 and set(answered) <= reader.request_ids()

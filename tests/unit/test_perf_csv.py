@@ -15,7 +15,7 @@ def test_parse_csv_converts_microseconds(tmp_path: Path):
     points = parse_csv(path)
     assert [p.concurrency for p in points] == [1, 2]
     assert points[0].throughput == 1500.5
-    assert points[0].p50_ms == pytest.approx(0.48) and points[0].p99_ms == pytest.approx(0.9)
+    assert points[0].p50_ms == pytest.approx(0.48) and points[0].p99_ms == pytest.approx(0.9) and points[0].p95_ms == pytest.approx(0.7)
     # avg = sum of the component columns: 10+200+30+5+250+5+0 = 500 us
     assert points[0].avg_ms == pytest.approx(0.5)
     assert points[1].p99_ms == pytest.approx(3.0)
@@ -46,7 +46,8 @@ def test_input_data_rows_for_the_entry_model_and_direct_t1(tmp_path):
     records = [{"task": "legal_risk", "text": "we may end it"}, {"task": "cs_intent", "text": "card"}]
     rows = entry_rows(records, POLICY="always-t4")
     assert rows[0] == {"TEXT": ["we may end it"], "TASK": ["legal_risk"], "POLICY": ["always-t4"]}
-    path = write_input_data(tmp_path / "d.json", rows + t1_rows(records[:1], Tok(), max_len=3))
+    path = write_input_data(tmp_path / "d.json", rows + t1_rows(records[:1], Tok(), max_len=3, batched=False) + t1_rows(records[:1], Tok(), max_len=3))
     data = _json.loads(path.read_text())["data"]
     assert data[0]["TEXT"] == {"content": ["we may end it"], "shape": [1]}
     assert data[2]["input_ids"] == {"content": [1, 2, 3], "shape": [1, 3]} and data[2]["attention_mask"]["content"] == [1, 1, 1]
+    assert data[3]["input_ids"] == {"content": [1, 2, 3], "shape": [3]}  # a batching model: perf_analyzer adds the batch axis

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import string
+import threading
 
 import numpy as np
 import pytest
@@ -550,3 +551,53 @@ def test_t4_settings_take_operator_overrides_from_the_environment():
     assert base.with_env_overrides({}) == base
     with pytest.raises(ServingConfigError, match="ROUTENLP_T4_MAX_RETRIES='many' is not a int"):
         base.with_env_overrides({"ROUTENLP_T4_MAX_RETRIES": "many"})
+
+
+def test_token_ids_match_the_tokenizer_and_pad_batch(tokenizer):
+    from routenlp_core.encoder_inputs import encode_texts, pad_batch
+    from routenlp_core.t1_codec import TokenIds
+
+    token_ids = TokenIds(tokenizer)
+    for text in ("my card has not arrived", "acme corp  opened\tan office é€ in paris " * 3, string.printable):
+        assert token_ids(text) == tokenizer(text)["input_ids"]
+        for max_len in (2, 5, 64):
+            expected = pad_batch(encode_texts(tokenizer, [text], max_len), tokenizer.pad_token_id)
+            got = token_ids.batch(token_ids(text), max_len)
+            assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, expected))
+    assert [a.tolist() for a in token_ids.batch([], 8)] == [[[tokenizer.pad_token_id]], [[0]]]
+
+
+def test_overlap_runs_t1_beside_the_router_and_changes_no_decision():
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Overlapping(FakeTiers):
+        """The router answers only once T1 has started: a sequential service would wait forever."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.t1_started = threading.Event()
+
+        def router(self, text, task, model="router"):
+            assert self.t1_started.wait(5), "T1 did not start while the router call was under way"
+            return super().router(text, task, model)
+
+        def tier(self, tier, task, text):
+            if tier == "t1":
+                self.t1_started.set()
+            return super().tier(tier, task, text)
+
+    cases = [("legal_risk", "t1", {"t1": 0.1}), ("legal_risk", "t4", {"t1": 0.9}), ("cs_intent", "t4", {"t1": 0.05})]
+    with ThreadPoolExecutor(2) as pool:
+        for task, max_tier, u in cases:
+            config = make_config(calibration={"gamma": {"legal_risk": 0.8, "cs_intent": 0.8}, "cascade_first": ["legal_risk", "cs_intent"]})
+            plain = service(FakeTiers(u=u, logits=(0.0, 3.0, 0.0, 0.0)), config).handle("text", task, max_tier, "r")
+            fake = Overlapping(u=u, logits=(0.0, 3.0, 0.0, 0.0))
+            overlapped = service(fake, config, overlap=pool).handle("text", task, max_tier, "r")
+            for key in ("tier", "path", "u", "escalations", "cost_usd", "router", "start_tier"):
+                assert overlapped.metadata[key] == plain.metadata[key], key
+            assert fake.calls[0] == "t1" and fake.t1_started.is_set()
+    # a generation task never starts at T1: nothing is overlapped, the router goes first
+    fake = FakeTiers()
+    with ThreadPoolExecutor(1) as pool:
+        service(fake, overlap=pool).handle("text", "fin_summary")
+    assert fake.routers_called == ["router"] and fake.calls[0] != "t1"
