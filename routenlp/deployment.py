@@ -31,6 +31,7 @@ from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
 from bls_router.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 from gateway.process import GatewayProcess
 from routenlp.paths import REPO_ROOT
+from routenlp.processes import say
 from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.triton_server import TritonServer
@@ -142,6 +143,12 @@ class Deployment:
                 thread.join()
             if failures:
                 raise failures[0]
+            if self.t4 is not None and env.get(ENV_T4_BASE_URL) != self.t4.base_url:
+                # the endpoint lost its picked port and moved; Triton read the old URL at start
+                say(self.server.log_path, f"restarting tritonserver: the T4 endpoint moved to {self.t4.base_url}")
+                env[ENV_T4_BASE_URL] = self.t4.base_url
+                self.server.stop()
+                self.server.start(timeout_s=timeout_s)
             if self.openai_port is not None:
                 self.gateway = self._start_gateway(env)
         except BaseException:
@@ -187,7 +194,7 @@ class Deployment:
         if self.supervisor is not None:
             self.supervisor.release_shared_memory()
         started = time.perf_counter()
-        self.server.start(timeout_s=timeout_s)
+        self.server.start(timeout_s=timeout_s, keep_ports=True)  # clients hold its URLs
         self.supervisor = self._supervise()
         return time.perf_counter() - started
 
