@@ -99,7 +99,7 @@ class CooptLoop:
                 return answers
 
     def _api(self):
-        from coopt.deploy import RepositoryAPI
+        from routenlp.repository_api import RepositoryAPI
 
         return RepositoryAPI(self.live.http_url, self.live.admin_key)
 
@@ -120,7 +120,7 @@ class CooptLoop:
         return True
 
     def _pin(self, version: int) -> None:
-        from coopt.deploy import deploy, smoke_check
+        from routenlp.repository_api import deploy, smoke_check
         from routenlp.tasks import TASK_NAMES
 
         texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}

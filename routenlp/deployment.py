@@ -32,6 +32,7 @@ from bls_router.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, Serv
 from gateway.process import GatewayProcess
 from routenlp.paths import REPO_ROOT
 from routenlp.processes import say
+from routenlp.repository_api import ADMIN_HEADER, RepositoryAPI
 from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.triton_server import TritonServer
@@ -39,7 +40,6 @@ from routenlp.triton_server import TritonServer
 STATE_DIR = Path(os.environ.get("ROUTENLP_STATE", REPO_ROOT / "var"))
 ENV_ADMIN_KEY = "ROUTENLP_ADMIN_KEY"
 ESCALATION_LOG_FILE = "escalation_log.sqlite"  # in the state folder
-ADMIN_HEADER = "admin-key"
 
 
 def latest_version_dir(repository: Path) -> Path:
@@ -175,9 +175,7 @@ class Deployment:
         self.gateway.start()
 
     def repository_api(self):
-        """The running server's model-control API (coopt.deploy.RepositoryAPI) with the admin key."""
-        from coopt.deploy import RepositoryAPI  # imported here: coopt.deploy imports this module
-
+        """The running server's model-control API with the admin key."""
         return RepositoryAPI(self.server.http_url, "" if self.open_admin else admin_key(self.state_dir))
 
     def _supervise(self) -> StubSupervisor:

@@ -1,4 +1,8 @@
-"""Put a repository version live on a running tritonserver, without downtime, or roll back.
+"""The repository API: the one module that loads, pins, smoke-checks and rolls back model versions
+on a running tritonserver. Used by `routenlp deploy`, `routenlp serve` (and its server restarts),
+the co-optimization loop and the stub supervisor; it imports none of them.
+
+Put a repository version live without downtime, or roll back:
 
 Triton (explicit model-control mode) loads a model through POST /v2/repository/models/<m>/load;
 a config override with version_policy {specific: [N]} pins the version. Loading a new version
@@ -24,7 +28,8 @@ from typing import Any
 
 from bls_router.calibrate import BLS_MODEL
 from bls_router.serving_config import SERVING_CONFIG_FILE, load_serving_config
-from routenlp.deployment import ADMIN_HEADER
+
+ADMIN_HEADER = "admin-key"  # the header `routenlp serve` restricts the repository API to
 
 
 class DeployError(RuntimeError):
@@ -109,6 +114,25 @@ def pin_version(api: RepositoryAPI, model: str, *versions: int) -> None:
     config = api.config(model)
     config["version_policy"] = {"specific": {"versions": sorted({int(v) for v in versions})}}
     api.load(model, config)
+
+
+def restore_order(versions: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Tier models before the BLS that routes them (it must never point at a missing version)."""
+    return sorted(versions.items(), key=lambda item: (item[0] == BLS_MODEL, item[0]))
+
+
+def versions_to_restore(recorded: Mapping[str, int], live: Mapping[str, int]) -> list[tuple[str, int]]:
+    """(model, version) pairs the server serves differently from `recorded`, in restore order."""
+    return [(model, version) for model, version in restore_order(recorded) if live.get(model) != version]
+
+
+def restore_versions(api: RepositoryAPI, recorded: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Pin back the versions `recorded` as live (a restarted server loads each model's newest);
+    returns what it pinned."""
+    restored = versions_to_restore(recorded, live_versions(api, list(recorded)))
+    for model, version in restored:
+        pin_version(api, model, version)
+    return restored
 
 
 def smoke_check(grpc_url: str, tasks: Sequence[str], text_for: Callable[[str], str]) -> Callable[[int], None]:

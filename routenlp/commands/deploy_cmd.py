@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from coopt.deploy import smoke_check  # noqa: F401  (re-exported for callers of the command module)
 from routenlp.paths import MODEL_REPOSITORY_DIR
 
 
@@ -21,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from coopt.deploy import DeployError, RepositoryAPI, deploy
+    from routenlp.repository_api import DeployError, RepositoryAPI, deploy, smoke_check
     from routenlp.data import load_split
     from routenlp.deployment import STATE_DIR, admin_key
     from routenlp.tasks import TASK_NAMES
