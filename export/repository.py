@@ -1,5 +1,9 @@
 """Write model-repository versions atomically: a version is assembled beside its final place and
-renamed in, so a running tritonserver never sees a half-written version."""
+renamed in, so a running tritonserver never sees a half-written version.
+
+Each version folder also keeps its own rendered config (VERSION_CONFIG): Triton reads only the
+model's config.pbtxt (the newest version's), so pinning or rolling back to an older version sends
+that version's config with the load (routenlp/repository_api.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 
 from export.triton_config import ModelSpec, render_config
 
+VERSION_CONFIG = "config.pbtxt"  # in the version folder: the config that version was written with
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -39,7 +44,9 @@ def write_model_version(
     if final.exists():
         raise FileExistsError(f"{final} exists; versions are immutable once written")
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".staging-{version}-"))
+    config = render_config(spec)
     try:
+        (staging / VERSION_CONFIG).write_text(config)
         for name, source in files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,5 +58,5 @@ def write_model_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _write_atomic(model_dir / "config.pbtxt", render_config(spec))
+    _write_atomic(model_dir / "config.pbtxt", config)
     return final

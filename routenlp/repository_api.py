@@ -109,9 +109,25 @@ def live_versions(api: RepositoryAPI, models: Sequence[str]) -> dict[str, int]:
     return ready
 
 
-def pin_version(api: RepositoryAPI, model: str, *versions: int) -> None:
-    """Serve exactly `versions` of `model` (loads the missing ones, unloads the others)."""
-    config = api.config(model)
+def version_config(repository: Path | None, model: str, version: int) -> dict[str, Any] | None:
+    """The config version N of `model` was written with (its folder's own config.pbtxt) as the JSON
+    Triton's load API takes; None for a version written before versions kept one."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from export.repository import VERSION_CONFIG
+
+    path = None if repository is None else Path(repository) / model / str(version) / VERSION_CONFIG
+    if path is None or not path.is_file():
+        return None
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def pin_version(api: RepositoryAPI, model: str, *versions: int, repository: Path | None = None) -> None:
+    """Serve exactly `versions` of `model` (loads the missing ones, unloads the others), under the
+    config the first of them was written with (from `repository`; else the live config)."""
+    config = version_config(repository, model, versions[0]) or api.config(model)
     config["version_policy"] = {"specific": {"versions": sorted({int(v) for v in versions})}}
     api.load(model, config)
 
@@ -126,12 +142,12 @@ def versions_to_restore(recorded: Mapping[str, int], live: Mapping[str, int]) ->
     return [(model, version) for model, version in restore_order(recorded) if live.get(model) != version]
 
 
-def restore_versions(api: RepositoryAPI, recorded: Mapping[str, int]) -> list[tuple[str, int]]:
+def restore_versions(api: RepositoryAPI, recorded: Mapping[str, int], repository: Path) -> list[tuple[str, int]]:
     """Pin back the versions `recorded` as live (a restarted server loads each model's newest);
     returns what it pinned."""
     restored = versions_to_restore(recorded, live_versions(api, list(recorded)))
     for model, version in restored:
-        pin_version(api, model, version)
+        pin_version(api, model, version, repository=repository)
     return restored
 
 
@@ -179,18 +195,18 @@ def deploy(
                 beside = replaced.get(model) if model != BLS_MODEL else None
                 log(f"  load {model} version {version} (was {before.get(model)}" + (", kept until the new BLS answers)" if beside else ")"))
                 touched.append(model)
-                pin_version(api, model, version, *([beside] if beside else []))
+                pin_version(api, model, version, *([beside] if beside else []), repository=repository)
         smoke(bls_version)
         time.sleep(drain_s if replaced else 0.0)
         for model, old in replaced.items():
             log(f"  unload {model} version {old}")
-            pin_version(api, model, tiers[model])
+            pin_version(api, model, tiers[model], repository=repository)
     except Exception as err:
         log(f"  version {repository_version} failed ({err}); rolling back {', '.join(touched) or 'nothing'} to {before}")
         # a model not reached yet still serves its old version alone: re-pinning it would only
         # reload it (a vLLM tier's engine: a minute) for nothing
         for model in reversed(touched):
             if model in before:
-                pin_version(api, model, before[model])
+                pin_version(api, model, before[model], repository=repository)
         raise DeployError(f"repository version {repository_version} not deployed: {err}") from None
     return {"repository_version": repository_version, "bls_version": bls_version, "before": before, "models": dict(plan)}

@@ -88,7 +88,7 @@ class ServerRestarter:
             return True
         restored, pin_error = [], None
         try:
-            restored = restore_versions(self.deployment.repository_api(), self.recorded)
+            restored = restore_versions(self.deployment.repository_api(), self.recorded, self.deployment.repository)
         except Exception as err:  # keep serving the newest versions rather than nothing
             pin_error = f"{type(err).__name__}: {err}"
             self.log(f"could not pin the versions live before the crash back ({pin_error}); serving the newest")

@@ -39,14 +39,22 @@ the shared series is removed under the other: its counts vanish from /metrics an
 touches freed memory (measured: a tritonserver SIGSEGV right after a hot swap of this model).
 """
 
+import os
+import sys
+
+# This version's own serving code (code/, bls_router/version_code.py) comes first on the path: a
+# rolled-back version runs the code it was written with, not the checkout's.
+_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "code")
+if os.path.isdir(_CODE):
+    sys.path.insert(0, _CODE)
+
 # The embedded interpreter starts in the C locale; torch (pulled in through transformers by
 # export.encoder) then fails reading its UTF-8 templates. Must run before those imports.
-import locale
+import locale  # noqa: E402
 
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import json  # noqa: E402
-import os  # noqa: E402
 import threading  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -73,6 +81,7 @@ from bls_router.service import (  # noqa: E402
     TierCodec,
     token_logprobs_from_vllm_json,
 )
+from bls_router.version_code import version_code  # noqa: E402
 
 INPUTS = ("TEXT", "TASK", "MAX_TIER", "REQUEST_ID", "POLICY")
 DRAIN_TIMEOUT_S = 120.0
@@ -161,6 +170,11 @@ class TritonPythonModel:
         import bls_router.t1_codec  # noqa: F401
         from routenlp.answers import parse_output  # noqa: F401
 
+        try:
+            code = version_code(__file__)  # after the imports: it checks where they came from
+        except RuntimeError as err:
+            raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
+
         self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
         path = log_path()
         try:
@@ -171,7 +185,7 @@ class TritonPythonModel:
         # "monitor" (optional): window / min_requests / relative_rise overrides, e.g. for a short test
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
-        self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"])
+        self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"], code=code)
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         self.answers = WorkerPool(
             workers,
@@ -185,7 +199,8 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
             f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path}, "
-            f"{workers} routing threads, up to {max_pending} requests in flight)"
+            f"{workers} routing threads, up to {max_pending} requests in flight, "
+            + (f"serving code {code} from its version folder)" if code else "serving code of the installed package)")
         )
 
     # ---- metrics ------------------------------------------------------------------------------
