@@ -31,6 +31,8 @@ PORT_ATTEMPTS = 4  # starts on fresh ports before a taken port is an error
 # and gRPC (Address already in use) write when a port is taken.
 PORT_TAKEN = re.compile(r"already in use|address in use|EADDRINUSE", re.IGNORECASE)
 _pick = random.SystemRandom()  # not seeded by tests that seed `random`: parallel runs must differ
+# Servers that became ready and were not stopped through stop_process_group: pid -> (what, process, log)
+_running: dict[int, tuple[str, subprocess.Popen, Path]] = {}
 
 
 def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
@@ -247,10 +249,28 @@ def remove_unmapped(names: Iterable[str], shm_dir: Path = SHM_DIR) -> list[str]:
     return removed
 
 
+def how_it_ended(returncode: int) -> str:
+    return f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with code {returncode}"
+
+
+def lost_servers() -> list[str]:
+    """Servers started here that exited without being stopped (a crash, a kill), each said once:
+    what it was, how it ended and the end of its log. The test suite prints them with a failure."""
+    lost = []
+    for pid, (what, process, log_path) in list(_running.items()):
+        code = process.poll()
+        if code is None:
+            continue
+        del _running[pid]
+        lost.append(f"{what} (pid {pid}) was lost: {how_it_ended(code)}; log {log_path}:\n{log_tail(log_path, 15)}")
+    return lost
+
+
 def stop_process_group(proc: subprocess.Popen, grace_s: float, *, term_group: bool) -> None:
     """SIGTERM (to the leader, or its whole group), wait up to grace_s, then SIGKILL the group so
     no child (backend stubs, engine cores) outlives it, even when the leader already exited; then
     remove the shared memory the group had mapped, which a SIGKILL leaves behind."""
+    _running.pop(proc.pid, None)
     shared = mapped_shm_files(group_pids(proc.pid))
     if proc.poll() is None:
         try:
@@ -284,6 +304,7 @@ def wait_until_ready(
         if process.poll() is not None:
             raise error(f"{what} exited with code {process.returncode} before it was ready; log {log_path}:\n{log_tail(log_path)}")
         if is_ready() and set(ports) <= listening_ports(process.pid):
+            _running[process.pid] = (what, process, Path(log_path))
             return
         time.sleep(poll_s)
     raise error(f"{what} not ready after {timeout_s:.0f}s; log {log_path}:\n{log_tail(log_path)}")

@@ -10,7 +10,6 @@ them run the server the same way.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import free_port, repick, start_with_port_retry, stop_process_group, wait_until_ready
+from routenlp.processes import free_port, how_it_ended, repick, start_with_port_retry, stop_process_group, wait_until_ready
 from routenlp.stack import StackPaths
 
 PYTHON_SHM_BYTES = 64 * 1024 * 1024  # per python-backend stub (see TritonServer.command)
@@ -153,7 +152,7 @@ class TritonServer:
         code = None if self.process is None else self.process.poll()
         if code is None:
             return None
-        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return how_it_ended(code)
 
     def metadata(self) -> dict:
         status, body = self._get("/v2")

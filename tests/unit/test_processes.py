@@ -144,3 +144,19 @@ def test_a_given_port_that_is_taken_fails_saying_so(tmp_path):
         with pytest.raises(RuntimeError, match=rf"could not bind port\(s\) \[{server.port}\]: another process holds one .*that port was given"):
             start_on_one_port(server, server.start_once, "http.server")
     assert server.port_retries == []
+
+
+def test_a_server_that_dies_unstopped_is_reported_once_as_lost(tmp_path):
+    from routenlp.processes import free_port, lost_servers, wait_until_ready
+
+    port, log_path = free_port(), tmp_path / "server.log"
+    process = _http_server(port, log_path)
+    wait_until_ready(process, lambda: _answers(port), 20, what="http.server", log_path=log_path, error=RuntimeError, poll_s=0.1, ports=[port])
+    lost_servers()  # whatever earlier tests left behind
+    assert lost_servers() == []
+    os.killpg(process.pid, 9)
+    process.wait()
+    [lost] = lost_servers()
+    assert lost.startswith(f"http.server (pid {process.pid}) was lost: killed by SIGKILL; log {log_path}")
+    assert lost_servers() == []
+    stop_process_group(process, 1.0, term_group=True)
