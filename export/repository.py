@@ -46,7 +46,6 @@ def write_model_version(
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".staging-{version}-"))
     config = render_config(spec)
     try:
-        (staging / VERSION_CONFIG).write_text(config)
         for name, source in files.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +53,7 @@ def write_model_version(
                 (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
             else:
                 target.write_bytes(source.encode() if isinstance(source, str) else source)
+        (staging / VERSION_CONFIG).write_text(config)  # last: a copied older version's config never wins
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

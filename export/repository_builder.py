@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bls_router.serving_config import BLS_MAX_PENDING_DEFAULT, BLS_MAX_PENDING_PARAMETER, BLS_WORKERS_DEFAULT, BLS_WORKERS_PARAMETER
-from bls_router.version_code import snapshot_files
+from bls_router.version_code import PROJECT_ROOT, snapshot_files
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
 from export.triton_config import ModelSpec, TensorSpec
@@ -88,11 +88,14 @@ def _read_manifest(repository: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"versions": []}
 
 
-def write_repository(build, repository: Path, target: str = "cpu", force: bool | Collection[str] = False) -> dict[str, Any]:
+def write_repository(
+    build, repository: Path, target: str = "cpu", force: bool | Collection[str] = False, code_root: Path | None = None
+) -> dict[str, Any]:
     """Write version N+1 of router, t1_<task>, t2, t3 and routenlp from `build` (export.pipeline.PortfolioBuild).
     Returns {version, models, fresh}; when the newest version already holds these exact artefacts
     (same build fingerprints and target) nothing is written. `force`: write a new version even
-    so, of every model (True) or of the models named (the others keep their newest version)."""
+    so, of every model (True) or of the models named (the others keep their newest version).
+    `code_root`: where the serving code is snapshotted from (default: this checkout)."""
     from export.router_model import load_router
     from export.t1 import T1_TASKS, load_t1
     from bls_router.serving_config import SERVING_CONFIG_FILE, TOKENIZER_DIR, build_serving_config
@@ -103,7 +106,7 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
-    code = serving_code_files()
+    code = serving_code_files(code_root)
     # The serving config without its version number: new thresholds, prices or bars -> new version.
     serving = build_serving_config(build, 0, target=target)
     fingerprint = {
@@ -179,12 +182,13 @@ def adapter_files() -> dict[str, Path]:
     return {path.name: path for path in (ONNX_RUNNER, VLLM_TIER, ROUTENLP_BLS)}
 
 
-def serving_code_files() -> dict[str, Path | str]:
+def serving_code_files(code_root: Path | None = None) -> dict[str, Path | str]:
     """The serving-code snapshot and label sets a python-backend version carries (bls_router/version_code.py)."""
     from routenlp.data.labels import task_labels
     from routenlp.tasks import TASK_NAMES
 
-    return snapshot_files({task: task_labels(task) for task in TASK_NAMES if task_labels(task)})
+    labels = {task: task_labels(task) for task in TASK_NAMES if task_labels(task)}
+    return snapshot_files(labels, code_root or PROJECT_ROOT)
 
 
 def _text(source: Path | str) -> str:
