@@ -2,10 +2,10 @@
 on a running tritonserver. Used by `routenlp deploy`, `routenlp serve` (and its server restarts),
 the co-optimization loop and the stub supervisor; it imports none of them.
 
-Put a repository version live without downtime, or roll back:
-
-Triton (explicit model-control mode) loads a model through POST /v2/repository/models/<m>/load;
-a config override with version_policy {specific: [N]} pins the version. Loading a new version
+Put a repository version live without downtime, or roll back: Triton (explicit model-control mode)
+loads a model through POST /v2/repository/models/<m>/load; a config override with version_policy
+{specific: [N]} pins the version, and the override is version N's own config (its folder keeps
+the one it was written with; Triton itself reads only the newest, the model's). Loading a new version
 keeps the old one serving until the new one is ready, then drains it, so clients see no gap.
 
 Order: the tier models (router, t1_*, t2, t3; each at the version the repository version names,
