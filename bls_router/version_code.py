@@ -54,7 +54,8 @@ def snapshot_files(labels: Mapping[str, Iterable[str]], root: Path = PROJECT_ROO
     for entry in SERVING_CODE:
         for path in _files_of(root, entry):
             files[f"{CODE_DIR}/{path.relative_to(root).as_posix()}"] = path
-    files[f"{CODE_DIR}/{LABELS_FILE}"] = json.dumps({"labels": {task: list(names) for task, names in sorted(labels.items())}}, indent=1)
+    own_labels = {"labels": {task: list(names) for task, names in sorted(labels.items())}}
+    files[f"{CODE_DIR}/{LABELS_FILE}"] = json.dumps(own_labels, indent=1)
     return files
 
 

@@ -153,7 +153,10 @@ def write_repository(
     serving = build_serving_config(build, version, target=target, thresholds=serving.thresholds, calibration=serving.calibration)
     models[BLS_MODEL] = (
         routenlp_model_spec(target),
-        {"model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: serving.dumps(), TOKENIZER_DIR: build.root / "tokenizer", **code},
+        {
+            "model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: serving.dumps(), TOKENIZER_DIR: build.root / "tokenizer",
+            **code,
+        },
     )
     # A model whose newest version already holds exactly these files keeps it (not force): a swap
     # then reloads only what changed (coopt leaves T3 alone), and the newest folder of every model

@@ -58,8 +58,8 @@ class GatewayProcess:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(self.env) if self.env else None, start_new_session=True)
         try:
             wait_until_ready(
-                self.process, self.is_ready, timeout_s, what="gateway", log_path=self.log_path, error=GatewayStartError, poll_s=0.3,
-                ports=[self.port],
+                self.process, self.is_ready, timeout_s, what="gateway", log_path=self.log_path, error=GatewayStartError,
+                poll_s=0.3, ports=[self.port],
             )  # fmt: skip
         except BaseException:  # Ctrl-C included: no orphan process
             self.stop()

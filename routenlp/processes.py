@@ -148,7 +148,9 @@ def start_with_port_retry(
             old = list(ports())
             new = repick(taken) if attempt < attempts else None
             if new is None:
-                why = "that port was given, not picked" if attempt < attempts else f"{attempts} port sets were all taken"
+                why = "that port was given, not picked"
+                if attempt == attempts:
+                    why = f"{attempts} port sets were all taken"
                 message = f"{what} could not bind port(s) {old}: another process holds one ({taken}); {why}"
                 say(log_path, message)
                 raise type(err)(f"{message}\n{err}") from err
@@ -169,7 +171,9 @@ def start_on_one_port(server, start_once: Callable[[], None], what: str) -> None
         server.port = ports["port"]
         return [server.port]
 
-    server.port_retries += start_with_port_retry(start_once, fresh_port, what=what, log_path=server.log_path, ports=lambda: [server.port])
+    server.port_retries += start_with_port_retry(
+        start_once, fresh_port, what=what, log_path=server.log_path, ports=lambda: [server.port]
+    )
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -293,8 +297,8 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float, *, term_group: bo
 
 
 def wait_until_ready(
-    process: subprocess.Popen, is_ready: Callable[[], bool], timeout_s: float, *, what: str, log_path: Path, error: type[Exception],
-    poll_s: float = 0.5, ports: Sequence[int] = (),
+    process: subprocess.Popen, is_ready: Callable[[], bool], timeout_s: float, *, what: str, log_path: Path,
+    error: type[Exception], poll_s: float = 0.5, ports: Sequence[int] = (),
 ) -> None:
     """Poll is_ready() until it holds and `process` itself listens on `ports` (not another server
     that happens to answer there); raise `error` with the log's tail if the process exits first or

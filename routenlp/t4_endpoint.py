@@ -128,8 +128,8 @@ class T4Endpoint:
                     log.write(f"routenlp: could not lower the endpoint's priority: {problem}\n".encode())
         try:
             wait_until_ready(
-                self.process, self.is_ready, timeout_s, what="vLLM server", log_path=self.log_path, error=EndpointStartError,
-                poll_s=1.0, ports=[self.port],
+                self.process, self.is_ready, timeout_s, what="vLLM server", log_path=self.log_path,
+                error=EndpointStartError, poll_s=1.0, ports=[self.port],
             )  # fmt: skip
         except BaseException:
             self.stop()

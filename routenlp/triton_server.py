@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import free_port, how_it_ended, repick, start_with_port_retry, stop_process_group, wait_until_ready
+from routenlp.processes import (
+    free_port,
+    how_it_ended,
+    repick,
+    start_with_port_retry,
+    stop_process_group,
+    wait_until_ready,
+)
 from routenlp.stack import StackPaths
 
 PYTHON_SHM_BYTES = 64 * 1024 * 1024  # per python-backend stub (see TritonServer.command)
@@ -128,8 +135,8 @@ class TritonServer:
         log.close()
         try:
             wait_until_ready(
-                self.process, self.is_ready, timeout_s, what="tritonserver", log_path=self.log_path, error=ServerStartError,
-                ports=list(self.ports.values()),
+                self.process, self.is_ready, timeout_s, what="tritonserver", log_path=self.log_path,
+                error=ServerStartError, ports=list(self.ports.values()),
             )  # fmt: skip
         except BaseException:
             self.stop()

@@ -185,7 +185,9 @@ class TritonPythonModel:
         # "monitor" (optional): window / min_requests / relative_rise overrides, e.g. for a short test
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
-        self.service = RoutingService(self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"], code=code)
+        self.service = RoutingService(
+            self.config, codec.router, codec.tier, sink=self._log_record, bls_version=args["model_version"], code=code
+        )
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         self.answers = WorkerPool(
             workers,

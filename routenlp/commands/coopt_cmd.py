@@ -67,8 +67,12 @@ def run(args) -> int:
     else:
         print("\nstarting the deployment (T4 endpoint + tritonserver) ...", flush=True)
         with Deployment(args.repository, state_dir=state_dir) as deployment:
-            restart = ServerRestarter(deployment, RestartBudget(MAX_SERVER_RESTARTS, window_s=float("inf"))).restart_or_raise
-            live = Live(deployment.server.grpc_url, deployment.server.http_url, admin_key(deployment.state_dir), args.repository, deployment.server.exit_status, restart)
+            budget = RestartBudget(MAX_SERVER_RESTARTS, window_s=float("inf"))
+            server = deployment.server
+            live = Live(
+                server.grpc_url, server.http_url, admin_key(deployment.state_dir), args.repository, server.exit_status,
+                ServerRestarter(deployment, budget).restart_or_raise,  # the restart path of serve and the demo
+            )
             result = loop_on(live)
     print()
     print_tables(result)

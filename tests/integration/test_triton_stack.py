@@ -104,7 +104,8 @@ def test_a_port_taken_before_triton_binds_it_is_picked_afresh(tmp_path):
         holder2.bind(("0.0.0.0", server.grpc_port))
         holder2.listen()
         try:
-            with pytest.raises(ServerStartError, match=rf"could not bind port\(s\) .*{server.grpc_port}.*another process holds one"):
+            held = rf"could not bind port\(s\) .*{server.grpc_port}.*another process holds one"
+            with pytest.raises(ServerStartError, match=held):
                 server.start(timeout_s=120, keep_ports=True)
         finally:
             holder2.close()

@@ -58,7 +58,8 @@ def test_rollback_across_a_code_upgrade_serves_the_old_versions_own_code(tiny_bu
     # a code change is a new version of every model that runs project code
     assert {m: v for m, v in v2["model_versions"].items() if v == 2} == {"routenlp": 2, "t2": 2, "t3": 2}
     code = {v: fingerprint(repository / "routenlp" / str(v) / CODE_DIR) for v in (1, 2)}
-    assert code[1] != code[2] and MARKER in (repository / "routenlp" / "2" / CODE_DIR / "bls_router" / "service.py").read_text()
+    assert code[1] != code[2]
+    assert MARKER in (repository / "routenlp" / "2" / CODE_DIR / "bls_router" / "service.py").read_text()
     assert fingerprint(repository / "t2" / "1" / CODE_DIR) == code[1]
     assert (repository / "routenlp" / "1" / VERSION_CONFIG).is_file()
 
@@ -71,8 +72,10 @@ def test_rollback_across_a_code_upgrade_serves_the_old_versions_own_code(tiny_bu
         records = [r for task in TASK_NAMES for r in tiny_build.pools.dev[task][:5]]
         traffic = TrafficLoop(grpc_url, records, concurrency=2).start()
         traffic.wait_for(10)
-        command = [str(Path(sys.executable).parent / "routenlp"), "deploy", "--version", "1", "--repository", str(repository),
-                   "--http-url", deployment.server.http_url, "--grpc-url", grpc_url, "--state-dir", str(state)]
+        command = [
+            str(Path(sys.executable).parent / "routenlp"), "deploy", "--version", "1", "--repository", str(repository),
+            "--http-url", deployment.server.http_url, "--grpc-url", grpc_url, "--state-dir", str(state),
+        ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
         traffic.wait_for(traffic.sent + 10)
         summary = traffic.stop()

@@ -65,7 +65,8 @@ def test_stopping_a_group_removes_the_shared_memory_it_left_and_nothing_else(tmp
 def _http_server(port: int, log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
 
@@ -79,6 +80,13 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _wait(process: subprocess.Popen, port: int, log_path: Path) -> None:
+    from routenlp.processes import wait_until_ready
+
+    wait_until_ready(process, lambda: _answers(port), 20, what="http.server", log_path=log_path, error=RuntimeError,
+                     poll_s=0.1, ports=[port])
+
+
 def test_picked_ports_lie_below_the_ephemeral_range():
     from routenlp.processes import PICK_FLOOR, ephemeral_range, free_port
 
@@ -90,7 +98,7 @@ def test_a_port_taken_between_pick_and_start_is_picked_afresh_and_said(tmp_path,
     """The race of issue 21: another server takes the picked port (and answers on it) before ours
     binds it. Ours exits with 'Address already in use'; the foreign server answering is not taken
     for ours; the start is retried on a fresh port and the retry is said on stderr and in the log."""
-    from routenlp.processes import free_port, listening_ports, start_on_one_port, wait_until_ready
+    from routenlp.processes import free_port, listening_ports, start_on_one_port
 
     class Server:
         port, picked, port_retries, log_path, process = free_port(), ("port",), [], tmp_path / "server.log", None
@@ -98,8 +106,7 @@ def test_a_port_taken_between_pick_and_start_is_picked_afresh_and_said(tmp_path,
         def start_once(self):
             self.process = _http_server(self.port, self.log_path)
             try:
-                wait_until_ready(self.process, lambda: _answers(self.port), 20, what="http.server", log_path=self.log_path,
-                                 error=RuntimeError, poll_s=0.1, ports=[self.port])
+                _wait(self.process, self.port, self.log_path)
             except BaseException:
                 stop_process_group(self.process, 1.0, term_group=True)
                 raise
@@ -124,7 +131,7 @@ def test_a_port_taken_between_pick_and_start_is_picked_afresh_and_said(tmp_path,
 
 
 def test_a_given_port_that_is_taken_fails_saying_so(tmp_path):
-    from routenlp.processes import free_port, start_on_one_port, wait_until_ready
+    from routenlp.processes import free_port, start_on_one_port
 
     class Server:
         port, picked, port_retries, log_path = free_port(), (), [], tmp_path / "server.log"
@@ -132,8 +139,7 @@ def test_a_given_port_that_is_taken_fails_saying_so(tmp_path):
         def start_once(self):
             process = _http_server(self.port, self.log_path)
             try:
-                wait_until_ready(process, lambda: _answers(self.port), 20, what="http.server", log_path=self.log_path,
-                                 error=RuntimeError, poll_s=0.1, ports=[self.port])
+                _wait(process, self.port, self.log_path)
             finally:
                 stop_process_group(process, 1.0, term_group=True)
 
@@ -141,17 +147,18 @@ def test_a_given_port_that_is_taken_fails_saying_so(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", server.port))
         holder.listen()
-        with pytest.raises(RuntimeError, match=rf"could not bind port\(s\) \[{server.port}\]: another process holds one .*that port was given"):
+        held = rf"could not bind port\(s\) \[{server.port}\]: another process holds one .*that port was given"
+        with pytest.raises(RuntimeError, match=held):
             start_on_one_port(server, server.start_once, "http.server")
     assert server.port_retries == []
 
 
 def test_a_server_that_dies_unstopped_is_reported_once_as_lost(tmp_path):
-    from routenlp.processes import free_port, lost_servers, wait_until_ready
+    from routenlp.processes import free_port, lost_servers
 
     port, log_path = free_port(), tmp_path / "server.log"
     process = _http_server(port, log_path)
-    wait_until_ready(process, lambda: _answers(port), 20, what="http.server", log_path=log_path, error=RuntimeError, poll_s=0.1, ports=[port])
+    _wait(process, port, log_path)
     lost_servers()  # whatever earlier tests left behind
     assert lost_servers() == []
     os.killpg(process.pid, 9)

@@ -33,7 +33,9 @@ def _in_snapshot(code: Path, script: str) -> str:
     (the project is still installed in the venv: a module missing from the snapshot would come
     from the checkout silently, which modules_outside reports)."""
     prelude = f"import sys; sys.path.insert(0, {str(code)!r})\n"
-    return subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True, check=True, cwd=code).stdout
+    command = [sys.executable, "-c", prelude + script]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=code)
+    return done.stdout
 
 
 def test_the_snapshot_holds_every_project_module_the_adapters_import(tmp_path):
