@@ -206,6 +206,7 @@ class RoutingService:
         *,
         sink: Callable[[dict[str, Any]], None] | None = None,
         bls_version: str | int | None = None,
+        code: str | None = None,  # fingerprint of the serving code this version runs (bls_router/version_code.py)
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
         overlap: Executor | None = None,
@@ -225,6 +226,7 @@ class RoutingService:
         self.call_tier = call_tier
         self.sink = sink
         self.bls_version = None if bls_version is None else str(bls_version)
+        self.code = code
         self.clock = clock
         self.wall_clock = wall_clock
 
@@ -386,6 +388,7 @@ class RoutingService:
             sla_met=None if sla is None else total_ms <= sla,
             repository_version=self.config.repository_version,
             bls_version=self.bls_version,
+            code=self.code,
         )
         meta["u"] = {tier: round(u, 6) for tier, u in meta["u"].items()}
         return meta

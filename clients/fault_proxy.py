@@ -18,17 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-from routenlp.processes import free_port
-
 
 class FaultProxy:
     def __init__(self, upstream: str, port: int | None = None) -> None:
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:PORT (no /v1)
-        self.port = port or free_port()
         self.mode = "pass"
         self.hits = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        # port 0: the kernel picks one while binding it, so no other process can take it first
+        self._server = ThreadingHTTPServer(("127.0.0.1", port or 0), self._handler())
+        self.port = self._server.server_address[1]
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._http = httpx.Client(timeout=120.0)

@@ -108,7 +108,7 @@ class CooptLoop:
                 return answers
 
     def _api(self):
-        from coopt.deploy import RepositoryAPI
+        from routenlp.repository_api import RepositoryAPI
 
         return RepositoryAPI(self.live.http_url, self.live.admin_key)
 
@@ -129,7 +129,7 @@ class CooptLoop:
         return True
 
     def _pin(self, version: int) -> None:
-        from coopt.deploy import deploy, smoke_check
+        from routenlp.repository_api import deploy, smoke_check
         from routenlp_core.tasks import TASK_NAMES
 
         texts = {task: self.base.pools.dev[task][0]["text"] for task in TASK_NAMES}

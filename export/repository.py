@@ -1,5 +1,9 @@
 """Write model-repository versions atomically: a version is assembled beside its final place and
-renamed in, so a running tritonserver never sees a half-written version."""
+renamed in, so a running tritonserver never sees a half-written version.
+
+Each version folder also keeps its own rendered config (VERSION_CONFIG): Triton reads only the
+model's config.pbtxt (the newest version's), so pinning or rolling back to an older version sends
+that version's config with the load (routenlp/repository_api.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from pathlib import Path
 
 from export.triton_config import ModelSpec, render_config
 from routenlp_core.atomic import atomic_write_text
+
+VERSION_CONFIG = "config.pbtxt"  # in the version folder: the config that version was written with
 
 
 def latest_version(model_dir: Path) -> int:
@@ -33,6 +39,7 @@ def write_model_version(
     if final.exists():
         raise FileExistsError(f"{final} exists; versions are immutable once written")
     staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".staging-{version}-"))
+    config = render_config(spec)
     try:
         for name, source in files.items():
             target = staging / name
@@ -41,9 +48,10 @@ def write_model_version(
                 (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
             else:
                 target.write_bytes(source.encode() if isinstance(source, str) else source)
+        (staging / VERSION_CONFIG).write_text(config)  # last: a copied older version's config never wins
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    atomic_write_text(model_dir / "config.pbtxt", render_config(spec))
+    atomic_write_text(model_dir / "config.pbtxt", config)
     return final

@@ -17,6 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from bls_router.version_code import PROJECT_ROOT, snapshot_files
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
 from export.triton_config import ModelSpec, TensorSpec
@@ -97,11 +98,14 @@ def _read_manifest(repository: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"versions": []}
 
 
-def write_repository(build, repository: Path, target: str = "cpu", force: bool | Collection[str] = False) -> dict[str, Any]:
+def write_repository(
+    build, repository: Path, target: str = "cpu", force: bool | Collection[str] = False, code_root: Path | None = None
+) -> dict[str, Any]:
     """Write version N+1 of router, t1_<task>, t2, t3 and routenlp from `build` (export.pipeline.PortfolioBuild).
     Returns {version, models, fresh}; when the newest version already holds these exact artefacts
     (same build fingerprints and target) nothing is written. `force`: write a new version even
-    so, of every model (True) or of the models named (the others keep their newest version)."""
+    so, of every model (True) or of the models named (the others keep their newest version).
+    `code_root`: where the serving code is snapshotted from (default: this checkout)."""
     from export.serving_config_builder import build_serving_config
     from export.stage_cache import fingerprint as content_fingerprint
     from export.t1 import T1_TASKS, load_t1
@@ -112,6 +116,7 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
+    code = serving_code_files(code_root)
     # The serving config without its version number: new thresholds, prices or bars -> new version.
     serving = build_serving_config(build, 0, target=target)
     fingerprint = {
@@ -120,8 +125,9 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
         "router_ablations": build.cache.stamp("router_ablations") and build.cache.key("router_ablations"),
         "decoders": {t: build.decoder_dir(t).name + ":" + _stage_key(build, t) for t in ("t2", "t3")},
         BLS_MODEL: content_fingerprint({"serving_config": serving.dumps(), "tokenizer": build.cache.key("tokenizer")}),
-        # the python-backend adapters copied into each version: a fix to one must reach the repository
-        "adapters": content_fingerprint({path.name: path.read_text() for path in (ONNX_RUNNER, VLLM_TIER, ROUTENLP_BLS, *ADAPTER_HELPERS)}),
+        # the python-backend adapters and the serving code snapshot copied into the versions: a fix
+        # to any of it must reach the repository
+        "adapters": content_fingerprint({name: _text(source) for name, source in {**adapter_files(), **code}.items()}),
     }
     manifest = _read_manifest(repository)
     if manifest["versions"] and manifest["versions"][-1]["fingerprint"] == fingerprint and not force:
@@ -152,12 +158,15 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
             model_path = "hf" if target == "cpu" else f"{NGC_MOUNT}/{tier}/{version}/hf"
         files["model.json"] = vllm_model_json(model_path, max_model_len=max_model_len, target=target)
         if target == "cpu":
-            files["model.py"] = VLLM_TIER
+            files.update({"model.py": VLLM_TIER, **code})
         models[tier] = (vllm_tier_spec(tier, target=target), files)
     serving = build_serving_config(build, version, target=target, thresholds=serving.thresholds, calibration=serving.calibration)
     models[BLS_MODEL] = (
         routenlp_model_spec(target),
-        {"model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: serving.dumps(), TOKENIZER_DIR: build.root / "tokenizer"},
+        {
+            "model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: serving.dumps(), TOKENIZER_DIR: build.root / "tokenizer",
+            **code,
+        },
     )
     # A model whose newest version already holds exactly these files keeps it (not force): a swap
     # then reloads only what changed (coopt leaves T3 alone), and the newest folder of every model
@@ -178,6 +187,23 @@ def write_repository(build, repository: Path, target: str = "cpu", force: bool |
     })  # fmt: skip
     atomic_write_text(repository / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return {"version": version, "models": sorted(models), "model_versions": model_versions, "fresh": True}
+
+
+def adapter_files() -> dict[str, Path]:
+    return {path.name: path for path in (ONNX_RUNNER, VLLM_TIER, ROUTENLP_BLS)}
+
+
+def serving_code_files(code_root: Path | None = None) -> dict[str, Path | str]:
+    """The serving-code snapshot and label sets a python-backend version carries (bls_router/version_code.py)."""
+    from routenlp.data.labels import task_labels
+    from routenlp_core.tasks import TASK_NAMES
+
+    labels = {task: task_labels(task) for task in TASK_NAMES if task_labels(task)}
+    return snapshot_files(labels, code_root or PROJECT_ROOT)
+
+
+def _text(source: Path | str) -> str:
+    return source.read_text() if isinstance(source, Path) else source
 
 
 def model_content_fingerprint(spec: ModelSpec, files: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import free_port, stop_process_group, wait_until_ready
+from routenlp.processes import free_port, start_on_one_port, stop_process_group, wait_until_ready
 
 
 class GatewayStartError(RuntimeError):
@@ -30,8 +30,10 @@ class GatewayProcess:
     port: int = 0  # 0: a free port
     env: Mapping[str, str] | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+    port_retries: list[str] = field(default_factory=list, init=False)  # one note per start on a fresh port
 
     def __post_init__(self) -> None:
+        self.picked = () if self.port else ("port",)
         self.port = self.port or free_port()
 
     @property
@@ -46,15 +48,22 @@ class GatewayProcess:
         ]  # fmt: skip
 
     def start(self, timeout_s: float = 60.0) -> "GatewayProcess":
+        """Start and wait until ready; a picked port another process took first is picked afresh."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        start_on_one_port(self, lambda: self._start_once(timeout_s), "gateway")
+        return self
+
+    def _start_once(self, timeout_s: float) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(self.env) if self.env else None, start_new_session=True)
         try:
-            wait_until_ready(self.process, self.is_ready, timeout_s, what="gateway", log_path=self.log_path, error=GatewayStartError, poll_s=0.3)
+            wait_until_ready(
+                self.process, self.is_ready, timeout_s, what="gateway", log_path=self.log_path, error=GatewayStartError,
+                poll_s=0.3, ports=[self.port],
+            )  # fmt: skip
         except BaseException:  # Ctrl-C included: no orphan process
             self.stop()
             raise
-        return self
 
     def is_ready(self) -> bool:
         try:

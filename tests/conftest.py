@@ -6,8 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from routenlp.processes import lost_servers
 from routenlp.selftest.repository import build_selftest_repository
 from routenlp.triton_server import TritonServer
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test says plainly when a server it relied on died (issue 21: a run lost its
+    tritonserver and only showed connection errors)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        lost = lost_servers()
+        if lost:
+            report.sections.append(("servers lost", "\n\n".join(lost)))
 
 
 @pytest.fixture(scope="session")

@@ -41,14 +41,22 @@ the shared series is removed under the other: its counts vanish from /metrics an
 touches freed memory (measured: a tritonserver SIGSEGV right after a hot swap of this model).
 """
 
+import os
+import sys
+
+# This version's own serving code (code/, bls_router/version_code.py) comes first on the path: a
+# rolled-back version runs the code it was written with, not the checkout's.
+_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "code")
+if os.path.isdir(_CODE):
+    sys.path.insert(0, _CODE)
+
 # The embedded interpreter starts in the C locale; torch (which transformers may pull in for the
 # tokenizer) then fails reading its UTF-8 templates. Must run before those imports.
-import locale
+import locale  # noqa: E402
 
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import json  # noqa: E402
-import os  # noqa: E402
 import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
@@ -66,6 +74,7 @@ from bls_router.service import (  # noqa: E402
     TierCodec,
     token_logprobs_from_vllm_json,
 )
+from bls_router.version_code import version_code  # noqa: E402
 from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
 from routenlp_core.contract import INPUTS, METADATA, OUTPUT  # noqa: E402
 from routenlp_core.serving_config import (  # noqa: E402
@@ -167,6 +176,11 @@ class TritonPythonModel:
         import routenlp_core.t1_codec  # noqa: F401
         from routenlp_core.answers import parse_output  # noqa: F401
 
+        try:
+            code = version_code(__file__)  # after the imports: it checks where they came from
+        except RuntimeError as err:
+            raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
+
         self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
         path = log_path()
         try:
@@ -182,7 +196,7 @@ class TritonPythonModel:
         overlap = model_config.get("parameters", {}).get(BLS_OVERLAP_PARAMETER, {}).get("string_value", "1") != "0"
         self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
         self.service = RoutingService(
-            self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap
+            self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap, code=code
         )  # no sink: _answer queues each record itself and waits for its commit just before sending
         self.answers = WorkerPool(
             workers,
@@ -195,7 +209,8 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
             f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path}, "
-            f"{workers} routing threads, up to {max_pending} requests in flight)"
+            f"{workers} routing threads, up to {max_pending} requests in flight, "
+            + (f"serving code {code} from its version folder)" if code else "serving code of the installed package)")
         )
 
     # ---- metrics ------------------------------------------------------------------------------

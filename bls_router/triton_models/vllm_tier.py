@@ -17,19 +17,28 @@ Config parameters whose names start with VLLM_ (VLLM_CPU_KVCACHE_SPACE, default 
 exported as environment variables before vLLM is imported, because vLLM reads them at import.
 """
 
+import os
+import sys
+
+# This version's own serving code (code/, bls_router/version_code.py) comes first on the path: a
+# rolled-back version runs the code it was written with, not the checkout's.
+_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "code")
+if os.path.isdir(_CODE):
+    sys.path.insert(0, _CODE)
+
 # The embedded interpreter starts in the C locale; torch then fails reading its UTF-8 templates.
 # This must run before anything imports torch or vllm (docs/STACK.md, trap 2).
-import locale
+import locale  # noqa: E402
 
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import json  # noqa: E402
-import os  # noqa: E402
 import time  # noqa: E402
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from bls_router.deferred import StepLoop  # noqa: E402
+from bls_router.version_code import version_code  # noqa: E402
 from bls_router.vllm_requests import (  # noqa: E402
     INPUT_NAMES,
     RequestError,
@@ -113,7 +122,8 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         try:
             engine_args = read_engine_args(version_dir)
-        except EngineArgsError as err:
+            self.code = version_code(__file__)
+        except (EngineArgsError, RuntimeError) as err:
             raise pb_utils.TritonModelException(f"{self.name}: {err}") from None
 
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}

@@ -38,10 +38,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from coopt.loop import MODES, CooptLoop, CooptSettings, Live
+    from coopt.loop import MAX_SERVER_RESTARTS, MODES, CooptLoop, CooptSettings, Live
     from coopt.report import print_tables, write_outputs
     from routenlp.commands import export_cmd
     from routenlp.deployment import STATE_DIR, Deployment, admin_key
+    from routenlp.server_restarts import RestartBudget, ServerRestarter
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes or any(m not in MODES for m in modes):
@@ -72,7 +73,12 @@ def run(args) -> int:
     else:
         print("\nstarting the deployment (T4 endpoint + tritonserver) ...", flush=True)
         with Deployment(args.repository, state_dir=state_dir) as deployment:
-            live = Live(deployment.server.grpc_url, deployment.server.http_url, admin_key(deployment.state_dir), args.repository, deployment.server.exit_status, deployment.restart_server)
+            budget = RestartBudget(MAX_SERVER_RESTARTS, window_s=float("inf"))
+            server = deployment.server
+            live = Live(
+                server.grpc_url, server.http_url, admin_key(deployment.state_dir), args.repository, server.exit_status,
+                ServerRestarter(deployment, budget).restart_or_raise,  # the restart path of serve and the demo
+            )
             result = loop_on(live)
     print()
     print_tables(result)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from coopt.deploy import smoke_check  # noqa: F401  (re-exported for callers of the command module)
+from routenlp.repository_api import smoke_check  # noqa: F401  (re-exported for callers of the command module)
 from routenlp_core.paths import MODEL_REPOSITORY_DIR
 
 
@@ -21,9 +21,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from coopt.deploy import DeployError, RepositoryAPI, deploy
     from routenlp.data import load_split
     from routenlp.deployment import STATE_DIR, admin_key
+    from routenlp.repository_api import DeployError, RepositoryAPI, deploy
     from routenlp_core.tasks import TASK_NAMES
 
     api = RepositoryAPI(args.http_url, admin_key(args.state_dir or STATE_DIR))

@@ -563,7 +563,7 @@ def test_killed_vllm_stub_falls_back_visibly_and_the_tier_comes_back(chaos):
 
 
 def _live_t2_version(chaos: Chaos) -> dict[str, int]:
-    from coopt.deploy import live_versions
+    from routenlp.repository_api import live_versions
 
     return live_versions(_api(chaos), ["t2"])
 
@@ -572,21 +572,21 @@ def _live_t2_version(chaos: Chaos) -> dict[str, int]:
 
 
 def _api(chaos):
-    from coopt.deploy import RepositoryAPI
     from routenlp.deployment import admin_key
+    from routenlp.repository_api import RepositoryAPI
 
     return RepositoryAPI(chaos.deployment.server.http_url, admin_key(chaos.deployment.state_dir))
 
 
 def _smoke(chaos):
-    from routenlp.commands.deploy_cmd import smoke_check
+    from routenlp.repository_api import smoke_check
 
     return smoke_check(chaos.grpc_url, TASK_NAMES, lambda task: chaos.build.pools.dev[task][0]["text"])
 
 
 def test_new_version_goes_live_under_traffic_without_a_failed_request_and_rolls_back(chaos):
-    from coopt.deploy import deploy
     from coopt.traffic import TrafficLoop
+    from routenlp.repository_api import deploy
 
     repository = chaos.deployment.repository
     everything = json.loads((repository / MANIFEST).read_text())["versions"][-1]["models"]
@@ -615,7 +615,7 @@ def test_new_version_goes_live_under_traffic_without_a_failed_request_and_rolls_
 
 
 def test_a_version_that_fails_to_load_never_goes_live(chaos):
-    from coopt.deploy import DeployError, deploy, live_versions
+    from routenlp.repository_api import DeployError, deploy, live_versions
 
     repository = chaos.deployment.repository
     broken = write_repository(chaos.build, repository, target="cpu", force=True)["version"]

@@ -77,3 +77,36 @@ def test_model_failing_initialize_fails_server_start_loudly(write_broken_model, 
     with pytest.raises(ServerStartError, match="tier weights missing"):
         server.start(timeout_s=120)
     assert server.process is None  # stopped and reaped
+
+
+def test_a_port_taken_before_triton_binds_it_is_picked_afresh(tmp_path):
+    """Issue 21's flake: Triton lost its metrics port to another process between the pick and its
+    bind, and exited. Here the port is taken on purpose; the start is retried on fresh ports."""
+    import socket
+    import urllib.request
+
+    from routenlp.selftest.repository import build_selftest_repository
+
+    repo = build_selftest_repository(tmp_path / "repo")
+    server = TritonServer(repo, tmp_path / "server.log", load_models=["echo"])
+    taken = server.metrics_port
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", taken))
+        holder.listen()
+        with server.start(timeout_s=120):
+            assert server.metrics_port != taken
+            assert len(server.port_retries) == 1 and f":{taken}' already in use" in server.port_retries[0]
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+                assert b"nv_inference_request_success" in response.read()
+            assert "starting it again on fresh ports" in server.log_path.read_text()
+        # a restart keeps its ports (clients hold the URLs): a taken one is an error that says so
+        holder2 = socket.socket()
+        holder2.bind(("0.0.0.0", server.grpc_port))
+        holder2.listen()
+        try:
+            held = rf"could not bind port\(s\) .*{server.grpc_port}.*another process holds one"
+            with pytest.raises(ServerStartError, match=held):
+                server.start(timeout_s=120, keep_ports=True)
+        finally:
+            holder2.close()
+    assert server.process is None

@@ -2,7 +2,8 @@
 
 import json
 
-from routenlp.server_restarts import RESTARTS_FILE, RestartBudget, append_restart, versions_to_restore
+from routenlp.repository_api import versions_to_restore
+from routenlp.server_restarts import RESTARTS_FILE, RestartBudget, append_restart
 
 
 def test_the_budget_allows_max_restarts_per_window_then_refuses_until_the_oldest_ages_out():

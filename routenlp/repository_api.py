@@ -1,7 +1,11 @@
-"""Put a repository version live on a running tritonserver, without downtime, or roll back.
+"""The repository API: the one module that loads, pins, smoke-checks and rolls back model versions
+on a running tritonserver. Used by `routenlp deploy`, `routenlp serve` (and its server restarts),
+the co-optimization loop and the stub supervisor; it imports none of them.
 
-Triton (explicit model-control mode) loads a model through POST /v2/repository/models/<m>/load;
-a config override with version_policy {specific: [N]} pins the version. Loading a new version
+Put a repository version live without downtime, or roll back: Triton (explicit model-control mode)
+loads a model through POST /v2/repository/models/<m>/load; a config override with version_policy
+{specific: [N]} pins the version, and the override is version N's own config (its folder keeps
+the one it was written with; Triton itself reads only the newest, the model's). Loading a new version
 keeps the old one serving until the new one is ready, then drains it, so clients see no gap.
 
 Order: the tier models (router, t1_*, t2, t3; each at the version the repository version names,
@@ -22,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routenlp.deployment import ADMIN_HEADER
 from routenlp_core.contract import BLS_MODEL
 from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config
+
+ADMIN_HEADER = "admin-key"  # the header `routenlp serve` restricts the repository API to
 
 
 class DeployError(RuntimeError):
@@ -104,11 +109,46 @@ def live_versions(api: RepositoryAPI, models: Sequence[str]) -> dict[str, int]:
     return ready
 
 
-def pin_version(api: RepositoryAPI, model: str, *versions: int) -> None:
-    """Serve exactly `versions` of `model` (loads the missing ones, unloads the others)."""
-    config = api.config(model)
+def version_config(repository: Path | None, model: str, version: int) -> dict[str, Any] | None:
+    """The config version N of `model` was written with (its folder's own config.pbtxt) as the JSON
+    Triton's load API takes; None for a version written before versions kept one."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from export.repository import VERSION_CONFIG
+
+    path = None if repository is None else Path(repository) / model / str(version) / VERSION_CONFIG
+    if path is None or not path.is_file():
+        return None
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def pin_version(api: RepositoryAPI, model: str, *versions: int, repository: Path | None = None) -> None:
+    """Serve exactly `versions` of `model` (loads the missing ones, unloads the others), under the
+    config the first of them was written with (from `repository`; else the live config)."""
+    config = version_config(repository, model, versions[0]) or api.config(model)
     config["version_policy"] = {"specific": {"versions": sorted({int(v) for v in versions})}}
     api.load(model, config)
+
+
+def restore_order(versions: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Tier models before the BLS that routes them (it must never point at a missing version)."""
+    return sorted(versions.items(), key=lambda item: (item[0] == BLS_MODEL, item[0]))
+
+
+def versions_to_restore(recorded: Mapping[str, int], live: Mapping[str, int]) -> list[tuple[str, int]]:
+    """(model, version) pairs the server serves differently from `recorded`, in restore order."""
+    return [(model, version) for model, version in restore_order(recorded) if live.get(model) != version]
+
+
+def restore_versions(api: RepositoryAPI, recorded: Mapping[str, int], repository: Path) -> list[tuple[str, int]]:
+    """Pin back the versions `recorded` as live (a restarted server loads each model's newest);
+    returns what it pinned."""
+    restored = versions_to_restore(recorded, live_versions(api, list(recorded)))
+    for model, version in restored:
+        pin_version(api, model, version, repository=repository)
+    return restored
 
 
 def smoke_check(grpc_url: str, tasks: Sequence[str], text_for: Callable[[str], str]) -> Callable[[int], None]:
@@ -155,18 +195,18 @@ def deploy(
                 beside = replaced.get(model) if model != BLS_MODEL else None
                 log(f"  load {model} version {version} (was {before.get(model)}" + (", kept until the new BLS answers)" if beside else ")"))
                 touched.append(model)
-                pin_version(api, model, version, *([beside] if beside else []))
+                pin_version(api, model, version, *([beside] if beside else []), repository=repository)
         smoke(bls_version)
         time.sleep(drain_s if replaced else 0.0)
         for model, old in replaced.items():
             log(f"  unload {model} version {old}")
-            pin_version(api, model, tiers[model])
+            pin_version(api, model, tiers[model], repository=repository)
     except Exception as err:
         log(f"  version {repository_version} failed ({err}); rolling back {', '.join(touched) or 'nothing'} to {before}")
         # a model not reached yet still serves its old version alone: re-pinning it would only
         # reload it (a vLLM tier's engine: a minute) for nothing
         for model in reversed(touched):
             if model in before:
-                pin_version(api, model, before[model])
+                pin_version(api, model, before[model], repository=repository)
         raise DeployError(f"repository version {repository_version} not deployed: {err}") from None
     return {"repository_version": repository_version, "bls_version": bls_version, "before": before, "models": dict(plan)}

@@ -1,12 +1,12 @@
-"""coopt.deploy.deploy's order and rollback, against a stand-in of Triton's repository API (the
+"""routenlp.repository_api.deploy's order and rollback, against a stand-in of Triton's repository API (the
 real server: tests/integration/test_reliability.py and test_coopt.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-import coopt.deploy as deploy_module
-from coopt.deploy import DeployError, deploy
+import routenlp.repository_api as deploy_module
+from routenlp.repository_api import DeployError, deploy
 
 
 class API:
