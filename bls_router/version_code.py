@@ -25,7 +25,7 @@ SERVING_CODE = (
 )
 CODE_DIR = "code"  # in the version folder
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# The version's own label sets, where the snapshot's routenlp.data.labels reads them
+# The version's own label sets, where the snapshot's routenlp_core.labels reads them
 # (routenlp_core.paths.BENCHMARK_DIR of the snapshot: code/benchmark/manifest.json); labels only, no records.
 LABELS_FILE = "benchmark/manifest.json"
 

@@ -195,7 +195,7 @@ def adapter_files() -> dict[str, Path]:
 
 def serving_code_files(code_root: Path | None = None) -> dict[str, Path | str]:
     """The serving-code snapshot and label sets a python-backend version carries (bls_router/version_code.py)."""
-    from routenlp.data.labels import task_labels
+    from routenlp_core.labels import task_labels
     from routenlp_core.tasks import TASK_NAMES
 
     labels = {task: task_labels(task) for task in TASK_NAMES if task_labels(task)}
