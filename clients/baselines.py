@@ -181,6 +181,30 @@ class TierPassClassifier:
         return [{tier: float(values[i]) for tier, values in columns.items()} for i in range(len(records))]
 
 
+class OracleTierClassifier:
+    """The plain text-classifier router: TF-IDF (word 1-2 grams, a task token) + multinomial
+    logistic regression predicting the oracle tier (the cheapest tier meeting the example's bar);
+    P(oracle tier <= t) is the cumulative class probability."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, records: Sequence[Mapping[str, Any]], oracle: Sequence[str]) -> "OracleTierClassifier":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=20000, sublinear_tf=True)
+        x = self.vectorizer.fit_transform(classifier_texts(records))
+        self.model = LogisticRegression(max_iter=2000, C=2.0, random_state=self.seed).fit(x, list(oracle))
+        return self
+
+    def probabilities(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+        """P(the oracle tier is t or cheaper), per tier."""
+        p = self.model.predict_proba(self.vectorizer.transform(classifier_texts(records)))
+        classes = list(self.model.classes_)
+        return [{tier: float(sum(row[classes.index(t)] for t in TIERS[: k + 1] if t in classes)) for k, tier in enumerate(TIERS)} for row in p]
+
+
 def routellm_labels(records, answers, bars: Mapping[str, float]) -> dict[str, list[bool]]:
     """Per tier: its answer meets the example's bar (the labels RouteNLP's router learns)."""
     from export.router_loss import example_bars

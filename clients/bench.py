@@ -176,8 +176,11 @@ def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
 
 def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
     """Every peer as a swept decision rule (clients/curves.py); the learned parts are fitted on the
-    build's router pool, rule-by-task on the calibration pool's quality table. Never on dev."""
+    build's router pool, rule-by-task on the calibration pool's quality table, and each knob grid
+    spans its score's quantiles on the calibration pool (so each curve runs from the cheapest to
+    the priciest end). Never on dev."""
     from clients import curves
+    from export.calibrate import oracle_tier, structured_tasks
     from export.quality import quality_table
 
     bars = dict(bars)
@@ -185,9 +188,12 @@ def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
     pool = [r for r in build.pools.flat("router") if r["id"] in pool_answers]
     routellm = bl.TierPassClassifier(seed=seed).fit(pool, bl.routellm_labels(pool, pool_answers, bars))
     hybrid = bl.TierPassClassifier(seed=seed).fit(pool, bl.hybrid_labels(pool, pool_answers, bars))
+    oracle = [oracle_tier(r["task"], pool_answers[r["id"]], bars, structured_tasks()) for r in pool]
+    tfidf = bl.OracleTierClassifier(seed).fit(pool, oracle)
     scorer = bl.AnswerScorer(seed).fit([row for by_tier in pool_answers.values() for row in by_tier.values()], bars)
-    calibration = build.pools.flat("calibration")
-    rules = bl.rule_by_task(quality_table(build.load_answers("calibration"), calibration), bars)
+    calibration_answers = build.load_answers("calibration")
+    calibration = [r for r in build.pools.flat("calibration") if r["id"] in calibration_answers]
+    rules = bl.rule_by_task(quality_table(calibration_answers, calibration), bars)
 
     def memo(classifier):
         cache: dict[str, dict[str, float]] = {}
@@ -199,16 +205,24 @@ def peer_systems(build, bars: Mapping[str, float], seed: int = 0) -> list:
 
         return probabilities
 
-    p_routellm, p_hybrid = memo(routellm), memo(hybrid)
+    def pass_grid(classifier, tiers):
+        return curves.quantile_grid([p[t] for p in classifier.probabilities(calibration) for t in tiers if t in p])
+
+    def cascade_grid(score, chain):
+        rows = [(r, t, calibration_answers[r["id"]][t]) for r in calibration for t in chain(r["task"])[:-1]]
+        return curves.quantile_grid([score(r, t, float(row["u"]), int(row.get("tokens", 0))) for r, t, row in rows])
+
+    p_routellm, p_hybrid, p_tfidf = memo(routellm), memo(hybrid), memo(tfidf)
     return [
         curves.random_matched(seed),
         curves.rule_by_task(rules),
-        curves.pass_router("routellm-mf (T2/T4)", p_routellm, ("t2", "t4")),
-        curves.pass_router("routellm-mf (4-tier)", p_routellm),
-        curves.pass_router("hybridllm (T2/T4)", p_hybrid, ("t2", "t4")),
-        curves.pass_router("hybridllm (4-tier)", p_hybrid),
-        curves.scored_cascade("frugalgpt", bl.frugal_chain, scorer),
-        curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence),
+        curves.pass_router("tfidf-lr router", p_tfidf, grid=pass_grid(tfidf, TIERS[:-1])),
+        curves.pass_router("routellm-mf (T2/T4)", p_routellm, ("t2", "t4"), grid=pass_grid(routellm, ("t2",))),
+        curves.pass_router("routellm-mf (4-tier)", p_routellm, grid=pass_grid(routellm, TIERS[:-1])),
+        curves.pass_router("hybridllm (T2/T4)", p_hybrid, ("t2", "t4"), grid=pass_grid(hybrid, ("t2",))),
+        curves.pass_router("hybridllm (4-tier)", p_hybrid, grid=pass_grid(hybrid, TIERS[:-1])),
+        curves.scored_cascade("frugalgpt", bl.frugal_chain, scorer, grid=cascade_grid(scorer, bl.frugal_chain)),
+        curves.scored_cascade("automix", bl.automix_chain, bl.self_confidence, grid=cascade_grid(bl.self_confidence, bl.automix_chain)),
     ]
 
 
@@ -228,30 +242,46 @@ def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple
     return fitted
 
 
-def sweep_curves(build, thresholds, calibration, bars: Mapping[str, float], records, table, n_boot: int) -> dict[str, Any]:
+def utility_routing(build):
+    """RouteNLP's quality model and per-lambda cascade, fitted on the calibration pool."""
+    from export.calibrate import build_prices, router_pass_probabilities, task_alphas
+    from export.utility_router import UtilityRouting
+
+    records = build.pools.flat("calibration")
+    return UtilityRouting(records, build.load_answers("calibration"), router_pass_probabilities(build, records), build_prices(build), task_alphas(build, None))
+
+
+def routenlp_systems(routing, probs) -> list:
+    """RouteNLP swept over lambda, and its ablations: no cascade (router only, swept), no cost
+    term (lambda = 0), no quality term (lambda = inf: the cheapest tier)."""
+    from clients import curves
+
+    return [curves.routenlp(routing, probs), curves.routenlp(routing, probs, "routenlp (no cascade)", cascade=False),
+            curves.routenlp(routing, probs, "routenlp (no cost term)", grid=(0.0,)),
+            curves.routenlp(routing, probs, "routenlp (no quality term)", grid=(1e6,))]
+
+
+def sweep_curves(build, bars: Mapping[str, float], records, table, n_boot: int, routing=None) -> dict[str, Any]:
     """Every system's cost-quality curve over `table` (served or labelled answers), and the
     matched-quality headline."""
     from clients import curves
-    from export.calibrate import build_prices, router_pass_probabilities, rules_from_calibration
+    from export.calibrate import router_pass_probabilities
 
     usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
-    rules = rules_from_calibration(thresholds, calibration)
     probs = router_pass_probabilities(build, usable)
-    systems = [curves.routenlp(rules, probs, build_prices(build)), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
+    systems = [*routenlp_systems(routing or utility_routing(build), probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
     return curves.sweep(systems, usable, table, n_boot=n_boot)
 
 
-def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT) -> dict[str, Any]:
-    """The curves over a build's labelled answers on `pool`, with freshly calibrated rules: no
+def offline_curves(build, pool: str = "dev", n_boot: int = N_BOOT, records=None) -> dict[str, Any]:
+    """The curves over a build's labelled answers on `pool` (its records, or `records`): no
     server (the method's numbers before a repository is written; `routenlp bench --offline`)."""
     from clients import curves
-    from export.calibrate import build_prices, calibrate_build
+    from export.calibrate import build_prices
     from export.serving_config_builder import effective_bars
 
-    bars = effective_bars(build)
-    thresholds, calibration = calibrate_build(build, bars=bars)
     table = curves.table_from_answers(build.load_answers(pool), build_prices(build))
-    return sweep_curves(build, thresholds, calibration, bars, build.pools.flat(pool), table, n_boot)
+    return sweep_curves(build, effective_bars(build), records if records is not None else build.pools.flat(pool), table, n_boot)
 
 
 def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, concurrency: int = 4, n_boot: int = N_BOOT, progress: bool = True, log=print) -> dict[str, Any]:
@@ -297,6 +327,6 @@ def run_bench(url: str, build, config, records: Sequence[Mapping[str, Any]], *, 
         "seconds": seconds,
         "systems": systems,
         "guarantee": guarantee_rows(build, config, records, table),
-        "curves": sweep_curves(build, config.thresholds, config.calibration, config.bars, records, table, n_boot),
+        "curves": sweep_curves(build, config.bars, records, table, n_boot),
         "latency_ms": {name: run.latency_ms for name, run in runs.items()},
     }

@@ -166,14 +166,15 @@ def random_matched(seed: int = 0) -> System:
         draw = np.random.default_rng([seed, int.from_bytes(str(record["id"]).encode()[-8:], "little")]).random()
         return ["t4" if draw < knob else servable(record["task"])[0]]
 
-    return System("random (matched cost)", decide)
+    return System("random (matched cost)", decide, tuple(sorted({*GRID, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04})))
 
 
 def rule_by_task(tier_by_task: Mapping[str, str]) -> System:
     return System("rule-by-task", lambda record, rows, knob: [tier_by_task[record["task"]]], (0.0,))
 
 
-def pass_router(name: str, probabilities: Callable[[Mapping[str, Any]], Mapping[str, float]], tiers: Sequence[str] | None = None) -> System:
+def pass_router(name: str, probabilities: Callable[[Mapping[str, Any]], Mapping[str, float]], tiers: Sequence[str] | None = None,
+                grid: Sequence[float] = GRID) -> System:
     """Cheapest tier (of `tiers`, default all servable) whose predicted pass probability >= knob,
     else the last one: RouteLLM / HybridLLM, binary (T2, T4) or 4-tier."""
 
@@ -182,10 +183,11 @@ def pass_router(name: str, probabilities: Callable[[Mapping[str, Any]], Mapping[
         chain = [t for t in (tiers or servable(record["task"])) if t in servable(record["task"])]
         return [next((t for t in chain[:-1] if p[t] >= knob), chain[-1])]
 
-    return System(name, decide)
+    return System(name, decide, tuple(grid))
 
 
-def scored_cascade(name: str, chain: Callable[[str], Sequence[str]], score: Callable[[Mapping[str, Any], str, float, int], float]) -> System:
+def scored_cascade(name: str, chain: Callable[[str], Sequence[str]], score: Callable[[Mapping[str, Any], str, float, int], float],
+                   grid: Sequence[float] = GRID) -> System:
     """FrugalGPT / AutoMix: call tiers in order, stop at the first answer scoring >= knob."""
 
     def decide(record, rows, knob):
@@ -197,18 +199,24 @@ def scored_cascade(name: str, chain: Callable[[str], Sequence[str]], score: Call
                 break
         return called
 
-    return System(name, decide)
+    return System(name, decide, tuple(grid))
 
 
-def routenlp(rules, probabilities: Mapping[str, Mapping[str, float]], prices: Mapping[str, float]) -> System:
-    """RouteNLP's served decision (router at gamma = knob for every task, then the calibrated cascade)."""
-    from export.calibrate import Rules, replay, structured_tasks
-
-    structured = structured_tasks()
+def routenlp(routing, probabilities: Mapping[str, Mapping[str, float]], name: str = "routenlp", cascade: bool = True,
+             grid: Sequence[float] | None = None) -> System:
+    """RouteNLP (export.utility_router): the cost-aware utility at lambda = knob, then the
+    cascade step calibrated for that lambda; grid from free (0) to the cheapest tier (1e6)."""
+    from export.utility_router import LAMBDA_GRID, route
 
     def decide(record, rows, knob):
-        trial = Rules(rules.thresholds, rules.escalate_to, dict.fromkeys(rules.gamma or [record["task"]], knob), rules.cascade_first)
-        outcome = replay(record, {record["id"]: rows}, probabilities, trial, prices, structured).outcome
-        return [s.tier for s in outcome.stages if s.u is not None]
+        return route(record, rows, probabilities, routing.model, knob, routing.cascade(knob) if cascade else None)
 
-    return System("routenlp", decide, tuple(round(x, 2) for x in np.linspace(0.05, 0.95, 19)))
+    return System(name, decide, tuple(grid or LAMBDA_GRID))
+
+
+def quantile_grid(scores: Sequence[float], n: int = 41) -> tuple[float, ...]:
+    """Knob settings that span a score's range on calibration (its quantiles, and one setting
+    above the top so the curve reaches the priciest end): a fixed 0..1 grid leaves a score
+    bunched in a corner flat over most of the knob."""
+    values = np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, n))
+    return tuple(sorted({round(float(v), 6) for v in values} | {0.0, round(float(np.max(scores)) + 1e-6, 6)}))

@@ -112,7 +112,7 @@ def test_matrix_factorisation_router_learns_per_tier_labels_and_hybrid_labels_dr
 
 
 def test_bench_sample_is_seeded_and_stratified_by_label_not_first_by_id():
-    from routenlp.commands.bench_cmd import stratified_sample
+    from routenlp.data.sampling import stratified_sample
 
     records = [{"id": f"r{i:03d}", "task": "legal_risk", "target": "fair" if i < 150 else "unfair"} for i in range(200)]
     sample = stratified_sample(records, 40, seed=3)
