@@ -10,8 +10,8 @@ Caveat: the benchmark's splits keep documents whole, but its train split is capp
 record of legal_clause / legal_risk / fin_ner may come from a document some training records came
 from (never the same text).
 
-`routenlp bench --confirm` writes the split and its tier answers under the build
-(confirm/records.jsonl, answers/confirm.jsonl) and then sweeps the curves over it.
+`python -m clients.confirm_eval` draws the split once into benchmark/confirm.jsonl (committed), has
+every tier answer it once (answers/confirm.jsonl under the build) and scores every system on it.
 """
 
 from __future__ import annotations

@@ -308,7 +308,7 @@ def test_bench_runs_every_system_through_the_server(stack, tmp_path):
     records = [r for task in TASK_NAMES for r in stack.build.pools.dev[task][:2]]
     bench = run_bench(stack.server.grpc_url, stack.build, config, records, concurrency=2, n_boot=20, progress=False)
     names = [s["name"] for s in bench["systems"]]
-    assert names == ["always-t1", "always-t2", "always-t3", "always-t4", "routenlp", "routenlp-no-cascade", "routenlp-fixed-threshold", "routenlp-router-no-cost", "routenlp-router-no-quality", "random (matched cost)", "rule-by-task",
+    assert names == ["always-t1", "always-t2", "always-t3", "always-t4", "routenlp", "routenlp-no-cascade", "routenlp-fixed-threshold", "routenlp-router-no-cost", "routenlp-router-no-quality", "random (matched cost)", "rule-by-task", "tfidf-lr router",
                      "routellm-mf (T2/T4)", "routellm-mf (4-tier)", "hybridllm (T2/T4)", "hybridllm (4-tier)", "frugalgpt", "automix", "oracle"]  # fmt: skip
     by_name = {s["name"]: s for s in bench["systems"]}
     assert all(s["errors"] == 0 and s["p50_ms"] > 0 for s in bench["systems"])

@@ -1,0 +1,163 @@
+"""Every system at the operating point fitted on calibration, scored on dev and on the confirm split.
+
+The curves (`routenlp bench --offline`) show each system over its whole knob; their matched-quality
+headline picks the knob on the split it reports. Here the knob of every system (RouteNLP's lambda,
+each peer's threshold or budget) is chosen on the calibration pool as the cheapest setting reaching
+quality >= 0.97 x Always-T4 there (`curves.choose_knob`), then frozen and scored on dev and on the
+confirm split (export/confirm.py: raw records no build step saw): what a user deploying that
+setting would get. Paired bootstrap over records (task-stratified) gives each peer's cost and
+quality difference to RouteNLP.
+
+The guarantee table: per (task, tier) cell of RouteNLP's cascade at its fitted lambda, the realised
+mean regret (quality lost by accepting the tier instead of escalating to its target) over the
+requests the router sent to that tier, with its Wilson 95% interval, against the task's alpha.
+
+    python -m clients.confirm_eval [--per-task 300] [--raw ../shared/data] [--bootstrap 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routenlp_core.contract import TIERS
+from routenlp_core.paths import BENCHMARK_DIR, REPO_ROOT, RESULTS_DIR
+
+CONFIRM_RECORDS = BENCHMARK_DIR / "confirm.jsonl"  # committed: a clone without ../shared can rescore
+POOLS = ("calibration", "dev", "confirm")
+
+
+def confirm_answers(build, records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
+    """The build's tier answers on the confirm records (labelled once, then kept under the build)."""
+    from export.confirm import CONFIRM_POOL, label_records
+
+    path = build.root / "answers" / f"{CONFIRM_POOL}.jsonl"
+    if not path.exists():
+        print(f"labelling {len(records)} confirm records with every tier (once; about 30 min on 2 cores)")
+        rows = label_records(build, records, TIERS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
+    return build.load_answers(CONFIRM_POOL)
+
+
+def confirm_split(raw: Path | None, per_task: int) -> list[dict[str, Any]]:
+    from export.confirm import confirm_records
+    from routenlp.data.records import load_records
+
+    if not CONFIRM_RECORDS.exists():
+        if raw is None:
+            raise SystemExit(f"{CONFIRM_RECORDS} is missing: pass --raw (the raw datasets) to draw it")
+        records = confirm_records(raw, per_task)
+        CONFIRM_RECORDS.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
+    return list(load_records(CONFIRM_RECORDS))
+
+
+def guarantee_cells(routing, lam: float, records, table, probs) -> list[dict[str, Any]]:
+    """Per (task, tier the router chose) the realised regret of accepting, with Wilson 95%."""
+    from export.utility_router import record_features
+    from routenlp_core.conformal import realised_risk
+
+    cascade = routing.cascade(lam)
+    losses: dict[tuple[str, str], list[float]] = {}
+    for record in records:
+        task, rows = record["task"], table[record["id"]]
+        chosen = routing.model.choose(task, record_features(record, rows, probs), lam)
+        target = cascade.target.get(task, {}).get(chosen)
+        if target is None:  # final for this task: nothing to escalate to, no promise to check
+            continue
+        accepted = float(rows[chosen]["u"]) <= cascade.delta[task][chosen]
+        regret = max(0.0, float(rows[target]["quality"]) - float(rows[chosen]["quality"])) if accepted else 0.0
+        losses.setdefault((task, chosen), []).append(min(1.0, regret))
+    cells = []
+    for (task, tier), values in sorted(losses.items()):
+        check, alpha = realised_risk(values), routing.alphas[task]
+        cells.append({"task": task, "tier": tier, "target": cascade.target[task][tier], "alpha": alpha, "n": check.n,
+                      "regret": round(check.risk, 4), "wilson95": [round(x, 4) for x in check.wilson],
+                      "status": check.status(alpha)})
+    return cells
+
+
+def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict[str, Any]:
+    from clients import curves
+    from clients.bench import peer_systems, routenlp_systems, utility_routing
+    from export.calibrate import router_pass_probabilities
+    from export.serving_config_builder import effective_bars
+
+    routing = utility_routing(build)
+    every = [r for records, _ in pools.values() for r in records]
+    probs = router_pass_probabilities(build, every)
+    systems = [*routenlp_systems(routing, probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, effective_bars(build))]
+    cal_records, cal_table = pools["calibration"]
+    fitted = {s.name: curves.choose_knob(s, cal_records, cal_table) for s in systems}
+    out: dict[str, Any] = {"fitted_on": "calibration", "match_ratio": curves.MATCH_RATIO, "n_boot": n_boot, "pools": {}}
+    for pool in ("dev", "confirm"):
+        records, table = pools[pool]
+        scorer = curves.Scorer(records, table, n_boot, 0)
+        t4_q, t4_qb = scorer.quality(["t4"] * len(records))
+        t4_c, t4_cb = scorer.cost(np.asarray([float(table[r["id"]]["t4"]["dollars"]) for r in records]))
+        rows, boots = [], {}
+        for system in systems:
+            knob = fitted[system.name][0]
+            (point,) = curves.replay_system(curves.System(system.name, system.decide, (knob,)), records, table)
+            q, qb = scorer.quality(point.tiers)
+            c, cb = scorer.cost(point.dollars)
+            boots[system.name] = (qb / t4_qb, cb / t4_cb)
+            rows.append({"name": system.name, "knob": knob, "calibration_quality_ratio": fitted[system.name][1]["fit_quality_ratio"],
+                         "quality_ratio": round(q / t4_q, 4), "cost_ratio": round(c / t4_c, 5)})
+        ours_q, ours_c = boots["routenlp"]
+        for row in rows:
+            if row["name"] != "routenlp":
+                peer_q, peer_c = boots[row["name"]]
+                row["quality_minus_routenlp_ci95"] = [round(float(x), 4) for x in np.percentile(peer_q - ours_q, [2.5, 97.5])]
+                row["cost_minus_routenlp_ci95"] = [round(float(x), 5) for x in np.percentile(peer_c - ours_c, [2.5, 97.5])]
+        lam = fitted["routenlp"][0]
+        out["pools"][pool] = {"n": len(records), "systems": rows, "guarantee": guarantee_cells(routing, lam, records, table, probs)}
+    out["routenlp_lambda"] = fitted["routenlp"][0]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from clients import curves
+    from export.calibrate import build_prices
+    from export.pipeline import PortfolioBuild
+    from routenlp.portfolio import load_portfolio
+    from routenlp.table import format_table
+    from routenlp_core.tasks import get_task
+
+    parser = argparse.ArgumentParser(prog="python -m clients.confirm_eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--raw", type=Path, default=None, help="the raw datasets (only to draw a missing confirm split)")
+    parser.add_argument("--per-task", type=int, default=300)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "confirm_eval.json")
+    args = parser.parse_args(argv)
+
+    build = PortfolioBuild(load_portfolio(profile=args.profile), progress=False)
+    prices = build_prices(build)
+    pools = {}
+    for pool in POOLS:
+        records = confirm_split(args.raw, args.per_task) if pool == "confirm" else build.pools.flat(pool)
+        answers = confirm_answers(build, records) if pool == "confirm" else build.load_answers(pool)
+        table = curves.table_from_answers(answers, prices)
+        servable = {task: TIERS if get_task(task).structured else TIERS[1:] for task in {r["task"] for r in records}}
+        pools[pool] = ([r for r in records if all(t in table.get(r["id"], {}) for t in servable[r["task"]])], table)
+    out = evaluate(build, pools, args.bootstrap)
+    out["command"] = "python -m clients.confirm_eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    for pool, entry in out["pools"].items():
+        print(f"\n{pool} ({entry['n']} records), every knob fitted on calibration:")
+        print(format_table([{k: v for k, v in row.items() if k != "quality_minus_routenlp_ci95"} for row in entry["systems"]]))
+        print(f"\nRouteNLP's cascade on {pool} (lambda {out['routenlp_lambda']}): realised regret per (task, tier)")
+        print(format_table(entry["guarantee"]))
+    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
