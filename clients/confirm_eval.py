@@ -8,6 +8,9 @@ confirm split (export/confirm.py: raw records no build step saw): what a user de
 setting would get. Paired bootstrap over records (task-stratified) gives each peer's cost and
 quality difference to RouteNLP.
 
+Oracle agreement: how often the tier that answers is the oracle's (the cheapest tier meeting the
+task's bar, else the best answer); Always-T1 is the constant cheapest-servable rule.
+
 The guarantee table: per (task, tier) cell of RouteNLP's cascade at its fitted lambda, the realised
 mean regret (quality lost by accepting the tier instead of escalating to its target) over the
 requests the router sent to that tier, with its Wilson 95% interval, against the task's alpha.
@@ -86,13 +89,14 @@ def guarantee_cells(routing, lam: float, records, table, probs) -> list[dict[str
 def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict[str, Any]:
     from clients import curves
     from clients.bench import peer_systems, routenlp_systems, utility_routing
-    from export.calibrate import router_pass_probabilities
+    from export.calibrate import oracle_tier, router_pass_probabilities, structured_tasks
     from export.serving_config_builder import effective_bars
 
     routing = utility_routing(build)
     every = [r for records, _ in pools.values() for r in records]
     probs = router_pass_probabilities(build, every)
-    systems = [*routenlp_systems(routing, probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, effective_bars(build))]
+    bars = effective_bars(build)
+    systems = [*routenlp_systems(routing, probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
     cal_records, cal_table = pools["calibration"]
     fitted = {s.name: curves.choose_knob(s, cal_records, cal_table) for s in systems}
     out: dict[str, Any] = {"fitted_on": "calibration", "match_ratio": curves.MATCH_RATIO, "n_boot": n_boot, "pools": {}}
@@ -102,6 +106,8 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
         t4_q, t4_qb = scorer.quality(["t4"] * len(records))
         t4_c, t4_cb = scorer.cost(np.asarray([float(table[r["id"]]["t4"]["dollars"]) for r in records]))
         rows, boots = [], {}
+        # the router's training label: the cheapest tier meeting the bar, else the best answer
+        oracle = [oracle_tier(r["task"], table[r["id"]], bars, structured_tasks()) for r in records]
         for system in systems:
             knob = fitted[system.name][0]
             (point,) = curves.replay_system(curves.System(system.name, system.decide, (knob,)), records, table)
@@ -109,7 +115,8 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
             c, cb = scorer.cost(point.dollars)
             boots[system.name] = (qb / t4_qb, cb / t4_cb)
             rows.append({"name": system.name, "knob": knob, "calibration_quality_ratio": fitted[system.name][1]["fit_quality_ratio"],
-                         "quality_ratio": round(q / t4_q, 4), "cost_ratio": round(c / t4_c, 5)})
+                         "quality_ratio": round(q / t4_q, 4), "cost_ratio": round(c / t4_c, 5),
+                         "oracle_agreement": round(float(np.mean([a == b for a, b in zip(point.tiers, oracle)])), 4)})
         ours_q, ours_c = boots["routenlp"]
         for row in rows:
             if row["name"] != "routenlp":
