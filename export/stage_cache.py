@@ -82,8 +82,12 @@ class StageCache:
         return summary
 
     def _trusted_code_change(self, stamp: Mapping[str, Any] | None, inputs: Mapping[str, Any]) -> list[str] | None:
-        if not self.trust_code or not stamp or "inputs" not in stamp:
+        if not self.trust_code or not stamp:
             return None
+        if "inputs" not in stamp:
+            # a stage of a pack written before stamps recorded their inputs: restore_pack has checked
+            # the pack's portfolio and benchmark against this checkout, so only code can differ
+            return ["(inputs not recorded by this pack stage)"]
         return code_differences(stamp["inputs"], inputs)
 
     def build_seconds(self, name: str) -> float | None:

@@ -120,3 +120,26 @@ def test_answers_are_one_step_per_tier_and_a_changed_tier_relabels_alone(tmp_pat
     keys["t3"] = "k3-changed"
     build.build_answers()
     assert {tier for tier, _ in labelled} == {"t3"}
+
+
+def test_pack_stage_without_recorded_inputs_is_trusted_only_when_restored(tmp_path):
+    """Pack v1's stages predate the inputs record: after restore_pack (trust_code) a checkout whose
+    step code moved must still serve them, not retrain for an hour; an untrusted cache rebuilds."""
+    import json
+
+    calls, logs = [], []
+
+    def build(out):
+        calls.append(out)
+        return {"n": len(calls)}
+
+    inputs = {"step": "s", "profile": {"epochs": 2}, "code": "ab"}
+    StageCache(tmp_path).run("step", inputs, build, log=logs.append)
+    stamp_path = tmp_path / "step" / ".stage.json"
+    stamp = json.loads(stamp_path.read_text())
+    stamp.pop("inputs")
+    stamp_path.write_text(json.dumps(stamp))
+    moved = {**inputs, "code": "moved"}
+    assert StageCache(tmp_path, trust_code=True).run("step", moved, build, log=logs.append) == {"n": 1}
+    assert len(calls) == 1 and "not recorded" in logs[-1]
+    assert StageCache(tmp_path).run("step", moved, build, log=logs.append) == {"n": 2}
