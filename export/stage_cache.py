@@ -41,11 +41,15 @@ def code_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) ->
     """The modules whose code differs between two inputs records, or None when anything other
     than code differs (a setting, the data or an upstream stage: the stage must be rebuilt)."""
     recorded, current = as_json(recorded), as_json(current)
-    code = (CODE_INPUT, CODE_MODULES)
-    if {k: v for k, v in recorded.items() if k not in code} != {k: v for k, v in current.items() if k not in code}:
+
+    def is_code(key: str) -> bool:  # the step's code, its modules, and helper code hashes (grow_code, ...)
+        return key in (CODE_INPUT, CODE_MODULES) or key.endswith("_code")
+
+    if {k: v for k, v in recorded.items() if not is_code(k)} != {k: v for k, v in current.items() if not is_code(k)}:
         return None
     old, new = recorded.get(CODE_MODULES) or {}, current.get(CODE_MODULES) or {}
-    return sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m)) or ["(modules not recorded)"]
+    helpers = sorted(k for k in set(recorded) | set(current) if k.endswith("_code") and recorded.get(k) != current.get(k))
+    return sorted(m for m in set(old) | set(new) if old.get(m) != new.get(m)) + helpers or ["(modules not recorded)"]
 
 
 @dataclass

@@ -143,3 +143,18 @@ def test_pack_stage_without_recorded_inputs_is_trusted_only_when_restored(tmp_pa
     assert StageCache(tmp_path, trust_code=True).run("step", moved, build, log=logs.append) == {"n": 1}
     assert len(calls) == 1 and "not recorded" in logs[-1]
     assert StageCache(tmp_path).run("step", moved, build, log=logs.append) == {"n": 2}
+
+
+def test_helper_code_hashes_count_as_code_for_a_trusted_stage(tmp_path):
+    """T3/T4 stamps hold upcycle_code / grow_code: an edit of those modules is a code change."""
+    calls, logs = [], []
+
+    def build(out):
+        calls.append(out)
+        return {"n": len(calls)}
+
+    inputs = {"step": "decoder", "code": "ab", "code_modules": {"export.decoder": "a"}, "grow_code": "g1", "lr": 0.001}
+    StageCache(tmp_path).run("t4", inputs, build, log=logs.append)
+    assert StageCache(tmp_path, trust_code=True).run("t4", {**inputs, "grow_code": "g2"}, build, log=logs.append) == {"n": 1}
+    assert "grow_code" in logs[-1]
+    assert StageCache(tmp_path, trust_code=True).run("t4", {**inputs, "grow_code": "g2", "lr": 0.01}, build, log=logs.append) == {"n": 2}
