@@ -33,14 +33,9 @@ import numpy as np
 
 from clients.served_eval import ServedAnswer
 from routenlp_core.cascade import TIERS
+from routenlp_core.tasks import servable_tiers as servable
 
 Call = Callable[[Mapping[str, Any], str], ServedAnswer]  # (record, tier) -> a served always-tier answer
-
-
-def servable(task: str) -> tuple[str, ...]:
-    from routenlp_core.tasks import get_task
-
-    return TIERS if get_task(task).structured else TIERS[1:]
 
 
 def cheapest(task: str) -> str:

@@ -99,7 +99,8 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
     systems = [*routenlp_systems(routing, probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
     cal_records, cal_table = pools["calibration"]
     fitted = {s.name: curves.choose_knob(s, cal_records, cal_table) for s in systems}
-    out: dict[str, Any] = {"fitted_on": "calibration", "match_ratio": curves.MATCH_RATIO, "n_boot": n_boot, "pools": {}}
+    lam = fitted["routenlp"][0]
+    out: dict[str, Any] = {"fitted_on": "calibration", "match_ratio": curves.MATCH_RATIO, "n_boot": n_boot, "routenlp_lambda": lam, "pools": {}}
     for pool in ("dev", "confirm"):
         records, table = pools[pool]
         scorer = curves.Scorer(records, table, n_boot, 0)
@@ -123,9 +124,7 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
                 peer_q, peer_c = boots[row["name"]]
                 row["quality_minus_routenlp_ci95"] = [round(float(x), 4) for x in np.percentile(peer_q - ours_q, [2.5, 97.5])]
                 row["cost_minus_routenlp_ci95"] = [round(float(x), 5) for x in np.percentile(peer_c - ours_c, [2.5, 97.5])]
-        lam = fitted["routenlp"][0]
         out["pools"][pool] = {"n": len(records), "systems": rows, "guarantee": guarantee_cells(routing, lam, records, table, probs)}
-    out["routenlp_lambda"] = fitted["routenlp"][0]
     return out
 
 
@@ -135,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.pipeline import PortfolioBuild
     from routenlp.portfolio import load_portfolio
     from routenlp.table import format_table
-    from routenlp_core.tasks import get_task
+    from routenlp_core.tasks import servable_tiers
 
     parser = argparse.ArgumentParser(prog="python -m clients.confirm_eval", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="default")
@@ -152,8 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = confirm_split(args.raw, args.per_task) if pool == "confirm" else build.pools.flat(pool)
         answers = confirm_answers(build, records) if pool == "confirm" else build.load_answers(pool)
         table = curves.table_from_answers(answers, prices)
-        servable = {task: TIERS if get_task(task).structured else TIERS[1:] for task in {r["task"] for r in records}}
-        pools[pool] = ([r for r in records if all(t in table.get(r["id"], {}) for t in servable[r["task"]])], table)
+        pools[pool] = ([r for r in records if all(t in table.get(r["id"], {}) for t in servable_tiers(r["task"]))], table)
     out = evaluate(build, pools, args.bootstrap)
     out["command"] = "python -m clients.confirm_eval " + " ".join(sys.argv[1:] if argv is None else argv)
     for pool, entry in out["pools"].items():

@@ -32,6 +32,7 @@ import numpy as np
 
 from routenlp_core.conformal import U_MAX, crc_delta, min_calibration_size
 from routenlp_core.contract import TIERS
+from routenlp_core.tasks import servable_tiers as servable
 
 MIN_POPULATION = 40
 LAMBDA_GRID = (0.0, *(round(float(x), 4) for x in np.logspace(-2, 2.3, 30)), 1e6)  # 1e6: the cheapest tier
@@ -43,12 +44,6 @@ Probabilities = Mapping[str, Mapping[str, float]]  # id -> tier -> router pass p
 def features(probabilities: Mapping[str, float], t1_u: float | None) -> list[float]:
     """The router's pass probabilities, then T1's confidence (0 where the task has no T1)."""
     return [float(probabilities.get(t, 0.0)) for t in TIERS] + [0.0 if t1_u is None else 1.0 - float(t1_u)]
-
-
-def servable(task: str) -> tuple[str, ...]:
-    from routenlp_core.tasks import get_task
-
-    return TIERS if get_task(task).structured else TIERS[1:]
 
 
 @dataclass

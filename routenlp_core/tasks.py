@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from routenlp_core.contract import TIERS
+
 
 class UnknownTaskError(ValueError):
     """Raised for a task name that is not registered; the message lists the valid ones."""
@@ -46,3 +48,8 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise UnknownTaskError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)}") from None
+
+
+def servable_tiers(task: str) -> tuple[str, ...]:
+    """The tiers that serve a task, cheapest first: T1 heads exist only for the structured tasks."""
+    return TIERS if get_task(task).structured else TIERS[1:]
