@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from routenlp_core.answers import Generation
-from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
+from routenlp_core.cascade import CascadeOutcome, CascadePolicy, Stage, TierResult, TierUnavailable, run_cascade
 from routenlp_core.contract import (
     FIXED_THRESHOLD_POLICY,
     FIXED_TIER_POLICIES,
@@ -52,10 +52,11 @@ from routenlp_core.contract import (
     TIERS,
     RequestError,
 )
-from routenlp_core.serving_config import ServingConfig
+from routenlp_core.serving_config import DEFAULT_GAMMA, ServingConfig
 from routenlp_core.stage_times import activate, span
 from routenlp_core.stage_times import current as current_stage_times
 from routenlp_core.uncertainty import generation_uncertainty
+from routenlp_core.utility import UtilityRule, features
 
 logger = logging.getLogger(__name__)
 
@@ -146,32 +147,43 @@ def router_probabilities(logits: Sequence[float], router_tiers: Sequence[str]) -
 class RouteDecision:
     start: str  # the tier the cascade starts at
     policy: CascadePolicy  # the cascade rules for this one request
-    escalate_above_t1: str | None = None  # cascade-first: the router's pick among the tiers above T1
+    chosen: str | None = None  # the utility's pick (None: no utility rule, or the router was down)
 
 
 def decide_route(
-    task: str, probabilities: Mapping[str, float] | None, allowed: Sequence[str], base: CascadePolicy, gamma: float, cascade_first: bool
+    task: str,
+    probabilities: Mapping[str, float] | None,
+    allowed: Sequence[str],
+    base: CascadePolicy,
+    rule: UtilityRule | None,
+    t1_u: float | None = None,
 ) -> RouteDecision:
-    """Where one request starts and how its cascade runs, from the router's pass probabilities
-    (None: router unavailable, start at the cheapest allowed tier).
+    """Where one request starts and how its cascade runs (plain Python: the BLS and the offline
+    replays of calibration, bench curves and coopt call this same rule).
 
-    Cascade-first (structured tasks, T1 allowed): T1 always answers first; its own confidence
-    1 - u stands in for the router's T1 probability, so T1 is kept when 1 - u >= gamma and u is
-    within its calibrated delta, else the request goes to the router's pick among the tiers above
-    T1 (unless calibration found those no better than T1 where T1 is unsure: escalate_to None).
-    Plain Python: the BLS and the offline replays (calibration, bench curves) call the same rule."""
+    - router down (probabilities None): the cheapest allowed tier, the calibrated cascade above it;
+    - no utility rule (before calibration): the cheapest tier the router predicts to pass at
+      DEFAULT_GAMMA;
+    - else the utility's pick among `allowed` (routenlp_core.utility), fed T1's uncertainty `t1_u`
+      when T1 already answered (structured tasks: T1 answers first); then at most one escalation,
+      to the pick's calibrated target when its u exceeds delta (the target is final). T1's answer
+      is kept only when the pick is T1; otherwise the request continues at the pick.
+    """
     if probabilities is None:
         return RouteDecision(allowed[0], base)
-    if not (cascade_first and allowed[0] == "t1" and len(allowed) > 1):
-        return RouteDecision(cheapest_confident_tier(probabilities, allowed, gamma), base)
-    above = cheapest_confident_tier(probabilities, allowed[1:], gamma)
-    by_tier = dict(base.escalate_to.get(task, {}))
-    if "t1" in by_tier and by_tier["t1"] is None:
-        return RouteDecision("t1", base)  # T1 is final for this task
-    by_tier["t1"] = above
-    thresholds = {t: dict(d) for t, d in base.thresholds.items()}
-    thresholds.setdefault(task, {})["t1"] = min(base.delta(task, "t1"), 1.0 - gamma)
-    return RouteDecision("t1", replace(base, thresholds=thresholds, escalate_to={**base.escalate_to, task: by_tier}), above)
+    if rule is None:
+        return RouteDecision(cheapest_confident_tier(probabilities, allowed, DEFAULT_GAMMA), base)
+    chosen = rule.choose(task, features(probabilities, t1_u), allowed)
+    target = base.escalate_to.get(task, {}).get(chosen)
+    chain: dict[str, str | None] = {chosen: target}
+    if target is not None:
+        chain[target] = None
+    thresholds = base.thresholds
+    start = chosen
+    if t1_u is not None and chosen != "t1":  # T1 answered, the utility prefers a pricier tier
+        chain["t1"], start = chosen, "t1"
+        thresholds = {**thresholds, task: {**thresholds.get(task, {}), "t1": -math.inf}}
+    return RouteDecision(start, replace(base, thresholds=thresholds, escalate_to={**base.escalate_to, task: chain}), chosen)
 
 
 def format_output(task: str, prediction: Any, text: str) -> str:
@@ -217,6 +229,7 @@ class RoutingService:
         self.overlap = overlap
         conformal = config.policy()
         every = {task: {tier: FIXED_THRESHOLD for tier in TIERS[:-1]} for task in config.tasks}
+        self.utility = config.utility()
         self.cascade_policies = {
             ROUTED_POLICY: conformal,
             NO_CASCADE_POLICY: replace(conformal, thresholds={}),  # no threshold: accept
@@ -293,23 +306,38 @@ class RoutingService:
         fixed = FIXED_TIER_POLICIES.get(request.policy)
         base = self.cascade_policy_for(request)
         t1_early = self._t1_early(request, allowed) if fixed is None else None
+        t1_answer: TierResult | None = None
+        t1_error: TierUnavailable | None = None
         if fixed is not None:
             decision, router_info = RouteDecision(fixed, base), {"tier": None, "skipped": f"policy {request.policy}"}
         else:
-            gamma = self.config.gamma(request.task)
             try:
                 logits = self.call_router(request.text, request.task, ROUTER_ABLATION_POLICIES.get(request.policy, ROUTER_MODEL))
                 p = router_probabilities(logits, self.config.router_tiers)
-                decision = decide_route(request.task, p, allowed, base, gamma, request.task in self.config.cascade_first)
-                router_info = {"tier": decision.escalate_above_t1 or decision.start, "p": {t: round(v, 4) for t, v in p.items()}, "gamma": gamma}
             except (TierUnavailable, ValueError) as err:
-                decision = decide_route(request.task, None, allowed, base, gamma, False)
+                p = None
                 router_info = {"tier": None, "error": str(err)}
+            choice = allowed
+            if p is not None and self.utility is not None and self.t1_first(request, allowed):
+                # T1 answers first: its confidence is a feature of the choice
+                try:
+                    t1_answer = t1_early.result() if t1_early is not None else self.call_tier("t1", request.task, request.text)
+                except TierUnavailable as err:
+                    t1_error = err
+                    choice = [t for t in allowed if t != "t1"] or allowed
+            decision = decide_route(request.task, p, choice, base, self.utility, None if t1_answer is None else t1_answer.u)
+            if p is None:
                 notes.append(f"router unavailable: started at {decision.start}")
+            else:
+                router_info = {"tier": decision.chosen or decision.start, "p": {t: round(v, 4) for t, v in p.items()},
+                               **({"gamma": DEFAULT_GAMMA} if self.utility is None else {"lambda": _finite(self.utility.lam)})}
         router_ms = (self.clock() - started) * 1e3
 
-
         def call_tier(tier: str) -> TierResult:
+            if tier == "t1" and (t1_answer is not None or t1_error is not None):
+                if t1_error is not None:
+                    raise t1_error
+                return t1_answer
             if tier == "t1" and t1_early is not None:
                 return t1_early.result()
             return self.call_tier(tier, request.task, request.text)
@@ -323,6 +351,9 @@ class RoutingService:
             clock=self.clock,
         )
         start = decision.start
+        if t1_error is not None and not any(stage.tier == "t1" for stage in outcome.stages):
+            outcome.stages.insert(0, Stage("t1", error=str(t1_error)))  # counted as a fallback
+            notes.append(f"t1 unavailable: started at {start}")
         if outcome.fallback:
             notes.append(outcome.fallback)
         total_ms = (self.clock() - started) * 1e3
@@ -340,8 +371,8 @@ class RoutingService:
         return result
 
     def t1_first(self, request: RouteRequest, allowed: Sequence[str]) -> bool:
-        """Whether the cascade starts at T1 whatever the router says: T1 is the only tier allowed, or
-        the task is cascade-first with T1 allowed (decide_route)."""
+        """Whether T1 answers first whatever the router says: T1 is the only tier allowed, or the task
+        is cascade-first (calibration: the structured tasks) with T1 allowed (decide_route)."""
         return allowed[0] == "t1" and (len(allowed) == 1 or request.task in self.config.cascade_first)
 
     def _t1_early(self, request: RouteRequest, allowed: Sequence[str]) -> Future | None:

@@ -166,7 +166,7 @@ def guarantee_rows(build, config, records, table) -> list[dict[str, Any]]:
     rules = rules_from_calibration(config.thresholds, config.calibration)
     alphas = {**task_alphas(build, None), **(config.calibration.get("alpha") if isinstance(config.calibration.get("alpha"), Mapping) else {})}
     usable = [r for r in records if all(t in table.get(r["id"], {}) for t in bl.servable(r["task"]))]
-    probs = router_pass_probabilities(build, usable) if rules.gamma else None
+    probs = router_pass_probabilities(build, usable) if rules.utility else None
     cells, _ = check_pool("bench", usable, table, probs, rules, build_prices(build), structured_tasks(), alphas, dict(config.bars))
     return [cell.as_table_row() for cell in cells]
 

@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from routenlp_core.contract import TIERS
-from routenlp_core.paths import BENCHMARK_DIR, REPO_ROOT, RESULTS_DIR
+from routenlp_core.paths import REPO_ROOT, RESULTS_DIR
 
-CONFIRM_RECORDS = BENCHMARK_DIR / "confirm.jsonl"  # committed: a clone without ../shared can rescore
 POOLS = ("calibration", "dev", "confirm")
 
 
@@ -50,15 +49,15 @@ def confirm_answers(build, records: Sequence[Mapping[str, Any]]) -> dict[str, di
 
 
 def confirm_split(raw: Path | None, per_task: int) -> list[dict[str, Any]]:
-    from export.confirm import confirm_records
-    from routenlp.data.records import load_records
+    from export.confirm import confirm_records, confirm_records_path, load_confirm_records
 
-    if not CONFIRM_RECORDS.exists():
+    path = confirm_records_path()  # committed: a clone without ../shared can rescore
+    if not path.exists():
         if raw is None:
-            raise SystemExit(f"{CONFIRM_RECORDS} is missing: pass --raw (the raw datasets) to draw it")
+            raise SystemExit(f"{path} is missing: pass --raw (the raw datasets) to draw it")
         records = confirm_records(raw, per_task)
-        CONFIRM_RECORDS.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
-    return list(load_records(CONFIRM_RECORDS))
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
+    return load_confirm_records()
 
 
 def guarantee_cells(routing, lam: float, records, table, probs) -> list[dict[str, Any]]:

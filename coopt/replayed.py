@@ -63,7 +63,7 @@ class ReplayedLoop(CooptLoop):
             return [_fixed(answers[r["id"]][tier], tier, prices[tier]) for r in records]
         rules = self.rules(build)
         with torch_threads(1):
-            probs = router_pass_probabilities(build, records) if rules.gamma else None
+            probs = router_pass_probabilities(build, records) if rules.utility else None
         out = []
         for record in records:
             outcome = replay(record, answers, probs, rules, prices, structured_tasks()).outcome

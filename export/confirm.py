@@ -70,11 +70,14 @@ def label_records(build, records: Sequence[Mapping[str, Any]], tiers: Sequence[s
     return rows
 
 
-def records_path(build) -> Path:
-    return build.root / CONFIRM_POOL / "records.jsonl"
-
-
-def load_confirm_records(build) -> list[dict[str, Any]]:
+def load_confirm_records() -> list[dict[str, Any]]:
+    """The committed confirm split (benchmark/confirm.jsonl; clients.confirm_eval draws it once)."""
     from routenlp.data.records import load_records
 
-    return list(load_records(records_path(build)))
+    return list(load_records(confirm_records_path()))
+
+
+def confirm_records_path() -> Path:
+    from routenlp_core.paths import BENCHMARK_DIR
+
+    return BENCHMARK_DIR / "confirm.jsonl"

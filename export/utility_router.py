@@ -1,5 +1,6 @@
-"""RouteNLP's cost-aware decision: per request the tier with the highest predicted quality minus
-lambda x its expected price, then a cascade step whose acceptance threshold carries the guarantee.
+"""Fitting RouteNLP's cost-aware decision: per request the tier with the highest predicted quality
+minus lambda x its expected price (applied by routenlp_core.utility, served by bls_router.service.
+decide_route), then a cascade step whose acceptance threshold carries the guarantee.
 
 Why a utility and not "cheapest tier with P(pass) >= gamma per task": the reported quality is a
 macro mean over tasks and the cost a macro mean of dollars, so one lambda for all tasks spends where
@@ -30,20 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from routenlp_core.cascade import CascadePolicy, TierResult, TierUnavailable, run_cascade
 from routenlp_core.conformal import U_MAX, crc_delta, min_calibration_size
-from routenlp_core.contract import TIERS
 from routenlp_core.tasks import servable_tiers as servable
+from routenlp_core.utility import UtilityRule, choose_tier, features
 
 MIN_POPULATION = 40
+SPLIT_SEED = 0  # the calibration pool's split into a fit half and a certify half
 LAMBDA_GRID = (0.0, *(round(float(x), 4) for x in np.logspace(-2, 2.3, 30)), 1e6)  # 1e6: the cheapest tier
 
 Answers = Mapping[str, Mapping[str, Mapping[str, Any]]]  # id -> tier -> {u, quality, prediction, tokens}
 Probabilities = Mapping[str, Mapping[str, float]]  # id -> tier -> router pass probability
-
-
-def features(probabilities: Mapping[str, float], t1_u: float | None) -> list[float]:
-    """The router's pass probabilities, then T1's confidence (0 where the task has no T1)."""
-    return [float(probabilities.get(t, 0.0)) for t in TIERS] + [0.0 if t1_u is None else 1.0 - float(t1_u)]
 
 
 @dataclass
@@ -53,16 +51,11 @@ class QualityModel:
     weights: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # task -> tier -> [intercept, *coef]
     price: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> tier -> dollars / macro T4 dollars
 
-    def predict(self, task: str, x: Sequence[float]) -> dict[str, float]:
-        return {tier: w[0] + float(np.dot(w[1:], x)) for tier, w in self.weights[task].items()}
-
     def choose(self, task: str, x: Sequence[float], lam: float) -> str:
-        """argmax q_hat - lam x price (ties: the cheaper); lam = inf: the cheapest tier."""
-        tiers = list(self.weights[task])
-        if math.isinf(lam):
-            return tiers[0]
-        q = self.predict(task, x)
-        return max(tiers, key=lambda t: (q[t] - lam * self.price[task][t], -TIERS.index(t)))
+        return choose_tier(self.weights[task], self.price[task], x, lam)
+
+    def rule(self, lam: float) -> UtilityRule:
+        return UtilityRule(lam, self.weights, self.price)
 
 
 def record_features(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], probs: Probabilities) -> list[float]:
@@ -99,10 +92,8 @@ class Cascade:
     target: dict[str, dict[str, str | None]] = field(default_factory=dict)
     fit: dict[str, dict[str, dict]] = field(default_factory=dict)  # what each cell rests on
 
-    def calls(self, task: str, chosen: str, u: float) -> list[str]:
-        """The tiers answering after the router chose `chosen` (its u known): it, then maybe its target."""
-        target = self.target.get(task, {}).get(chosen)
-        return [chosen] if target is None or u <= self.delta[task][chosen] else [chosen, target]
+    def policy(self, prices: Mapping[str, float], structured: frozenset[str]) -> CascadePolicy:
+        return CascadePolicy(thresholds=self.delta, prices=prices, structured_tasks=structured, escalate_to=self.target)
 
 
 def _task_score(task: str, records, answers: Answers, tiers: Sequence[str]) -> float:
@@ -141,29 +132,77 @@ def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alph
     return cascade
 
 
-def route(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], probs: Probabilities, model: QualityModel, lam: float,
-          cascade: Cascade | None) -> list[str]:
-    """The tiers called for one record, in order (the last answers): T1 first on structured tasks
-    (its confidence is a feature), the utility's choice, then the cascade's escalation if any."""
+def replay_route(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], probs: Probabilities | None, rule: UtilityRule | None,
+                 policy: CascadePolicy) -> list[str]:
+    """The tiers called for one record, in order (the last answers), by the served decision
+    (bls_router.service.decide_route + run_cascade) over its recorded answers: T1 first on
+    structured tasks (its confidence is a feature), the utility's choice, then at most one escalation."""
+    from bls_router.service import decide_route
+
     task = record["task"]
-    chosen = model.choose(task, record_features(record, rows, probs), lam)
-    first = ["t1"] if "t1" in servable(task) and chosen != "t1" else []
-    tail = [chosen] if cascade is None else cascade.calls(task, chosen, float(rows[chosen]["u"]))
-    return first + tail
+    allowed = [t for t in servable(task) if t in rows]
+    p = None if probs is None else probs.get(record["id"])
+    t1_u = float(rows["t1"]["u"]) if allowed[0] == "t1" and p is not None and rule is not None else None
+    decision = decide_route(task, p, allowed, policy, rule, t1_u)
+
+    def call(tier: str) -> TierResult:
+        if tier not in rows:
+            raise TierUnavailable(f"{tier}: no recorded answer")
+        return TierResult(rows[tier]["prediction"], float(rows[tier]["u"]), int(rows[tier].get("tokens", 0)))
+
+    return [stage.tier for stage in run_cascade(task, decision.start, call, decision.policy).stages if stage.u is not None]
+
+
+def split_halves(records: Sequence[Mapping[str, Any]], seed: int = SPLIT_SEED) -> tuple[list, list]:
+    """Per task a seeded random half of the records, and the rest."""
+    rng = np.random.default_rng(seed)
+    fit, certify = [], []
+    for task in sorted({r["task"] for r in records}):
+        rs = [r for r in records if r["task"] == task]
+        order = rng.permutation(len(rs))
+        fit += [rs[i] for i in order[: len(rs) // 2]]
+        certify += [rs[i] for i in order[len(rs) // 2:]]
+    return fit, certify
 
 
 class UtilityRouting:
-    """The quality model and, per lambda, the cascade calibrated on the calibration records that
-    lambda routes to each tier (memoised: a sweep asks for many lambdas)."""
+    """The quality model and lambda fitted on one half of the calibration records, and per lambda
+    the cascade certified on the other half: the records lambda routes to each tier there
+    (memoised: a sweep asks for many lambdas).
 
-    def __init__(self, records, answers: Answers, probs: Probabilities, prices: Mapping[str, float], alphas: Mapping[str, float]) -> None:
+    Why two halves: conformal risk control holds for a population drawn independently of the
+    threshold's data; a routing rule fitted on the same records picks, for each tier, the records
+    where that tier happened to do well, and the certified regret then ran above alpha on fresh
+    data (tests/unit/test_calibrate.py measures both)."""
+
+    def __init__(self, records, answers: Answers, probs: Probabilities, prices: Mapping[str, float], alphas: Mapping[str, float],
+                 split: bool = True) -> None:
         self.records = [r for r in records if r["id"] in answers and r["id"] in probs and all(t in answers[r["id"]] for t in servable(r["task"]))]
-        self.answers, self.probs, self.alphas = answers, probs, alphas
-        self.model = fit_quality_model(self.records, answers, probs, prices)
+        self.answers, self.probs, self.alphas, self.prices = answers, probs, alphas, prices
+        self.structured = frozenset(task for task in {r["task"] for r in self.records} if servable(task)[0] == "t1")
+        self.fit_records, self.certify_records = split_halves(self.records) if split else (self.records, self.records)
+        self.model = fit_quality_model(self.fit_records, answers, probs, prices)
         self._cascades: dict[float, Cascade] = {}
 
     def cascade(self, lam: float) -> Cascade:
         if lam not in self._cascades:
-            chosen = {r["id"]: self.model.choose(r["task"], record_features(r, self.answers[r["id"]], self.probs), lam) for r in self.records}
-            self._cascades[lam] = calibrate_cascade(self.records, self.answers, chosen, self.alphas)
+            rs = self.certify_records
+            chosen = {r["id"]: self.model.choose(r["task"], record_features(r, self.answers[r["id"]], self.probs), lam) for r in rs}
+            self._cascades[lam] = calibrate_cascade(rs, self.answers, chosen, self.alphas)
         return self._cascades[lam]
+
+    def policy(self, lam: float, cascade: bool = True) -> CascadePolicy:
+        """The served cascade rules at `lam` (cascade False: the chosen tier's answer is final)."""
+        fitted = self.cascade(lam).policy(self.prices, self.structured)
+        return fitted if cascade else CascadePolicy({}, self.prices, self.structured, {})
+
+    def route(self, record, rows, probs: Probabilities, lam: float, cascade: bool = True) -> list[str]:
+        return replay_route(record, rows, probs, self.model.rule(lam), self.policy(lam, cascade))
+
+    def fit_lambda(self, ratio: float) -> tuple[float, dict]:
+        """The operating point a deployment serves: the cheapest lambda whose quality on the fit
+        half is >= ratio x Always-T4's there (export.operating_point.choose_knob)."""
+        from export.operating_point import System, choose_knob, table_from_answers
+
+        system = System("routenlp", lambda record, rows, knob: self.route(record, rows, self.probs, knob), LAMBDA_GRID)
+        return choose_knob(system, self.fit_records, table_from_answers(self.answers, self.prices), ratio)

@@ -29,6 +29,7 @@ from typing import Any
 from routenlp_core.atomic import atomic_write_text
 from routenlp_core.cascade import CascadePolicy
 from routenlp_core.contract import TARGETS, TIERS
+from routenlp_core.utility import UtilityRule
 
 SERVING_CONFIG_FILE = "serving_config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -105,7 +106,7 @@ class ServingConfig:
     max_text_bytes: int
     t4: T4Settings
     tier_timeout_s: float = DEFAULT_TIER_TIMEOUT_S
-    # alpha per task, gamma per task, cascade_first tasks, escalate_to, and what each cell rests on
+    # alpha per task, the utility (lambda, weights, prices), cascade_first tasks, escalate_to, and what each cell rests on
     calibration: Mapping[str, Any] = field(default_factory=dict)
     router_models: tuple[str, ...] = ()  # router ablations in this repository version (their POLICY)
 
@@ -113,14 +114,15 @@ class ServingConfig:
         escalate_to = self.calibration.get("escalate_to") or {}
         return CascadePolicy(thresholds=self.thresholds, prices=self.prices, structured_tasks=frozenset(self.structured_tasks), escalate_to=escalate_to)
 
-    def gamma(self, task: str) -> float:
-        """The router's confidence level for `task`: the cheapest tier predicted to meet the bar
-        with probability >= gamma answers (calibration fits it; 0.5 before any calibration)."""
-        return float((self.calibration.get("gamma") or {}).get(task, DEFAULT_GAMMA))
+    def utility(self) -> UtilityRule | None:
+        """RouteNLP's cost-aware choice of tier (calibration.utility: lambda, weights, prices);
+        None before calibration, when the router's cheapest tier passing at DEFAULT_GAMMA starts."""
+        data = self.calibration.get("utility")
+        return None if not data else UtilityRule.from_json(data)
 
     @property
     def cascade_first(self) -> frozenset[str]:
-        """Tasks where T1 always answers first and its own confidence replaces the router's."""
+        """Tasks where T1 always answers first (its confidence is a feature of the choice)."""
         return frozenset(self.calibration.get("cascade_first") or ())
 
     def with_thresholds(self, thresholds: Mapping[str, Mapping[str, float]], calibration: Mapping[str, Any]) -> "ServingConfig":
@@ -246,9 +248,14 @@ def validate(config: ServingConfig, where: str = SERVING_CONFIG_FILE) -> None:
         for tier, target in by_tier.items():
             if tier not in TIERS or (target is not None and (target not in TIERS or TIERS.index(target) <= TIERS.index(tier))):
                 fail(f"calibration.escalate_to.{task}.{tier} = {target!r}: escalation goes from a tier to a pricier one")
-    for task, gamma in (config.calibration.get("gamma") or {}).items():
-        if task not in config.tasks or not 0.0 <= float(gamma) <= 1.0:
-            fail(f"calibration.gamma.{task} = {gamma!r}: a registered task and a probability in [0, 1]")
+    if config.calibration.get("utility"):
+        try:
+            rule = config.utility()
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            fail(f"calibration.utility: {err}")
+        for task in config.tasks:
+            if not rule.serves(task):
+                fail(f"calibration.utility has no weights for task {task!r}")
     for task in config.calibration.get("cascade_first") or ():
         if task not in config.structured_tasks:
             fail(f"calibration.cascade_first names {task!r}, which has no T1 head")

@@ -1,4 +1,4 @@
-"""`routenlp calibrate`: the router's gamma and the cascade's conformal thresholds per (task, tier)
+"""`routenlp calibrate`: the cost-aware utility's lambda and the cascade's conformal thresholds per (task, tier)
 -> a new version of the routenlp BLS.
 
 Reads the build's calibration answers (no training: run `routenlp export` first), fits the rules
@@ -17,7 +17,7 @@ from routenlp_core.paths import MODEL_REPOSITORY_DIR, RESULTS_DIR
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("calibrate", help="router gamma and conformal escalation thresholds per task and tier; writes a new routenlp BLS version")
+    parser = sub.add_parser("calibrate", help="the utility's lambda and conformal escalation thresholds per task and tier; writes a new routenlp BLS version")
     parser.add_argument("--profile", default="default", help="build profile in the portfolio file (tiny, default)")
     parser.add_argument("--portfolio", type=Path, default=None, help="portfolio TOML (default: the embedded one)")
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY_DIR, help="model repository holding the routenlp model")
@@ -54,7 +54,7 @@ def run(args) -> int:
         print(format_table([{"task": task, **{k: str(v if not isinstance(v, float) else round(v, 5)) for k, v in row.items()}} for task, row in summary.items()]))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
-        "promise": PROMISE, "alpha": calibration["alpha"], "gamma": calibration["gamma"], "bars": bars,
+        "promise": PROMISE, "alpha": calibration["alpha"], "lambda_fit": calibration.get("lambda_fit"), "bars": bars,
         "rows": [cell.as_table_row() for cell in cells], "systems": summaries, "cells_calibration": calibration["cells"],
     }, indent=2) + "\n")
     print(f"\nwrote {args.results}")

@@ -35,14 +35,20 @@ def _table(answers):
 
 
 def test_cells_cover_the_routed_non_final_tiers_and_hold_alpha_on_fresh_draws():
-    records, answers, probs = _pool(0)
-    routing = UtilityRouting(records, answers, probs, PRICES, {"cs_intent": 0.05})
-    fresh, fresh_answers, fresh_probs = _pool(1)
-    lam = 1e6  # the cheapest tier first: every request starts at T1, whose answers are half wrong when unsure
-    cells = guarantee_cells(routing, lam, fresh, _table(fresh_answers), {**probs, **fresh_probs})
-    assert [(c["task"], c["tier"]) for c in cells] == [("cs_intent", "t1")]
-    (cell,) = cells
-    assert cell["n"] == len(fresh) and cell["target"] in ("t3", "t4")
-    assert 0.0 <= cell["wilson95"][0] <= cell["regret"] <= cell["wilson95"][1] <= 1.0
-    # accepting only T1's sure answers keeps the realised regret near alpha, far below T1's 40% error rate
-    assert cell["regret"] < 0.12 and cell["status"] in ("ok", "above alpha (within CI)")
+    """Four calibration draws, each checked on a fresh draw: the cells are the routed tiers with a
+    target, and the realised regret averages alpha up to noise (one draw of 400 certified on a
+    200-record half varies by about +-0.02), far below T1's 40% error rate."""
+    regrets = []
+    for seed in range(4):
+        records, answers, probs = _pool(2 * seed)
+        routing = UtilityRouting(records, answers, probs, PRICES, {"cs_intent": 0.05})
+        fresh, fresh_answers, fresh_probs = _pool(2 * seed + 1)
+        lam = 1e6  # the cheapest tier first: every request starts at T1, whose answers are half wrong when unsure
+        cells = guarantee_cells(routing, lam, fresh, _table(fresh_answers), {**probs, **fresh_probs})
+        assert [(c["task"], c["tier"]) for c in cells] == [("cs_intent", "t1")]
+        (cell,) = cells
+        assert cell["n"] == len(fresh) and cell["target"] in ("t3", "t4")
+        assert 0.0 <= cell["wilson95"][0] <= cell["regret"] <= cell["wilson95"][1] <= 1.0
+        assert cell["regret"] < 0.12
+        regrets.append(cell["regret"])
+    assert np.mean(regrets) <= 0.05 + 0.015

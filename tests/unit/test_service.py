@@ -7,6 +7,7 @@ import json
 import math
 import string
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -166,40 +167,65 @@ def test_router_probabilities_are_one_sigmoid_per_tier_in_the_routers_order():
         router_probabilities([1.0, 2.0, 3.0], ("t1", "t2", "t3", "t4"))
 
 
-def test_cascade_first_keeps_t1_only_when_its_own_confidence_reaches_gamma():
-    policy = make_config().policy()
-    p = {"t1": 0.99, "t2": 0.2, "t3": 0.7, "t4": 0.9}
-    decision = decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, 0.6, cascade_first=True)
-    # T1 answers first whatever the router says about it; it escalates to the router's pick above T1
-    assert decision.start == "t1" and decision.escalate_above_t1 == "t3"
-    assert decision.policy.delta("legal_risk", "t1") == pytest.approx(0.3)  # min(calibrated 0.3, 1 - 0.6)
-    assert decision.policy.next_tier("legal_risk", "t1", ["t2", "t3", "t4"]) == "t3"
-    strict = decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, 0.9, cascade_first=True)
-    assert strict.policy.delta("legal_risk", "t1") == pytest.approx(0.1)  # 1 - u must reach gamma 0.9
-    # the base policy is not changed for other requests
-    assert policy.delta("legal_risk", "t1") == 0.3 and "legal_risk" not in policy.escalate_to
-    # calibration found no tier above T1 better where T1 is unsure: T1 is final
-    final = make_config(calibration={"escalate_to": {"legal_risk": {"t1": None}}}).policy()
-    assert decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], final, 0.9, True).policy is final
-    # without cascade-first, or with the router down, the plain rule / the cheapest tier
-    assert decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, 0.6, cascade_first=False).start == "t1"
-    assert decide_route("legal_risk", None, ["t2", "t3"], policy, 0.6, cascade_first=True).start == "t2"
+def utility_calibration(lam: float = 0.5, **extra) -> dict:
+    """A calibrated config's utility: q_hat(T1) = T1's confidence, q_hat(T2..T4) = 0.2/0.5/0.9 plus
+    the router's T3 probability for T3; prices in cost-ratio units."""
+    zero = [0.0] * 5
+    by_tier = {"t1": [0.0, *zero[:4], 1.0], "t2": [0.2, *zero], "t3": [0.5, 0.0, 0.0, 0.3, 0.0, 0.0], "t4": [0.9, *zero]}
+    price = {"t1": 0.001, "t2": 0.01, "t3": 0.1, "t4": 1.0}
+    weights = {task: {t: list(w) for t, w in by_tier.items() if task in STRUCTURED or t != "t1"} for task in TASKS}
+    utility = {"lambda": lam, "weights": weights, "price": {task: {t: price[t] for t in weights[task]} for task in TASKS}}
+    return {"utility": utility, "cascade_first": list(STRUCTURED), **extra}
 
 
-def test_service_routes_cascade_first_tasks_through_t1_and_its_confidence():
-    config = make_config(calibration={"gamma": {"legal_risk": 0.8}, "cascade_first": ["legal_risk"]})
-    # the router would pick T1 (p 0.88), but T1's own confidence is 1 - 0.25 = 0.75 < gamma 0.8
-    fake = FakeTiers(u={"t1": 0.25, "t3": 0.1}, logits=(2.0, -2.0, 2.0, 2.0))
+def test_the_utility_picks_the_tier_and_the_cascade_escalates_once():
+    config = make_config(calibration=utility_calibration(escalate_to={"legal_risk": {"t1": "t4", "t2": "t3", "t3": "t4"}}))
+    policy, rule = config.policy(), config.utility()
+    p = {"t1": 0.5, "t2": 0.5, "t3": 0.5, "t4": 0.5}
+    # T1 sure (u 0.1): q_hat 0.9 - 0.0005 beats T4's 0.9 - 0.5; T1 is picked and may escalate to T4 only
+    sure = decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, rule, t1_u=0.1)
+    assert sure.start == "t1" and sure.chosen == "t1" and sure.policy.escalate_to["legal_risk"] == {"t1": "t4", "t4": None}
+    # T1 unsure (u 0.8): T3 (0.5 + 0.3 x 0.5 - 0.05 = 0.6) wins; T1's answer is dropped, T3 escalates once to T4
+    unsure = decide_route("legal_risk", p, ["t1", "t2", "t3", "t4"], policy, rule, t1_u=0.8)
+    assert unsure.start == "t1" and unsure.chosen == "t3"
+    assert unsure.policy.delta("legal_risk", "t1") == -math.inf and unsure.policy.escalate_to["legal_risk"] == {"t1": "t3", "t3": "t4", "t4": None}
+    assert policy.delta("legal_risk", "t1") == 0.3 and policy.escalate_to["legal_risk"]["t3"] == "t4"  # the base is untouched
+    # MAX_TIER t2: the pick is among the allowed tiers only; a generation task has no T1 answer
+    assert decide_route("legal_risk", p, ["t1", "t2"], policy, rule, t1_u=0.9).chosen == "t2"
+    assert decide_route("cs_response", p, ["t2", "t3", "t4"], policy, rule).start == "t3"
+    # a price-blind lambda picks the best predicted tier, an infinite one the cheapest
+    assert decide_route("cs_response", p, ["t2", "t3", "t4"], policy, replace(rule, lam=0.0)).start == "t4"
+    assert decide_route("cs_response", p, ["t2", "t3", "t4"], policy, replace(rule, lam=math.inf)).start == "t2"
+    # the router down: the cheapest allowed tier; no utility (uncalibrated): the router's pick at gamma 0.5
+    assert decide_route("legal_risk", None, ["t2", "t3"], policy, rule).start == "t2"
+    assert decide_route("legal_risk", {**p, "t2": 0.6}, ["t2", "t3", "t4"], policy, None).start == "t2"
+
+
+def test_service_routes_structured_tasks_through_t1_and_its_confidence():
+    config = make_config(calibration=utility_calibration(escalate_to={"legal_risk": {"t1": "t4", "t3": "t4"}}))
+    # T1 unsure (u 0.8): the utility picks T3 (the router's T3 probability 0.88 adds 0.26)
+    fake = FakeTiers(u={"t1": 0.8, "t3": 0.1}, logits=(2.0, -2.0, 2.0, 2.0))
     result = RoutingService(config, fake.router, fake.tier).handle(b"is this clause fair", b"legal_risk")
-    assert fake.calls == ["t1", "t3"] and result.metadata["tier"] == "t3"
-    assert result.metadata["router"]["gamma"] == 0.8 and result.metadata["router"]["tier"] == "t3"
-    assert result.record["thresholds"]["t1"] == pytest.approx(0.2)
-    confident = FakeTiers(u={"t1": 0.15}, logits=(2.0, -2.0, 2.0, 2.0))
+    assert fake.calls == ["t1", "t3"] and result.metadata["tier"] == "t3" and result.metadata["path"] == ["t1", "t3"]
+    assert result.metadata["router"]["lambda"] == 0.5 and result.metadata["router"]["tier"] == "t3"
+    assert result.record["thresholds"]["t1"] is None  # T1's answer was not the pick: never accepted
+    confident = FakeTiers(u={"t1": 0.05}, logits=(2.0, -2.0, 2.0, 2.0))
     assert RoutingService(config, confident.router, confident.tier).handle(b"is this clause fair", b"legal_risk").metadata["tier"] == "t1"
+    # T1 down: the pick among the tiers above it; the failure is a counted fallback, not lost
+    down = FakeTiers(down={"t1"}, logits=(2.0, -2.0, 2.0, 2.0))
+    result = RoutingService(config, down.router, down.tier).handle(b"is this clause fair", b"legal_risk")
+    assert result.metadata["tier"] == "t3" and "t1 unavailable" in result.metadata["fallback"]
+    assert result.counters()["fallbacks"] == [("legal_risk", "t1", 1.0)]
     with pytest.raises(ServingConfigError, match="cascade_first names 'cs_response'"):
         validate_config(make_config(calibration={"cascade_first": ["cs_response"]}))
-    with pytest.raises(ServingConfigError, match="calibration.gamma.fin_ner"):
-        validate_config(make_config(calibration={"gamma": {"fin_ner": 1.5}}))
+    broken = utility_calibration()
+    broken["utility"]["weights"]["fin_ner"]["t2"] = [0.1, 0.2]
+    with pytest.raises(ServingConfigError, match=r"calibration.utility: weights.fin_ner.t2: a tier of t1, t2, t3, t4 with 6 finite numbers"):
+        validate_config(make_config(calibration=broken))
+    missing = utility_calibration()
+    del missing["utility"]["weights"]["cs_response"]
+    with pytest.raises(ServingConfigError, match="calibration.utility has no weights for task 'cs_response'"):
+        validate_config(make_config(calibration=missing))
 
 
 def test_generation_task_never_starts_at_t1_even_if_the_router_says_so():
@@ -589,7 +615,7 @@ def test_overlap_runs_t1_beside_the_router_and_changes_no_decision():
     cases = [("legal_risk", "t1", {"t1": 0.1}), ("legal_risk", "t4", {"t1": 0.9}), ("cs_intent", "t4", {"t1": 0.05})]
     with ThreadPoolExecutor(2) as pool:
         for task, max_tier, u in cases:
-            config = make_config(calibration={"gamma": {"legal_risk": 0.8, "cs_intent": 0.8}, "cascade_first": ["legal_risk", "cs_intent"]})
+            config = make_config(calibration=utility_calibration())
             plain = service(FakeTiers(u=u, logits=(0.0, 3.0, 0.0, 0.0)), config).handle("text", task, max_tier, "r")
             fake = Overlapping(u=u, logits=(0.0, 3.0, 0.0, 0.0))
             overlapped = service(fake, config, overlap=pool).handle("text", task, max_tier, "r")
