@@ -37,7 +37,8 @@ from routenlp_core.tasks import servable_tiers as servable
 from routenlp_core.utility import UtilityRule, choose_tier, features
 
 MIN_POPULATION = 40
-SPLIT_SEED = 0  # the calibration pool's split into a fit half and a certify half
+SPLIT_SEED = 0  # the calibration pool's split into a fit part and a certify part
+CERTIFY_SHARE = 2 / 3  # conformal needs the larger share: its threshold is a tail quantile
 LAMBDA_GRID = (0.0, *(round(float(x), 4) for x in np.logspace(-2, 2.3, 30)), 1e6)  # 1e6: the cheapest tier
 
 Answers = Mapping[str, Mapping[str, Mapping[str, Any]]]  # id -> tier -> {u, quality, prediction, tokens}
@@ -153,24 +154,25 @@ def replay_route(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]
     return [stage.tier for stage in run_cascade(task, decision.start, call, decision.policy).stages if stage.u is not None]
 
 
-def split_halves(records: Sequence[Mapping[str, Any]], seed: int = SPLIT_SEED) -> tuple[list, list]:
-    """Per task a seeded random half of the records, and the rest."""
+def split_fit_certify(records: Sequence[Mapping[str, Any]], seed: int = SPLIT_SEED) -> tuple[list, list]:
+    """Per task a seeded random (1 - CERTIFY_SHARE) of the records to fit on, and the rest to certify on."""
     rng = np.random.default_rng(seed)
     fit, certify = [], []
     for task in sorted({r["task"] for r in records}):
         rs = [r for r in records if r["task"] == task]
         order = rng.permutation(len(rs))
-        fit += [rs[i] for i in order[: len(rs) // 2]]
-        certify += [rs[i] for i in order[len(rs) // 2:]]
+        cut = round(len(rs) * (1.0 - CERTIFY_SHARE))
+        fit += [rs[i] for i in order[:cut]]
+        certify += [rs[i] for i in order[cut:]]
     return fit, certify
 
 
 class UtilityRouting:
-    """The quality model and lambda fitted on one half of the calibration records, and per lambda
-    the cascade certified on the other half: the records lambda routes to each tier there
+    """The quality model and lambda fitted on a third of the calibration records, and per lambda
+    the cascade certified on the other two thirds: the records lambda routes to each tier there
     (memoised: a sweep asks for many lambdas).
 
-    Why two halves: conformal risk control holds for a population drawn independently of the
+    Why two parts: conformal risk control holds for a population drawn independently of the
     threshold's data; a routing rule fitted on the same records picks, for each tier, the records
     where that tier happened to do well, and the certified regret then ran above alpha on fresh
     data (tests/unit/test_calibrate.py measures both)."""
@@ -180,7 +182,7 @@ class UtilityRouting:
         self.records = [r for r in records if r["id"] in answers and r["id"] in probs and all(t in answers[r["id"]] for t in servable(r["task"]))]
         self.answers, self.probs, self.alphas, self.prices = answers, probs, alphas, prices
         self.structured = frozenset(task for task in {r["task"] for r in self.records} if servable(task)[0] == "t1")
-        self.fit_records, self.certify_records = split_halves(self.records) if split else (self.records, self.records)
+        self.fit_records, self.certify_records = split_fit_certify(self.records) if split else (self.records, self.records)
         self.model = fit_quality_model(self.fit_records, answers, probs, prices)
         self._cascades: dict[float, Cascade] = {}
 
@@ -201,7 +203,7 @@ class UtilityRouting:
 
     def fit_lambda(self, ratio: float) -> tuple[float, dict]:
         """The operating point a deployment serves: the cheapest lambda whose quality on the fit
-        half is >= ratio x Always-T4's there (export.operating_point.choose_knob)."""
+        part is >= ratio x Always-T4's there (export.operating_point.choose_knob)."""
         from export.operating_point import System, choose_knob, table_from_answers
 
         system = System("routenlp", lambda record, rows, knob: self.route(record, rows, self.probs, knob), LAMBDA_GRID)

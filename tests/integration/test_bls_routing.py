@@ -149,14 +149,17 @@ def test_one_dev_request_per_task(stack):
             assert meta["request_id"] == request_id
             assert meta["repository_version"] == stack.version and meta["bls_version"] == "1"
             assert meta["fallback"] is None and meta["errors"] == {}, meta
-            # one pass probability per tier; structured tasks are cascade-first: T1 answers first and
-            # the router's pick is where T1 escalates to (the cheapest tier above it predicted to pass)
-            assert all(0.0 <= p <= 1.0 for p in meta["router"]["p"].values()) and meta["router"]["gamma"] == config.gamma(task)
+            # one pass probability per tier and the utility's lambda; structured tasks: T1 answers first
+            # (its confidence is a feature) and the utility's pick answers, or its one escalation target
+            rule = config.utility()
+            assert all(0.0 <= p <= 1.0 for p in meta["router"]["p"].values())
+            assert meta["router"]["lambda"] == (None if rule is None or math.isinf(rule.lam) else rule.lam)
             if task in config.cascade_first:
-                t1_final = config.policy().escalate_to.get(task, {}).get("t1", "") is None  # nothing above T1 is better
-                assert meta["start_tier"] == "t1" and (meta["router"]["tier"] == "t1" if t1_final else meta["router"]["tier"] in ("t2", "t3", "t4"))
+                assert meta["start_tier"] == "t1" and meta["path"][0] == "t1"
+                assert meta["path"][1:2] in ([], [meta["router"]["tier"]]) or meta["router"]["tier"] == "t1"
             else:
                 assert meta["router"]["tier"] == meta["start_tier"]
+            assert len(meta["path"]) <= 3  # T1 first, the pick, at most one escalation
             if meta["path"][0] == "t1":  # the served T1 answer is the one the build measured
                 built = dev_answers[record["id"]]["t1"]
                 assert meta["u"]["t1"] == pytest.approx(built["u"], abs=1e-3)

@@ -121,7 +121,7 @@ def test_a_tier_the_router_rarely_reaches_is_calibrated_on_the_whole_task_and_sa
     rules, fit = calibrate_answers(records, answers, probs, PRICES, STRUCTURED, ALPHAS)
     # the router never picks T2 (p 0.2) and T1 escalates to T4: T2 sees no routed request
     assert fit["cells"]["legal_risk"]["t2"]["population"] == "whole task (only 0 routed)"
-    assert fit["cells"]["legal_risk"]["t2"]["n"] == 100  # the certify half of the 200
+    assert fit["cells"]["legal_risk"]["t2"]["n"] == 133  # the certify two thirds of the 200
 
 
 def test_too_few_calibration_answers_to_certify_anything_escalate_always():

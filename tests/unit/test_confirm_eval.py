@@ -37,7 +37,7 @@ def _table(answers):
 def test_cells_cover_the_routed_non_final_tiers_and_hold_alpha_on_fresh_draws():
     """Four calibration draws, each checked on a fresh draw: the cells are the routed tiers with a
     target, and the realised regret averages alpha up to noise (one draw of 400 certified on a
-    200-record half varies by about +-0.02), far below T1's 40% error rate."""
+    267-record part varies by about +-0.02), far below T1's 40% error rate."""
     regrets = []
     for seed in range(4):
         records, answers, probs = _pool(2 * seed)
