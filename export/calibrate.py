@@ -293,11 +293,14 @@ def check_build(build, thresholds, calibration, pools: Sequence[str] = ("dev",),
 
 
 def write_calibrated_version(repository: Path, thresholds: Mapping[str, Mapping[str, float]], calibration: Mapping[str, Any]) -> Path:
-    """A new version of the routenlp model: the latest version's files with the new thresholds.
+    """A new version of the routenlp model: the latest version's tokenizer with the new rules, and
+    the serving code of this checkout (adapter + code snapshot): the rules it writes may need code
+    the latest version does not have, and each version carries the code that serves it.
 
     The models it routes to are untouched (their version is in the config: repository_version)."""
+    from bls_router.version_code import CODE_DIR
     from export.repository import latest_version, write_model_version
-    from export.repository_builder import routenlp_model_spec
+    from export.repository_builder import ROUTENLP_BLS, routenlp_model_spec, serving_code_files
     from routenlp_core.serving_config import SERVING_CONFIG_FILE, load_serving_config
 
     repository = Path(repository)
@@ -310,7 +313,7 @@ def write_calibrated_version(repository: Path, thresholds: Mapping[str, Mapping[
     files: dict[str, Any] = {
         name: source / name
         for name in sorted(os.listdir(source))
-        if name != SERVING_CONFIG_FILE and not name.startswith(".") and name != "__pycache__"
+        if name not in (SERVING_CONFIG_FILE, CODE_DIR, "model.py") and not name.startswith(".") and name != "__pycache__"
     }
-    files[SERVING_CONFIG_FILE] = config.dumps()
+    files.update({"model.py": ROUTENLP_BLS, SERVING_CONFIG_FILE: config.dumps(), **serving_code_files()})
     return write_model_version(repository, routenlp_model_spec(config.target), files, version=latest + 1)

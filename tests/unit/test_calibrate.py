@@ -215,7 +215,11 @@ def test_new_thresholds_go_into_a_new_routenlp_version(tmp_path):
     thresholds = {"cs_intent": {"t1": 0.2, "t2": -math.inf}}
     version_dir = write_calibrated_version(repo, thresholds, {"status": "calibrated", "alpha": 0.05})
     assert version_dir == repo / "routenlp" / "2"
-    assert (version_dir / "model.py").read_text() == "# adapter\n" and (version_dir / "tokenizer" / "tokenizer.json").exists()
+    # the tokenizer is the latest version's; the adapter and code snapshot this checkout's (they read the new rules)
+    from export.repository_builder import ROUTENLP_BLS
+
+    assert (version_dir / "model.py").read_text() == ROUTENLP_BLS.read_text() and (version_dir / "tokenizer" / "tokenizer.json").exists()
+    assert (version_dir / "code" / "routenlp_core" / "utility.py").read_text() == (Path(__file__).parents[2] / "routenlp_core" / "utility.py").read_text()
     new = load_serving_config(version_dir)
     assert new.thresholds == thresholds and new.calibration["alpha"] == 0.05
     assert new.repository_version == 1  # still routes to the models of version 1
