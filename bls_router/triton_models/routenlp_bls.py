@@ -66,6 +66,13 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from bls_router.deferred import WorkerPool, call_with_deadline  # noqa: E402
 from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
 from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
+from bls_router.inprocess_onnx import (  # noqa: E402
+    INPROCESS_ONNX_DEFAULT,
+    INPROCESS_ONNX_PARAMETER,
+    OnnxSessions,
+    pinned_onnx_files,
+)
+from bls_router.pending_metrics import PUBLISH_INTERVAL_S, PendingMetrics  # noqa: E402
 from bls_router.service import (  # noqa: E402
     ROUTED_POLICY,
     Generation,
@@ -76,7 +83,7 @@ from bls_router.service import (  # noqa: E402
 )
 from bls_router.version_code import version_code  # noqa: E402
 from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
-from routenlp_core.contract import INPUTS, METADATA, OUTPUT  # noqa: E402
+from routenlp_core.contract import INPUTS, METADATA, OUTPUT, ROUTER_MODEL  # noqa: E402
 from routenlp_core.serving_config import (  # noqa: E402
     BLS_MAX_PENDING_DEFAULT,
     BLS_MAX_PENDING_PARAMETER,
@@ -111,8 +118,12 @@ def _scalar(request, name):
     raise RequestError(f"{name} must be BYTES, got {array.dtype}")
 
 
+def _parameter(config, name, default=""):
+    return config.get("parameters", {}).get(name, {}).get("string_value", default)
+
+
 def _positive_int_parameter(config, name, default):
-    value = config.get("parameters", {}).get(name, {}).get("string_value", "")
+    value = _parameter(config, name)
     if value == "":
         return default
     try:
@@ -155,6 +166,9 @@ class TritonPythonModel:
         self.timeout_s = self.config.tier_timeout_s
         self.timeout_us = int(self.timeout_s * 1e6)
         self.decoupled_tiers = self.config.target == "ngc"  # stock vllm backend: decoupled T2/T3
+        self.sessions = None
+        if _parameter(model_config, INPROCESS_ONNX_PARAMETER, INPROCESS_ONNX_DEFAULT) != "0":
+            self.sessions = self._load_sessions(os.path.dirname(os.path.abspath(args["model_repository"])))
         base_url = self.config.t4_base_url()
         if base_url:
             from bls_router.circuit_breaker import CircuitBreaker
@@ -193,7 +207,7 @@ class TritonPythonModel:
         codec = TierCodec(self.config, tokenizer, self)
         # a thread per routing thread for the T1 call that overlaps the router call (parameter
         # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare)
-        overlap = model_config.get("parameters", {}).get(BLS_OVERLAP_PARAMETER, {}).get("string_value", "1") != "0"
+        overlap = _parameter(model_config, BLS_OVERLAP_PARAMETER, "1") != "0"
         self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
         self.service = RoutingService(
             self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap, code=code
@@ -210,13 +224,37 @@ class TritonPythonModel:
             f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
             f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path}, "
             f"{workers} routing threads, up to {max_pending} requests in flight, "
+            + ("router/T1 in-process sessions, " if self.sessions is not None else "router/T1 over BLS calls, ")
             + (f"serving code {code} from its version folder)" if code else "serving code of the installed package)")
         )
+
+    def _load_sessions(self, repository):
+        """The router and T1 sessions of the model versions this version's repository_version serves
+        (the repository manifest): None, and BLS calls instead, when the manifest does not name them."""
+        models = [ROUTER_MODEL, *(f"t1_{task}" for task in self.config.t1)]
+        version = self.config.repository_version
+        try:
+            files = pinned_onnx_files(repository, version, models)
+        except (KeyError, OSError, ValueError) as err:
+            files, reason = {}, f"{type(err).__name__}: {err}"
+        else:
+            reason = f"no model.onnx for {sorted(set(models) - set(files))}"
+        if set(files) != set(models):
+            pb_utils.Logger.log_warn(
+                f"{self.name}: router/T1 of repository version {version} not found in {repository} ({reason}): BLS calls instead"
+            )
+            return None
+        try:
+            return OnnxSessions(files)
+        except Exception as err:
+            raise pb_utils.TritonModelException(f"{self.name}: cannot load the in-process ONNX sessions: {err}") from None
 
     # ---- metrics ------------------------------------------------------------------------------
 
     def _create_metrics(self, owner):
-        self._metrics_lock = threading.Lock()
+        self._metrics_lock = threading.Lock()  # the metric objects: the publisher thread, finalize
+        self._monitor_lock = threading.Lock()
+        self.pending = PendingMetrics()  # what the routing threads record, published once a second
         counter = pb_utils.MetricFamily.COUNTER
         families = {
             "requests": ("routenlp_requests_total", "Requests answered, by task and answering tier"),
@@ -259,56 +297,80 @@ class TritonPythonModel:
         self.families["stage_requests"] = stage_requests
         self.stage_requests = stage_requests.Metric(labels=owner)
         self.stage_totals = StageTotals()
-        self._stop_publishing = threading.Event()
-        threading.Thread(target=self._publish_stage_times, name=f"{self.name}-stages", daemon=True).start()
         self.latency = {}
         histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
         if histogram is not None:
             family = pb_utils.MetricFamily(name="routenlp_latency_ms", description="End-to-end routing latency in ms, by task", kind=histogram)
             self.families["latency"] = family
             self.latency = {task: family.Metric(labels={"task": task, **owner}, buckets=LATENCY_BUCKETS_MS) for task in self.config.tasks}
+        self._published_stages = (0, dict.fromkeys(STAGES, 0))
+        self._stop_publishing = threading.Event()
+        threading.Thread(target=self._publish_loop, name=f"{self.name}-metrics", daemon=True).start()
 
-    def _publish_stage_times(self):
-        """Every second, the growth of the stage totals onto their counters (a counter update is a
-        message to the server: one per second, not nine per request) and the in-flight gauge."""
-        published = (0, dict.fromkeys(STAGES, 0))
-        while not self._stop_publishing.wait(1.0):
+    def _publish_loop(self):
+        """Once a second, what the routing threads recorded onto the metric objects: only this
+        thread (and finalize) touches them, each update being a message to the server."""
+        while not self._stop_publishing.wait(PUBLISH_INTERVAL_S):
             answers = self.answers
             if answers is not None:  # sampled here: two gauge updates per request cost ~0.1 ms of it
-                self._set_in_flight(answers.pending)
-            requests, ns = self.stage_totals.snapshot()
-            with self._metrics_lock:
-                if self.stage_requests is None:
-                    return
-                self.stage_requests.increment(requests - published[0])
-                for stage, total in ns.items():
-                    self.stage_seconds[stage].increment((total - published[1].get(stage, 0)) / 1e9)
-            published = (requests, ns)
+                self.pending.set("in_flight", None, float(answers.pending))
+            if not self._publish():
+                return
+
+    def _publish(self):
+        """Publishes the pending updates and the stage totals' growth; False once finalize cleared the metrics."""
+        updates = self.pending.drain()
+        requests, ns = self.stage_totals.snapshot()
+        with self._metrics_lock:
+            if self.stage_requests is None:
+                return False
+            published_requests, published_ns = self._published_stages
+            self.stage_requests.increment(requests - published_requests)
+            for stage, total in ns.items():
+                self.stage_seconds[stage].increment((total - published_ns.get(stage, 0)) / 1e9)
+            self._published_stages = (requests, ns)
+            for (family, key), amount in updates.counters.items():
+                self._series(family, key).increment(amount)
+            for (family, key), values in updates.observations.items():
+                metric = self._series(family, key)
+                for value in values:
+                    metric.observe(value)
+            for (family, key), value in updates.gauges.items():
+                self._series(family, key).set(value)
+        return True
+
+    def _series(self, family, key):
+        """The metric object of a pending update's (family, key)."""
+        if family == "failures":
+            return self.failures[key]
+        if family == "log_failures":
+            return self.log_failures
+        if family == "in_flight":
+            return self.in_flight
+        if family == "latency":
+            return self.latency[key]
+        return self.metrics[family][key]
 
     def _observe(self, result):
-        with self._metrics_lock:
-            for key, rows in result.counters().items():
-                for task, tier, amount in rows:
-                    self.metrics[key][(task, tier)].increment(amount)
-            task = result.request.task
-            metric = self.latency.get(task)
-            if metric is not None:
-                metric.observe(result.metadata["total_ms"])
-            if result.request.policy != ROUTED_POLICY:
-                return  # baselines and ablations would distort the monitor's rate
+        task = result.request.task
+        self.pending.add_many(result.counters())
+        if task in self.latency:
+            self.pending.observe("latency", task, result.metadata["total_ms"])
+        if result.request.policy != ROUTED_POLICY:
+            return  # baselines and ablations would distort the monitor's rate
+        with self._monitor_lock:
             change = self.monitor.observe(task, result.outcome.escalations > 0)
-            self.metrics["escalation_rate"][task].set(self.monitor.rate(task) or 0.0)
-            if change is not None:
-                self.metrics["escalation_alert"][task].set(1.0 if change.raised else 0.0)
-                (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
+            rate = self.monitor.rate(task) or 0.0
+        self.pending.set("escalation_rate", task, rate)
+        if change is not None:
+            self.pending.set("escalation_alert", task, 1.0 if change.raised else 0.0)
+            (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
 
     def _log_record(self, record):
         """Queues the record on the log's writer; returns a wait() that returns once it is committed
         (the answer is sent only after it). A failure is counted and logged, never the request's."""
         def failed(err):
-            with self._metrics_lock:
-                if self.log_failures is not None:
-                    self.log_failures.increment(1)
+            self.pending.add("log_failures", None, 1.0)
             pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
 
         try:
@@ -328,10 +390,17 @@ class TritonPythonModel:
     # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
 
     def _infer(self, model, inputs, outputs, *, deadline=True):
-        """One BLS call. deadline=False for the ONNX models: they answer inside execute(), so a
+        """One BLS call, or a run of the model's in-process session (router, T1; inprocess_onnx).
+        deadline=False for the ONNX models: they answer inside execute(), so a
         stub that dies still gets its batch answered by the backend ("not healthy"), and the
         thread the deadline needs (~1-2 ms per call, measured) is saved; decoder tiers answer
         through their response sender, where a dead stub means no answer ever: they keep it."""
+        sessions = self.sessions
+        if sessions is not None and model in sessions:
+            try:
+                return sessions.run(model, inputs, outputs)
+            except Exception as err:
+                raise TierUnavailable(f"{model} (in-process session): {type(err).__name__}: {err}") from None
         request = pb_utils.InferenceRequest(
             model_name=model,
             requested_output_names=list(outputs),
@@ -411,8 +480,7 @@ class TritonPythonModel:
     # ---- requests -----------------------------------------------------------------------------
 
     def _error(self, message, code):
-        with self._metrics_lock:
-            self.failures[code].increment(1)
+        self.pending.add("failures", code, 1.0)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
 
     def _send(self, sender, response):
@@ -476,11 +544,6 @@ class TritonPythonModel:
             return self._error(f"overloaded: {self.answers.max_pending} requests in flight on this instance; retry later", "unavailable")
         return None
 
-    def _set_in_flight(self, pending):
-        with self._metrics_lock:
-            if self.in_flight is not None:
-                self.in_flight.set(float(pending))
-
     def execute(self, requests):
         return [self._accept(request) for request in requests]
 
@@ -504,6 +567,10 @@ class TritonPythonModel:
         stop = getattr(self, "_stop_publishing", None)
         if stop is not None:
             stop.set()
+            try:
+                self._publish()  # the last second's updates
+            except Exception as err:
+                pb_utils.Logger.log_warn(f"{self.name}: last metrics publish failed: {type(err).__name__}: {err}")
         # Metric objects must go before their MetricFamily (python_backend's rule).
         with getattr(self, "_metrics_lock", threading.Lock()):
             self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None
