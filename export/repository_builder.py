@@ -17,7 +17,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from bls_router.inprocess_onnx import INPROCESS_ONNX_DEFAULT, INPROCESS_ONNX_PARAMETER, MANIFEST, manifest_model_versions
+from bls_router.inprocess_onnx import (
+    INPROCESS_ONNX_DEFAULT,
+    INPROCESS_ONNX_PARAMETER,
+    MANIFEST,
+    manifest_model_versions,
+)
 from bls_router.version_code import PROJECT_ROOT, snapshot_files
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
