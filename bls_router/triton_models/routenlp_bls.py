@@ -79,11 +79,19 @@ from bls_router.service import (  # noqa: E402
     RequestError,
     RoutingService,
     TierCodec,
+    allowed_tiers,
     token_logprobs_from_vllm_json,
 )
 from bls_router.version_code import version_code  # noqa: E402
 from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
-from routenlp_core.contract import INPUTS, METADATA, OUTPUT, ROUTER_MODEL  # noqa: E402
+from routenlp_core.contract import (  # noqa: E402
+    FIXED_TIER_POLICIES,
+    INPUTS,
+    METADATA,
+    OUTPUT,
+    ROUTER_ABLATION_POLICIES,
+    ROUTER_MODEL,
+)
 from routenlp_core.serving_config import (  # noqa: E402
     BLS_MAX_PENDING_DEFAULT,
     BLS_MAX_PENDING_PARAMETER,
@@ -98,6 +106,7 @@ from routenlp_core.stage_times import current as current_stage_times  # noqa: E4
 
 BLS_OVERLAP_PARAMETER = "overlap_t1"
 DRAIN_TIMEOUT_S = 120.0
+INLINE_COMMIT_WAIT_S = 0.2  # longest execute() waits for an inline answer's log commit
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
 
 
@@ -206,8 +215,10 @@ class TritonPythonModel:
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
         # a thread per routing thread for the T1 call that overlaps the router call (parameter
-        # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare)
-        overlap = _parameter(model_config, BLS_OVERLAP_PARAMETER, "1") != "0"
+        # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare).
+        # Default: on for BLS calls (~1 ms each), off for in-process sessions (~0.15 ms each, less
+        # than the thread handoff costs; and execute()'s inline answers stay on its own thread).
+        overlap = _parameter(model_config, BLS_OVERLAP_PARAMETER, "0" if self.sessions is not None else "1") != "0"
         self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
         self.service = RoutingService(
             self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap, code=code
@@ -367,25 +378,26 @@ class TritonPythonModel:
             (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
 
     def _log_record(self, record):
-        """Queues the record on the log's writer; returns a wait() that returns once it is committed
-        (the answer is sent only after it). A failure is counted and logged, never the request's."""
-        def failed(err):
-            self.pending.add("log_failures", None, 1.0)
-            pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
-
+        """Queues the record on the log's writer; returns its Commit (None when the append failed:
+        counted and logged, never the request's failure). The answer goes only after the commit."""
         try:
-            commit = self.escalation_log.submit(record)
+            return self.escalation_log.submit(record)
         except Exception as err:
-            failed(err)
-            return lambda: None
+            self._log_failed(record, err)
+            return None
 
-        def wait():
-            try:
-                commit.wait(self.timeout_s)
-            except Exception as err:
-                failed(err)
+    def _wait_commit(self, commit, record):
+        """Waits for the record's commit (up to the tier timeout); a failure is counted and logged."""
+        if commit is None:
+            return
+        try:
+            commit.wait(self.timeout_s)
+        except Exception as err:
+            self._log_failed(record, err)
 
-        return wait
+    def _log_failed(self, record, err):
+        self.pending.add("log_failures", None, 1.0)
+        pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
 
     # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
 
@@ -488,13 +500,25 @@ class TritonPythonModel:
         times = current_stage_times()
         with times.span("response"):
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        if isinstance(times, StageTimes) and times.ns:
-            self.stage_totals.add(times)
+        self._count_stages(times)
         activate(None)
 
+    def _count_stages(self, times):
+        if isinstance(times, StageTimes) and times.ns:
+            self.stage_totals.add(times)
+
     def _answer(self, routed, times):
-        # the thread's current() until _send, which runs right after on this same thread
+        """A routing thread's answer: routed, logged, committed (the thread's current() stays
+        `times` until _send, which runs right after on this same thread)."""
         activate(times)
+        response, commit, record = self._prepare(routed, times)
+        with times.span("log"):  # the durability promise: the record is committed before the answer goes
+            self._wait_commit(commit, record)
+        return response
+
+    def _prepare(self, routed, times):
+        """(response, the log record's Commit or None, the record): routed, the record queued on
+        the log's writer, metrics recorded, response built. Sent only once the commit is done."""
         # No request.is_cancelled() here: in Triton 2.51 that check reaches
         # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
         # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
@@ -502,14 +526,14 @@ class TritonPythonModel:
         try:
             result = self.service.route(routed)
         except RequestError as err:
-            return self._error(str(err), "invalid_arg")
+            return self._error(str(err), "invalid_arg"), None, None
         except TierUnavailable as err:
-            return self._error(f"no tier could answer: {err}", "unavailable")
+            return self._error(f"no tier could answer: {err}", "unavailable"), None, None
         except Exception as err:  # a bug: answer this request, keep serving the others
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
-            return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+            return self._error(f"internal error: {type(err).__name__}: {err}", "internal"), None, None
         with times.span("log"):
-            committed = self._log_record(result.record)
+            commit = self._log_record(result.record)
         try:
             with times.span("metrics"):
                 self._observe(result)
@@ -524,28 +548,71 @@ class TritonPythonModel:
                     pb_utils.Tensor(METADATA, np.array([[metadata]], dtype=np.object_)),
                 ]
             )
-        with times.span("log"):  # the durability promise: the record is committed before the answer goes
-            committed()
-        return response
+        return response, commit, result.record
 
-    def _accept(self, request):
-        """None when the request was handed to a routing thread, else its error response."""
-        times = StageTimes()
+    def _inline(self, routed):
+        """Whether execute() answers the request itself: every model it can reach runs in this
+        process (the router and T1 sessions; MAX_TIER t1 or always-t1), so it never waits on
+        another stub or T4, and a thread handoff and the response sender's round trip are saved."""
+        if self.sessions is None or allowed_tiers(routed.task, routed.max_tier, self.config) != ["t1"]:
+            return False
+        return routed.policy in FIXED_TIER_POLICIES or ROUTER_ABLATION_POLICIES.get(routed.policy, ROUTER_MODEL) in self.sessions
+
+    def _parse(self, request, times):
+        """(the parsed request, None) or (None, its error response)."""
         try:
             # parsed here: the request's tensors live in shared memory released when execute returns
             with times.span("decode"):
-                routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
+                return self.service.parse(*(_scalar(request, name) for name in INPUTS)), None
         except RequestError as err:
-            return self._error(str(err), "invalid_arg")
+            return None, self._error(str(err), "invalid_arg")
         except Exception as err:
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
-            return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
-        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed, times)):
+            return None, self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+
+    def _defer(self, request, work):
+        """Hands the request to a routing thread (None), or its UNAVAILABLE answer when too many are in flight."""
+        if not self.answers.submit(request.get_response_sender(), work):
             return self._error(f"overloaded: {self.answers.max_pending} requests in flight on this instance; retry later", "unavailable")
         return None
 
     def execute(self, requests):
-        return [self._accept(request) for request in requests]
+        """Requests that can reach only the in-process models are answered here; the others go to
+        the routing threads. An inline answer leaves only once its log record is committed; the
+        commits of a batch are waited for together, and a commit slower than INLINE_COMMIT_WAIT_S
+        is left to a routing thread (execute() must stay short: see bls_router/deferred.py)."""
+        responses = [None] * len(requests)
+        inline = []
+        for index, request in enumerate(requests):
+            times = StageTimes()
+            routed, error = self._parse(request, times)
+            if error is not None:
+                responses[index] = error
+            elif self._inline(routed):
+                activate(times)
+                try:
+                    inline.append((index, times, *self._prepare(routed, times)))
+                finally:
+                    activate(None)
+            else:
+                responses[index] = self._defer(request, lambda routed=routed, times=times: self._answer(routed, times))
+        for index, times, response, commit, record in inline:
+            with times.span("log"):
+                ready = commit is None or commit.done(INLINE_COMMIT_WAIT_S)
+            if ready:
+                self._wait_commit(commit, record)  # its outcome: a failed commit is counted here
+                self._count_stages(times)
+                responses[index] = response
+                continue
+
+            def finish(commit=commit, record=record, response=response, times=times):
+                activate(times)
+                with times.span("log"):
+                    self._wait_commit(commit, record)
+                return response
+
+            responses[index] = self._defer(requests[index], finish)
+        return responses
 
     def finalize(self):
         # Triton finalizes a version only once every response factory is gone, i.e. each accepted
