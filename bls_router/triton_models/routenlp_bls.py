@@ -9,18 +9,23 @@ Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured task
 generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
 
 The version folder holds serving_config.json (routenlp_core/serving_config.py) and the shared
-tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and HTTP calls to T4
-(T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key from the env variable the config
-names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
-RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, a bug -> INTERNAL (the batch keeps serving).
+tokenizer. Tier calls: the router and T1 run as ONNX Runtime sessions in this process, loaded from
+the model versions the config's repository_version pins (bls_router/inprocess_onnx.py; config
+parameter `inprocess_onnx` "0": BLS requests to `router` and `t1_<task>` instead); `t2`, `t3` are
+BLS requests and T4 HTTP calls (T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key
+from the env variable the config names). A failed tier call raises TierUnavailable so the cascade
+falls back; errors per request: RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, a bug ->
+INTERNAL (the batch keeps serving).
 
-execute() only validates each request's inputs (a client mistake is answered there, INVALID_ARG)
-and hands the request to a pool of routing threads (bls_router/deferred.py), which answer it
-through its response sender: the model stays non-decoupled for clients, and execute() never runs
-long enough for Triton 2.51's stub health check to break the shared-memory protocol (the server
-crash described in the README). Config parameters: `workers` (routing threads per instance) and
-`max_pending` (requests accepted at once per instance; beyond it, UNAVAILABLE "overloaded").
-A BLS call to a tier waits at most tier_timeout_s (a tier whose stub died never answers).
+execute() validates each request's inputs (a client mistake is answered there, INVALID_ARG). A
+request that can reach only the in-process models (MAX_TIER t1, or always-t1) is answered there
+too (about a millisecond); every other one goes to a pool of routing threads (bls_router/deferred.py),
+which answer it through its response sender: the model stays non-decoupled for clients, and
+execute() never runs long enough for Triton 2.51's stub health check to break the shared-memory
+protocol (the server crash described in the README). Config parameters: `workers` (routing threads
+per instance), `max_pending` (requests accepted at once per instance; beyond it, UNAVAILABLE
+"overloaded") and `overlap_t1`. A BLS call to a tier waits at most tier_timeout_s (a tier whose
+stub died never answers).
 
 Every routed request is appended to the durable escalation log (bls_router/escalation_log.py;
 path from ROUTENLP_ESCALATION_LOG) before its response is sent, and fed to the escalation-rate
@@ -33,7 +38,9 @@ routenlp_latency_ms histogram (task) and the gauges routenlp_escalation_rate,
 routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline), and
 routenlp_requests_in_flight (accepted by this instance, not yet answered; sampled once a second),
 routenlp_stage_seconds_total (stage) and routenlp_stage_requests_total: where routed requests'
-time went (routenlp_core/stage_times.py; published once a second, read by `routenlp perf`).
+time went (routenlp_core/stage_times.py; read by `routenlp perf`). Requests only record their
+updates (bls_router/pending_metrics.py); one publisher thread puts them on the metric objects once
+a second, so /metrics is up to a second behind the answers.
 Every series also carries `version` and `instance` (sum them away in queries): two instances, or
 two versions during a hot swap, must never share one series. Triton 2.51 counts references per
 MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
