@@ -91,7 +91,10 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
         dynamic_batching_delay_us=0,
         parameters={
             BLS_WORKERS_PARAMETER: str(BLS_WORKERS_DEFAULT), BLS_MAX_PENDING_PARAMETER: str(BLS_MAX_PENDING_DEFAULT),
-            INPROCESS_ONNX_PARAMETER: INPROCESS_ONNX_DEFAULT,  # router/T1 sessions in the BLS (bls_router/inprocess_onnx.py)
+            # router/T1 sessions in the BLS (bls_router/inprocess_onnx.py) on this CPU build, where the
+            # Triton models are python-backend stubs; NGC serves them with the native onnxruntime
+            # backend and its BLS image need not have onnxruntime: BLS calls there
+            INPROCESS_ONNX_PARAMETER: INPROCESS_ONNX_DEFAULT if target == "cpu" else "0",
         },
     )
 

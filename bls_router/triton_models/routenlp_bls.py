@@ -264,6 +264,9 @@ class TritonPythonModel:
             return None
         try:
             return OnnxSessions(files)
+        except ImportError as err:  # an image without onnxruntime for the BLS: Triton's models serve
+            pb_utils.Logger.log_warn(f"{self.name}: no onnxruntime in the BLS ({err}): router/T1 over BLS calls")
+            return None
         except Exception as err:
             raise pb_utils.TritonModelException(f"{self.name}: cannot load the in-process ONNX sessions: {err}") from None
 

@@ -10,7 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bls_router.inprocess_onnx import MANIFEST, OnnxSessions, manifest_model_versions, pinned_onnx_files
+from bls_router.inprocess_onnx import (
+    INPROCESS_ONNX_PARAMETER,
+    MANIFEST,
+    OnnxSessions,
+    manifest_model_versions,
+    pinned_onnx_files,
+)
 
 
 def _repository(tmp_path, tiny_build):
@@ -57,3 +63,12 @@ def test_sessions_answer_as_the_model_alone(tiny_build):
     got = sessions.run("router", feed, ["logits"])
     assert list(got) == ["logits"]
     np.testing.assert_allclose(got["logits"], expected, rtol=1e-6)
+
+
+def test_the_generated_bls_config_runs_sessions_on_the_cpu_build_only():
+    from export.repository_builder import routenlp_model_spec
+    from export.triton_config import render_config
+
+    for target, value in (("cpu", "1"), ("ngc", "0")):
+        assert routenlp_model_spec(target).parameters[INPROCESS_ONNX_PARAMETER] == value
+        assert f'key: "{INPROCESS_ONNX_PARAMETER}"' in render_config(routenlp_model_spec(target))
