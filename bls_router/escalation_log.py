@@ -106,6 +106,10 @@ class Commit:
         self.error = error
         self._done.set()
 
+    def done(self, timeout_s: float | None = None) -> bool:
+        """Whether the commit (or its failure) happened, waiting up to timeout_s for it."""
+        return self._done.wait(timeout_s)
+
     def wait(self, timeout_s: float | None = None) -> None:
         """Returns once the record is committed; raises the commit's error, or TimeoutError."""
         if not self._done.wait(timeout_s):

@@ -17,6 +17,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from bls_router.inprocess_onnx import (
+    INPROCESS_ONNX_DEFAULT,
+    INPROCESS_ONNX_PARAMETER,
+    MANIFEST,
+    manifest_model_versions,
+)
 from bls_router.version_code import PROJECT_ROOT, snapshot_files
 from export.onnx_export import router_spec, spec_for_model
 from export.repository import latest_version, write_model_version
@@ -37,7 +43,6 @@ VLLM_TIER = MODELS_DIR / "vllm_tier.py"
 ROUTENLP_BLS = MODELS_DIR / "routenlp_bls.py"
 # Imported by the adapters from the installed package; part of what a new adapter version is.
 ADAPTER_HELPERS = (MODELS_DIR.parent / "deferred.py", MODELS_DIR.parent / "onnx_batch.py")
-MANIFEST = "routenlp_repository.json"
 # Where NGC deployments mount the repository (docker -v ...:/models); vLLM needs absolute paths.
 NGC_MOUNT = "/models"
 
@@ -84,7 +89,13 @@ def routenlp_model_spec(target: str = "cpu") -> ModelSpec:
         max_batch_size=8,
         instance_count=2,
         dynamic_batching_delay_us=0,
-        parameters={BLS_WORKERS_PARAMETER: str(BLS_WORKERS_DEFAULT), BLS_MAX_PENDING_PARAMETER: str(BLS_MAX_PENDING_DEFAULT)},
+        parameters={
+            BLS_WORKERS_PARAMETER: str(BLS_WORKERS_DEFAULT), BLS_MAX_PENDING_PARAMETER: str(BLS_MAX_PENDING_DEFAULT),
+            # router/T1 sessions in the BLS (bls_router/inprocess_onnx.py) on this CPU build, where the
+            # Triton models are python-backend stubs; NGC serves them with the native onnxruntime
+            # backend and its BLS image need not have onnxruntime: BLS calls there
+            INPROCESS_ONNX_PARAMETER: INPROCESS_ONNX_DEFAULT if target == "cpu" else "0",
+        },
     )
 
 
@@ -239,10 +250,7 @@ def newest_model_fingerprints(repository: Path, manifest: dict[str, Any]) -> dic
 
 def model_versions(repository: Path, repository_version: int) -> dict[str, int]:
     """model -> the version of it that repository version N serves (all N before sparse writes)."""
-    for entry in _read_manifest(Path(repository))["versions"]:
-        if entry["version"] == repository_version:
-            return dict(entry.get("model_versions") or {name: repository_version for name in entry["models"]})
-    raise KeyError(repository_version)
+    return manifest_model_versions(repository, repository_version)
 
 
 def _stage_key(build, tier: str) -> str:

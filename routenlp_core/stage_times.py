@@ -34,13 +34,8 @@ class StageTimes:
     def add(self, stage: str, ns: int) -> None:
         self.ns[stage] = self.ns.get(stage, 0) + ns
 
-    @contextmanager
-    def span(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter_ns()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter_ns() - started)
+    def span(self, stage: str) -> "_Span":
+        return _Span(self, stage)
 
     @contextmanager
     def active(self) -> Iterator["StageTimes"]:
@@ -51,6 +46,22 @@ class StageTimes:
             yield self
         finally:
             _current.times = previous
+
+
+class _Span:
+    """A timed block of one stage (a plain context manager: ~0.3 us, against ~2.3 us for a
+    generator-based one; a routed request opens about 16)."""
+
+    __slots__ = ("times", "stage", "started")
+
+    def __init__(self, times: StageTimes, stage: str) -> None:
+        self.times, self.stage = times, stage
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter_ns()
+
+    def __exit__(self, *exc) -> None:
+        self.times.add(self.stage, time.perf_counter_ns() - self.started)
 
 
 class _Discard(StageTimes):
@@ -73,11 +84,9 @@ def activate(times: StageTimes | None) -> None:
     _current.times = times
 
 
-@contextmanager
-def span(stage: str) -> Iterator[None]:
+def span(stage: str) -> _Span:
     """A span of the running request's current() StageTimes."""
-    with current().span(stage):
-        yield
+    return _Span(getattr(_current, "times", None) or _DISCARD, stage)
 
 
 class StageTotals:

@@ -9,18 +9,23 @@ Outputs: OUTPUT BYTES (JSON {"label"} / {"entities", "tags"} for structured task
 generation tasks) and METADATA BYTES (JSON: tier, path, u, cost, latencies, fallback, versions).
 
 The version folder holds serving_config.json (routenlp_core/serving_config.py) and the shared
-tokenizer. Tier calls are BLS requests to `router`, `t1_<task>`, `t2`, `t3` and HTTP calls to T4
-(T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key from the env variable the config
-names). A failed tier call raises TierUnavailable so the cascade falls back; errors per request:
-RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, a bug -> INTERNAL (the batch keeps serving).
+tokenizer. Tier calls: the router and T1 run as ONNX Runtime sessions in this process, loaded from
+the model versions the config's repository_version pins (bls_router/inprocess_onnx.py; config
+parameter `inprocess_onnx` "0": BLS requests to `router` and `t1_<task>` instead); `t2`, `t3` are
+BLS requests and T4 HTTP calls (T4Client; base URL from ROUTENLP_T4_BASE_URL or the config, key
+from the env variable the config names). A failed tier call raises TierUnavailable so the cascade
+falls back; errors per request: RequestError -> INVALID_ARG, no tier left -> UNAVAILABLE, a bug ->
+INTERNAL (the batch keeps serving).
 
-execute() only validates each request's inputs (a client mistake is answered there, INVALID_ARG)
-and hands the request to a pool of routing threads (bls_router/deferred.py), which answer it
-through its response sender: the model stays non-decoupled for clients, and execute() never runs
-long enough for Triton 2.51's stub health check to break the shared-memory protocol (the server
-crash described in the README). Config parameters: `workers` (routing threads per instance) and
-`max_pending` (requests accepted at once per instance; beyond it, UNAVAILABLE "overloaded").
-A BLS call to a tier waits at most tier_timeout_s (a tier whose stub died never answers).
+execute() validates each request's inputs (a client mistake is answered there, INVALID_ARG). A
+request that can reach only the in-process models (MAX_TIER t1, or always-t1) is answered there
+too (about a millisecond); every other one goes to a pool of routing threads (bls_router/deferred.py),
+which answer it through its response sender: the model stays non-decoupled for clients, and
+execute() never runs long enough for Triton 2.51's stub health check to break the shared-memory
+protocol (the server crash described in the README). Config parameters: `workers` (routing threads
+per instance), `max_pending` (requests accepted at once per instance; beyond it, UNAVAILABLE
+"overloaded") and `overlap_t1`. A BLS call to a tier waits at most tier_timeout_s (a tier whose
+stub died never answers).
 
 Every routed request is appended to the durable escalation log (bls_router/escalation_log.py;
 path from ROUTENLP_ESCALATION_LOG) before its response is sent, and fed to the escalation-rate
@@ -33,7 +38,9 @@ routenlp_latency_ms histogram (task) and the gauges routenlp_escalation_rate,
 routenlp_escalation_alert (task; 1 while the rate is >10% above its calibration baseline), and
 routenlp_requests_in_flight (accepted by this instance, not yet answered; sampled once a second),
 routenlp_stage_seconds_total (stage) and routenlp_stage_requests_total: where routed requests'
-time went (routenlp_core/stage_times.py; published once a second, read by `routenlp perf`).
+time went (routenlp_core/stage_times.py; read by `routenlp perf`). Requests only record their
+updates (bls_router/pending_metrics.py); one publisher thread puts them on the metric objects once
+a second, so /metrics is up to a second behind the answers.
 Every series also carries `version` and `instance` (sum them away in queries): two instances, or
 two versions during a hot swap, must never share one series. Triton 2.51 counts references per
 MetricFamily object, i.e. per owner, so when one owner deletes its metrics (finalize, at unload)
@@ -66,17 +73,32 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from bls_router.deferred import WorkerPool, call_with_deadline  # noqa: E402
 from bls_router.escalation_log import EscalationLog, keep_text_from_env, log_path  # noqa: E402
 from bls_router.escalation_monitor import EscalationMonitor  # noqa: E402
+from bls_router.inprocess_onnx import (  # noqa: E402
+    INPROCESS_ONNX_DEFAULT,
+    INPROCESS_ONNX_PARAMETER,
+    OnnxSessions,
+    pinned_onnx_files,
+)
+from bls_router.pending_metrics import PUBLISH_INTERVAL_S, PendingMetrics  # noqa: E402
 from bls_router.service import (  # noqa: E402
     ROUTED_POLICY,
     Generation,
     RequestError,
     RoutingService,
     TierCodec,
+    allowed_tiers,
     token_logprobs_from_vllm_json,
 )
 from bls_router.version_code import version_code  # noqa: E402
 from routenlp_core.cascade import TIERS, TierUnavailable  # noqa: E402
-from routenlp_core.contract import INPUTS, METADATA, OUTPUT  # noqa: E402
+from routenlp_core.contract import (  # noqa: E402
+    FIXED_TIER_POLICIES,
+    INPUTS,
+    METADATA,
+    OUTPUT,
+    ROUTER_ABLATION_POLICIES,
+    ROUTER_MODEL,
+)
 from routenlp_core.serving_config import (  # noqa: E402
     BLS_MAX_PENDING_DEFAULT,
     BLS_MAX_PENDING_PARAMETER,
@@ -91,6 +113,7 @@ from routenlp_core.stage_times import current as current_stage_times  # noqa: E4
 
 BLS_OVERLAP_PARAMETER = "overlap_t1"
 DRAIN_TIMEOUT_S = 120.0
+INLINE_COMMIT_WAIT_S = 0.2  # longest execute() waits for an inline answer's log commit
 LATENCY_BUCKETS_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
 
 
@@ -111,8 +134,12 @@ def _scalar(request, name):
     raise RequestError(f"{name} must be BYTES, got {array.dtype}")
 
 
+def _parameter(config, name, default=""):
+    return config.get("parameters", {}).get(name, {}).get("string_value", default)
+
+
 def _positive_int_parameter(config, name, default):
-    value = config.get("parameters", {}).get(name, {}).get("string_value", "")
+    value = _parameter(config, name)
     if value == "":
         return default
     try:
@@ -155,6 +182,9 @@ class TritonPythonModel:
         self.timeout_s = self.config.tier_timeout_s
         self.timeout_us = int(self.timeout_s * 1e6)
         self.decoupled_tiers = self.config.target == "ngc"  # stock vllm backend: decoupled T2/T3
+        self.sessions = None
+        if _parameter(model_config, INPROCESS_ONNX_PARAMETER, INPROCESS_ONNX_DEFAULT) != "0":
+            self.sessions = self._load_sessions(os.path.dirname(os.path.abspath(args["model_repository"])))
         base_url = self.config.t4_base_url()
         if base_url:
             from bls_router.circuit_breaker import CircuitBreaker
@@ -192,8 +222,10 @@ class TritonPythonModel:
         self.monitor = EscalationMonitor(calibration.get("escalation_baseline", {}), **calibration.get("monitor", {}))
         codec = TierCodec(self.config, tokenizer, self)
         # a thread per routing thread for the T1 call that overlaps the router call (parameter
-        # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare)
-        overlap = model_config.get("parameters", {}).get(BLS_OVERLAP_PARAMETER, {}).get("string_value", "1") != "0"
+        # overlap_t1 "0": one call after the other, for a saturated machine with no core to spare).
+        # Default: on for BLS calls (~1 ms each), off for in-process sessions (~0.15 ms each, less
+        # than the thread handoff costs; and execute()'s inline answers stay on its own thread).
+        overlap = _parameter(model_config, BLS_OVERLAP_PARAMETER, "0" if self.sessions is not None else "1") != "0"
         self.overlap = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-t1") if overlap else None
         self.service = RoutingService(
             self.config, codec.router, codec.tier, bls_version=args["model_version"], overlap=self.overlap, code=code
@@ -210,13 +242,40 @@ class TritonPythonModel:
             f"{self.name}: version {args['model_version']} routes repository version {self.config.repository_version} "
             f"({len(self.config.tasks)} tasks, T4 {'at ' + base_url if base_url else 'not configured'}, escalation log {path}, "
             f"{workers} routing threads, up to {max_pending} requests in flight, "
+            + ("router/T1 in-process sessions, " if self.sessions is not None else "router/T1 over BLS calls, ")
             + (f"serving code {code} from its version folder)" if code else "serving code of the installed package)")
         )
+
+    def _load_sessions(self, repository):
+        """The router and T1 sessions of the model versions this version's repository_version serves
+        (the repository manifest): None, and BLS calls instead, when the manifest does not name them."""
+        models = [ROUTER_MODEL, *(f"t1_{task}" for task in self.config.t1)]
+        version = self.config.repository_version
+        try:
+            files = pinned_onnx_files(repository, version, models)
+        except (KeyError, OSError, ValueError) as err:
+            files, reason = {}, f"{type(err).__name__}: {err}"
+        else:
+            reason = f"no model.onnx for {sorted(set(models) - set(files))}"
+        if set(files) != set(models):
+            pb_utils.Logger.log_warn(
+                f"{self.name}: router/T1 of repository version {version} not found in {repository} ({reason}): BLS calls instead"
+            )
+            return None
+        try:
+            return OnnxSessions(files)
+        except ImportError as err:  # an image without onnxruntime for the BLS: Triton's models serve
+            pb_utils.Logger.log_warn(f"{self.name}: no onnxruntime in the BLS ({err}): router/T1 over BLS calls")
+            return None
+        except Exception as err:
+            raise pb_utils.TritonModelException(f"{self.name}: cannot load the in-process ONNX sessions: {err}") from None
 
     # ---- metrics ------------------------------------------------------------------------------
 
     def _create_metrics(self, owner):
-        self._metrics_lock = threading.Lock()
+        self._metrics_lock = threading.Lock()  # the metric objects: the publisher thread, finalize
+        self._monitor_lock = threading.Lock()
+        self.pending = PendingMetrics()  # what the routing threads record, published once a second
         counter = pb_utils.MetricFamily.COUNTER
         families = {
             "requests": ("routenlp_requests_total", "Requests answered, by task and answering tier"),
@@ -259,79 +318,111 @@ class TritonPythonModel:
         self.families["stage_requests"] = stage_requests
         self.stage_requests = stage_requests.Metric(labels=owner)
         self.stage_totals = StageTotals()
-        self._stop_publishing = threading.Event()
-        threading.Thread(target=self._publish_stage_times, name=f"{self.name}-stages", daemon=True).start()
         self.latency = {}
         histogram = getattr(pb_utils.MetricFamily, "HISTOGRAM", None)
         if histogram is not None:
             family = pb_utils.MetricFamily(name="routenlp_latency_ms", description="End-to-end routing latency in ms, by task", kind=histogram)
             self.families["latency"] = family
             self.latency = {task: family.Metric(labels={"task": task, **owner}, buckets=LATENCY_BUCKETS_MS) for task in self.config.tasks}
+        self._published_stages = (0, dict.fromkeys(STAGES, 0))
+        self._stop_publishing = threading.Event()
+        threading.Thread(target=self._publish_loop, name=f"{self.name}-metrics", daemon=True).start()
 
-    def _publish_stage_times(self):
-        """Every second, the growth of the stage totals onto their counters (a counter update is a
-        message to the server: one per second, not nine per request) and the in-flight gauge."""
-        published = (0, dict.fromkeys(STAGES, 0))
-        while not self._stop_publishing.wait(1.0):
+    def _publish_loop(self):
+        """Once a second, what the routing threads recorded onto the metric objects: only this
+        thread (and finalize) touches them, each update being a message to the server."""
+        while not self._stop_publishing.wait(PUBLISH_INTERVAL_S):
             answers = self.answers
             if answers is not None:  # sampled here: two gauge updates per request cost ~0.1 ms of it
-                self._set_in_flight(answers.pending)
-            requests, ns = self.stage_totals.snapshot()
-            with self._metrics_lock:
-                if self.stage_requests is None:
-                    return
-                self.stage_requests.increment(requests - published[0])
-                for stage, total in ns.items():
-                    self.stage_seconds[stage].increment((total - published[1].get(stage, 0)) / 1e9)
-            published = (requests, ns)
+                self.pending.set("in_flight", None, float(answers.pending))
+            if not self._publish():
+                return
+
+    def _publish(self):
+        """Publishes the pending updates and the stage totals' growth; False once finalize cleared the metrics."""
+        updates = self.pending.drain()
+        requests, ns = self.stage_totals.snapshot()
+        with self._metrics_lock:
+            if self.stage_requests is None:
+                return False
+            published_requests, published_ns = self._published_stages
+            self.stage_requests.increment(requests - published_requests)
+            for stage, total in ns.items():
+                self.stage_seconds[stage].increment((total - published_ns.get(stage, 0)) / 1e9)
+            self._published_stages = (requests, ns)
+            for (family, key), amount in updates.counters.items():
+                self._series(family, key).increment(amount)
+            for (family, key), values in updates.observations.items():
+                metric = self._series(family, key)
+                for value in values:
+                    metric.observe(value)
+            for (family, key), value in updates.gauges.items():
+                self._series(family, key).set(value)
+        return True
+
+    def _series(self, family, key):
+        """The metric object of a pending update's (family, key)."""
+        if family == "failures":
+            return self.failures[key]
+        if family == "log_failures":
+            return self.log_failures
+        if family == "in_flight":
+            return self.in_flight
+        if family == "latency":
+            return self.latency[key]
+        return self.metrics[family][key]
 
     def _observe(self, result):
-        with self._metrics_lock:
-            for key, rows in result.counters().items():
-                for task, tier, amount in rows:
-                    self.metrics[key][(task, tier)].increment(amount)
-            task = result.request.task
-            metric = self.latency.get(task)
-            if metric is not None:
-                metric.observe(result.metadata["total_ms"])
-            if result.request.policy != ROUTED_POLICY:
-                return  # baselines and ablations would distort the monitor's rate
+        task = result.request.task
+        self.pending.add_many(result.counters())
+        if task in self.latency:
+            self.pending.observe("latency", task, result.metadata["total_ms"])
+        if result.request.policy != ROUTED_POLICY:
+            return  # baselines and ablations would distort the monitor's rate
+        with self._monitor_lock:
             change = self.monitor.observe(task, result.outcome.escalations > 0)
-            self.metrics["escalation_rate"][task].set(self.monitor.rate(task) or 0.0)
-            if change is not None:
-                self.metrics["escalation_alert"][task].set(1.0 if change.raised else 0.0)
-                (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
+            rate = self.monitor.rate(task) or 0.0
+        self.pending.set("escalation_rate", task, rate)
+        if change is not None:
+            self.pending.set("escalation_alert", task, 1.0 if change.raised else 0.0)
+            (pb_utils.Logger.log_warn if change.raised else pb_utils.Logger.log_info)(f"{self.name}: {change.message()}")
 
     def _log_record(self, record):
-        """Queues the record on the log's writer; returns a wait() that returns once it is committed
-        (the answer is sent only after it). A failure is counted and logged, never the request's."""
-        def failed(err):
-            with self._metrics_lock:
-                if self.log_failures is not None:
-                    self.log_failures.increment(1)
-            pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
-
+        """Queues the record on the log's writer; returns its Commit (None when the append failed:
+        counted and logged, never the request's failure). The answer goes only after the commit."""
         try:
-            commit = self.escalation_log.submit(record)
+            return self.escalation_log.submit(record)
         except Exception as err:
-            failed(err)
-            return lambda: None
+            self._log_failed(record, err)
+            return None
 
-        def wait():
-            try:
-                commit.wait(self.timeout_s)
-            except Exception as err:
-                failed(err)
+    def _wait_commit(self, commit, record):
+        """Waits for the record's commit (up to the tier timeout); a failure is counted and logged."""
+        if commit is None:
+            return
+        try:
+            commit.wait(self.timeout_s)
+        except Exception as err:
+            self._log_failed(record, err)
 
-        return wait
+    def _log_failed(self, record, err):
+        self.pending.add("log_failures", None, 1.0)
+        pb_utils.Logger.log_error(f"{self.name}: escalation log append failed for {record.get('request_id')}: {type(err).__name__}: {err}")
 
     # ---- TensorBackend: BLS calls and T4 ------------------------------------------------------
 
     def _infer(self, model, inputs, outputs, *, deadline=True):
-        """One BLS call. deadline=False for the ONNX models: they answer inside execute(), so a
+        """One BLS call, or a run of the model's in-process session (router, T1; inprocess_onnx).
+        deadline=False for the ONNX models: they answer inside execute(), so a
         stub that dies still gets its batch answered by the backend ("not healthy"), and the
         thread the deadline needs (~1-2 ms per call, measured) is saved; decoder tiers answer
         through their response sender, where a dead stub means no answer ever: they keep it."""
+        sessions = self.sessions
+        if sessions is not None and model in sessions:
+            try:
+                return sessions.run(model, inputs, outputs)
+            except Exception as err:
+                raise TierUnavailable(f"{model} (in-process session): {type(err).__name__}: {err}") from None
         request = pb_utils.InferenceRequest(
             model_name=model,
             requested_output_names=list(outputs),
@@ -411,8 +502,7 @@ class TritonPythonModel:
     # ---- requests -----------------------------------------------------------------------------
 
     def _error(self, message, code):
-        with self._metrics_lock:
-            self.failures[code].increment(1)
+        self.pending.add("failures", code, 1.0)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {message}", self._codes[code]))
 
     def _send(self, sender, response):
@@ -420,13 +510,25 @@ class TritonPythonModel:
         times = current_stage_times()
         with times.span("response"):
             sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        if isinstance(times, StageTimes) and times.ns:
-            self.stage_totals.add(times)
+        self._count_stages(times)
         activate(None)
 
+    def _count_stages(self, times):
+        if isinstance(times, StageTimes) and times.ns:
+            self.stage_totals.add(times)
+
     def _answer(self, routed, times):
-        # the thread's current() until _send, which runs right after on this same thread
+        """A routing thread's answer: routed, logged, committed (the thread's current() stays
+        `times` until _send, which runs right after on this same thread)."""
         activate(times)
+        response, commit, record = self._prepare(routed, times)
+        with times.span("log"):  # the durability promise: the record is committed before the answer goes
+            self._wait_commit(commit, record)
+        return response
+
+    def _prepare(self, routed, times):
+        """(response, the log record's Commit or None, the record): routed, the record queued on
+        the log's writer, metrics recorded, response built. Sent only once the commit is done."""
         # No request.is_cancelled() here: in Triton 2.51 that check reaches
         # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
         # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
@@ -434,14 +536,14 @@ class TritonPythonModel:
         try:
             result = self.service.route(routed)
         except RequestError as err:
-            return self._error(str(err), "invalid_arg")
+            return self._error(str(err), "invalid_arg"), None, None
         except TierUnavailable as err:
-            return self._error(f"no tier could answer: {err}", "unavailable")
+            return self._error(f"no tier could answer: {err}", "unavailable"), None, None
         except Exception as err:  # a bug: answer this request, keep serving the others
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
-            return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+            return self._error(f"internal error: {type(err).__name__}: {err}", "internal"), None, None
         with times.span("log"):
-            committed = self._log_record(result.record)
+            commit = self._log_record(result.record)
         try:
             with times.span("metrics"):
                 self._observe(result)
@@ -456,33 +558,71 @@ class TritonPythonModel:
                     pb_utils.Tensor(METADATA, np.array([[metadata]], dtype=np.object_)),
                 ]
             )
-        with times.span("log"):  # the durability promise: the record is committed before the answer goes
-            committed()
-        return response
+        return response, commit, result.record
 
-    def _accept(self, request):
-        """None when the request was handed to a routing thread, else its error response."""
-        times = StageTimes()
+    def _inline(self, routed):
+        """Whether execute() answers the request itself: every model it can reach runs in this
+        process (the router and T1 sessions; MAX_TIER t1 or always-t1), so it never waits on
+        another stub or T4, and a thread handoff and the response sender's round trip are saved."""
+        if self.sessions is None or allowed_tiers(routed.task, routed.max_tier, self.config) != ["t1"]:
+            return False
+        return routed.policy in FIXED_TIER_POLICIES or ROUTER_ABLATION_POLICIES.get(routed.policy, ROUTER_MODEL) in self.sessions
+
+    def _parse(self, request, times):
+        """(the parsed request, None) or (None, its error response)."""
         try:
             # parsed here: the request's tensors live in shared memory released when execute returns
             with times.span("decode"):
-                routed = self.service.parse(*(_scalar(request, name) for name in INPUTS))
+                return self.service.parse(*(_scalar(request, name) for name in INPUTS)), None
         except RequestError as err:
-            return self._error(str(err), "invalid_arg")
+            return None, self._error(str(err), "invalid_arg")
         except Exception as err:
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
-            return self._error(f"internal error: {type(err).__name__}: {err}", "internal")
-        if not self.answers.submit(request.get_response_sender(), lambda: self._answer(routed, times)):
+            return None, self._error(f"internal error: {type(err).__name__}: {err}", "internal")
+
+    def _defer(self, request, work):
+        """Hands the request to a routing thread (None), or its UNAVAILABLE answer when too many are in flight."""
+        if not self.answers.submit(request.get_response_sender(), work):
             return self._error(f"overloaded: {self.answers.max_pending} requests in flight on this instance; retry later", "unavailable")
         return None
 
-    def _set_in_flight(self, pending):
-        with self._metrics_lock:
-            if self.in_flight is not None:
-                self.in_flight.set(float(pending))
-
     def execute(self, requests):
-        return [self._accept(request) for request in requests]
+        """Requests that can reach only the in-process models are answered here; the others go to
+        the routing threads. An inline answer leaves only once its log record is committed; the
+        commits of a batch are waited for together, and a commit slower than INLINE_COMMIT_WAIT_S
+        is left to a routing thread (execute() must stay short: see bls_router/deferred.py)."""
+        responses = [None] * len(requests)
+        inline = []
+        for index, request in enumerate(requests):
+            times = StageTimes()
+            routed, error = self._parse(request, times)
+            if error is not None:
+                responses[index] = error
+            elif self._inline(routed):
+                activate(times)
+                try:
+                    inline.append((index, times, *self._prepare(routed, times)))
+                finally:
+                    activate(None)
+            else:
+                responses[index] = self._defer(request, lambda routed=routed, times=times: self._answer(routed, times))
+        for index, times, response, commit, record in inline:
+            with times.span("log"):
+                ready = commit is None or commit.done(INLINE_COMMIT_WAIT_S)
+            if ready:
+                self._wait_commit(commit, record)  # its outcome: a failed commit is counted here
+                self._count_stages(times)
+                responses[index] = response
+                continue
+
+            def finish(commit=commit, record=record, response=response, times=times):
+                activate(times)
+                with times.span("log"):
+                    self._wait_commit(commit, record)
+                return response
+
+            responses[index] = self._defer(requests[index], finish)
+        return responses
 
     def finalize(self):
         # Triton finalizes a version only once every response factory is gone, i.e. each accepted
@@ -504,6 +644,10 @@ class TritonPythonModel:
         stop = getattr(self, "_stop_publishing", None)
         if stop is not None:
             stop.set()
+            try:
+                self._publish()  # the last second's updates
+            except Exception as err:
+                pb_utils.Logger.log_warn(f"{self.name}: last metrics publish failed: {type(err).__name__}: {err}")
         # Metric objects must go before their MetricFamily (python_backend's rule).
         with getattr(self, "_metrics_lock", threading.Lock()):
             self.metrics, self.failures, self.latency, self.log_failures, self.in_flight = {}, {}, {}, None, None

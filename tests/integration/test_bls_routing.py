@@ -28,6 +28,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from bls_router.pending_metrics import PUBLISH_INTERVAL_S
 from export.calibrate import write_calibrated_version
 from export.repository_builder import write_repository
 from routenlp.deployment import ADMIN_HEADER, Deployment, admin_key
@@ -226,7 +227,9 @@ def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(stack, make
 
 
 def _metrics(stack) -> dict[str, float]:
-    """name{labels} -> value for the routenlp_* series of /metrics."""
+    """name{labels} -> value for the routenlp_* series of /metrics, once the BLS's publisher
+    thread has published the requests answered so far (bls_router/pending_metrics.py)."""
+    time.sleep(2 * PUBLISH_INTERVAL_S)
     with urllib.request.urlopen(stack.server.metrics_url, timeout=10) as response:
         body = response.read().decode()
     values = {}
