@@ -97,7 +97,11 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
     bars = effective_bars(build)
     systems = [*routenlp_systems(routing, probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
     cal_records, cal_table = pools["calibration"]
-    fitted = {s.name: curves.choose_knob(s, cal_records, cal_table) for s in systems}
+    # RouteNLP's knobs on the calibration part its routing is fitted on (as `routenlp calibrate`
+    # fits the served lambda: export.utility_router.UtilityRouting.fit_lambda); the peers' on all of it
+    fit_ids = {r["id"] for r in routing.fit_records}
+    fitted = {s.name: curves.choose_knob(s, [r for r in cal_records if r["id"] in fit_ids] if s.name.startswith("routenlp") else cal_records, cal_table)
+              for s in systems}
     lam = fitted["routenlp"][0]
     out: dict[str, Any] = {"fitted_on": "calibration", "match_ratio": curves.MATCH_RATIO, "n_boot": n_boot, "routenlp_lambda": lam, "pools": {}}
     for pool in ("dev", "confirm"):

@@ -127,7 +127,7 @@ def calibrate_answers(records, answers: Answers, probs: Probabilities | None, pr
         cascade = routing.cascade(lam)
         tasks = {r["task"] for r in routing.records}
         rules = Rules(cascade.delta, cascade.target, routing.model.rule(lam), frozenset(t for t in tasks if t in structured))
-        fit = {"lambda_fit": {**lambda_fit, "target": f"{TARGET_QUALITY_RATIO} x always-t4 (macro over tasks)", "n": len(routing.records)}}
+        fit = {"lambda_fit": {**lambda_fit, "target": f"{TARGET_QUALITY_RATIO} x always-t4 (macro over tasks)", "n": len(routing.fit_records), "certify_n": len(routing.certify_records)}}
     baseline = {}
     for task in sorted({r["task"] for r in usable}):
         outcomes = [replay(r, answers, probs, rules, prices, structured).outcome for r in usable if r["task"] == task]
