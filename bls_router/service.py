@@ -334,12 +334,13 @@ class RoutingService:
         router_ms = (self.clock() - started) * 1e3
 
         def call_tier(tier: str) -> TierResult:
-            if tier == "t1" and (t1_answer is not None or t1_error is not None):
+            if tier == "t1":  # T1 may have answered (or failed) already, or be under way
                 if t1_error is not None:
                     raise t1_error
-                return t1_answer
-            if tier == "t1" and t1_early is not None:
-                return t1_early.result()
+                if t1_answer is not None:
+                    return t1_answer
+                if t1_early is not None:
+                    return t1_early.result()
             return self.call_tier(tier, request.task, request.text)
 
         outcome = run_cascade(

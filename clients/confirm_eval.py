@@ -61,28 +61,16 @@ def confirm_split(raw: Path | None, per_task: int) -> list[dict[str, Any]]:
 
 
 def guarantee_cells(routing, lam: float, records, table, probs) -> list[dict[str, Any]]:
-    """Per (task, tier the router chose) the realised regret of accepting, with Wilson 95%."""
-    from export.utility_router import record_features
-    from routenlp_core.conformal import realised_risk
+    """Per (task, tier the router chose) with a target to escalate to, the realised regret of
+    accepting, with Wilson 95% (export.calibrate.check_pool over the served decision at `lam`)."""
+    from export.calibrate import Rules, check_pool, structured_tasks
 
     cascade = routing.cascade(lam)
-    losses: dict[tuple[str, str], list[float]] = {}
-    for record in records:
-        task, rows = record["task"], table[record["id"]]
-        chosen = routing.model.choose(task, record_features(record, rows, probs), lam)
-        target = cascade.target.get(task, {}).get(chosen)
-        if target is None:  # final for this task: nothing to escalate to, no promise to check
-            continue
-        accepted = float(rows[chosen]["u"]) <= cascade.delta[task][chosen]
-        regret = max(0.0, float(rows[target]["quality"]) - float(rows[chosen]["quality"])) if accepted else 0.0
-        losses.setdefault((task, chosen), []).append(min(1.0, regret))
-    cells = []
-    for (task, tier), values in sorted(losses.items()):
-        check, alpha = realised_risk(values), routing.alphas[task]
-        cells.append({"task": task, "tier": tier, "target": cascade.target[task][tier], "alpha": alpha, "n": check.n,
-                      "regret": round(check.risk, 4), "wilson95": [round(x, 4) for x in check.wilson],
-                      "status": check.status(alpha)})
-    return cells
+    rules = Rules(cascade.delta, cascade.target, routing.model.rule(lam), routing.structured)
+    cells, _ = check_pool("", records, table, probs, rules, routing.prices, structured_tasks(), routing.alphas)
+    return [{"task": c.task, "tier": c.tier, "target": c.target, "alpha": c.alpha, "n": c.regret.n, "regret": round(c.regret.risk, 4),
+             "wilson95": [round(x, 4) for x in c.regret.wilson], "status": c.regret.status(c.alpha)}
+            for c in cells if c.target is not None]  # a final tier has nothing to escalate to: no promise
 
 
 def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
+from routenlp_core.cascade import CascadeOutcome, CascadePolicy
 from routenlp_core.conformal import RiskCheck, realised_risk
 from routenlp_core.contract import BLS_MODEL, TIERS
 from routenlp_core.utility import UtilityRule
@@ -81,20 +81,10 @@ def servable(task: str, structured: frozenset[str]) -> tuple[str, ...]:
 
 def replay(record: Mapping, answers: Answers, probs: Probabilities | None, rules: Rules, prices, structured: frozenset[str], cascade: bool = True) -> Replayed:
     """The served decision for one record, run over its recorded tier answers (serving code)."""
-    from bls_router.service import decide_route
+    from export.utility_router import replay_served
 
-    task, rows = record["task"], answers[record["id"]]
-    allowed = [t for t in servable(task, structured) if t in rows]
-    p = None if probs is None else probs.get(record["id"])
-    first = p is not None and rules.utility is not None and task in rules.cascade_first and allowed[0] == "t1"
-    decision = decide_route(task, p, allowed, rules.policy(prices, structured, cascade), rules.utility, float(rows["t1"]["u"]) if first else None)
-
-    def call(tier: str) -> TierResult:
-        if tier not in rows:
-            raise TierUnavailable(f"{tier}: no recorded answer")
-        return TierResult(rows[tier]["prediction"], float(rows[tier]["u"]), int(rows[tier].get("tokens", 0)))
-
-    return Replayed(run_cascade(task, decision.start, call, decision.policy), decision.chosen or decision.start)
+    outcome, picked = replay_served(record, answers[record["id"]], probs, rules.utility, rules.policy(prices, structured, cascade))
+    return Replayed(outcome, picked)
 
 
 def _score(task: str, records: Sequence[Mapping], answers: Answers, tiers: Sequence[str]) -> float:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from routenlp_core.cascade import CascadePolicy, TierResult, TierUnavailable, run_cascade
+from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
 from routenlp_core.conformal import U_MAX, crc_delta, min_calibration_size
 from routenlp_core.tasks import servable_tiers as servable
 from routenlp_core.utility import UtilityRule, choose_tier, features
@@ -133,11 +133,12 @@ def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alph
     return cascade
 
 
-def replay_route(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], probs: Probabilities | None, rule: UtilityRule | None,
-                 policy: CascadePolicy) -> list[str]:
-    """The tiers called for one record, in order (the last answers), by the served decision
-    (bls_router.service.decide_route + run_cascade) over its recorded answers: T1 first on
-    structured tasks (its confidence is a feature), the utility's choice, then at most one escalation."""
+def replay_served(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], probs: Probabilities | None, rule: UtilityRule | None,
+                  policy: CascadePolicy) -> tuple[CascadeOutcome, str]:
+    """The served decision (bls_router.service.decide_route + run_cascade) for one record over its
+    recorded answers: T1 first on structured tasks (its confidence is a feature), the utility's
+    pick, then at most one escalation. Returns the outcome and the picked tier (where the request
+    started when there is no pick: no rule, or no router probabilities)."""
     from bls_router.service import decide_route
 
     task = record["task"]
@@ -151,7 +152,14 @@ def replay_route(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]
             raise TierUnavailable(f"{tier}: no recorded answer")
         return TierResult(rows[tier]["prediction"], float(rows[tier]["u"]), int(rows[tier].get("tokens", 0)))
 
-    return [stage.tier for stage in run_cascade(task, decision.start, call, decision.policy).stages if stage.u is not None]
+    return run_cascade(task, decision.start, call, decision.policy), decision.chosen or decision.start
+
+
+def replay_route(record: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]], probs: Probabilities | None, rule: UtilityRule | None,
+                 policy: CascadePolicy) -> list[str]:
+    """The tiers the served decision calls for one record, in order (the last answers)."""
+    outcome, _ = replay_served(record, rows, probs, rule, policy)
+    return [stage.tier for stage in outcome.stages if stage.u is not None]
 
 
 def split_fit_certify(records: Sequence[Mapping[str, Any]], seed: int = SPLIT_SEED) -> tuple[list, list]:
