@@ -193,6 +193,7 @@ class UtilityRouting:
         self.fit_records, self.certify_records = split_fit_certify(self.records) if split else (self.records, self.records)
         self.model = fit_quality_model(self.fit_records, answers, probs, prices)
         self._cascades: dict[float, Cascade] = {}
+        self._served: dict[tuple[float, bool], tuple[UtilityRule, CascadePolicy]] = {}
 
     def cascade(self, lam: float) -> Cascade:
         if lam not in self._cascades:
@@ -203,11 +204,15 @@ class UtilityRouting:
 
     def policy(self, lam: float, cascade: bool = True) -> CascadePolicy:
         """The served cascade rules at `lam` (cascade False: the chosen tier's answer is final)."""
-        fitted = self.cascade(lam).policy(self.prices, self.structured)
-        return fitted if cascade else CascadePolicy({}, self.prices, self.structured, {})
+        if not cascade:
+            return CascadePolicy({}, self.prices, self.structured, {})
+        return self.cascade(lam).policy(self.prices, self.structured)
 
     def route(self, record, rows, probs: Probabilities, lam: float, cascade: bool = True) -> list[str]:
-        return replay_route(record, rows, probs, self.model.rule(lam), self.policy(lam, cascade))
+        key = (lam, cascade)
+        if key not in self._served:  # a sweep replays every record at each setting: built once per setting
+            self._served[key] = (self.model.rule(lam), self.policy(lam, cascade))
+        return replay_route(record, rows, probs, *self._served[key])
 
     def fit_lambda(self, ratio: float) -> tuple[float, dict]:
         """The operating point a deployment serves: the cheapest lambda whose quality on the fit
