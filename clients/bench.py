@@ -242,23 +242,26 @@ def fit_baselines(build, bars: Mapping[str, float], seed: int = 0) -> list[tuple
     return fitted
 
 
-def utility_routing(build):
+def utility_routing(build, guarantee: str = "ltt"):
     """RouteNLP's quality model and per-lambda cascade, fitted on the calibration pool."""
     from export.calibrate import build_prices, router_pass_probabilities, task_alphas
     from export.utility_router import UtilityRouting
 
     records = build.pools.flat("calibration")
-    return UtilityRouting(records, build.load_answers("calibration"), router_pass_probabilities(build, records), build_prices(build), task_alphas(build, None))
+    return UtilityRouting(records, build.load_answers("calibration"), router_pass_probabilities(build, records), build_prices(build), task_alphas(build, None),
+                          guarantee=guarantee)
 
 
-def routenlp_systems(routing, probs) -> list:
+def routenlp_systems(routing, probs, provisional: bool = False) -> list:
     """RouteNLP swept over lambda, and its ablations: no cascade (router only, swept), no cost
-    term (lambda = 0), no quality term (lambda = inf: the cheapest tier)."""
+    term (lambda = 0), no quality term (lambda = inf: the cheapest tier). provisional: with the
+    fit part's own cascade, to choose lambda on (as `routenlp calibrate` does)."""
     from clients import curves
 
-    return [curves.routenlp(routing, probs), curves.routenlp(routing, probs, "routenlp (no cascade)", cascade=False),
-            curves.routenlp(routing, probs, "routenlp (no cost term)", grid=(0.0,)),
-            curves.routenlp(routing, probs, "routenlp (no quality term)", grid=(1e6,))]
+    return [curves.routenlp(routing, probs, provisional=provisional),
+            curves.routenlp(routing, probs, "routenlp (no cascade)", cascade=False, provisional=provisional),
+            curves.routenlp(routing, probs, "routenlp (no cost term)", grid=(0.0,), provisional=provisional),
+            curves.routenlp(routing, probs, "routenlp (no quality term)", grid=(1e6,), provisional=provisional)]
 
 
 def sweep_curves(build, bars: Mapping[str, float], records, table, n_boot: int, routing=None) -> dict[str, Any]:

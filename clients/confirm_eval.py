@@ -11,8 +11,8 @@ quality difference to RouteNLP.
 Oracle agreement: how often the tier that answers is the oracle's (the cheapest tier meeting the
 task's bar, else the best answer); Always-T1 is the constant cheapest-servable rule.
 
-The guarantee table: per (task, tier) cell of RouteNLP's cascade at its fitted lambda, the realised
-mean regret (quality lost by accepting the tier instead of escalating to its target) over the
+The guarantee table: per (task, tier) cell of RouteNLP's cascade (Learn then Test; and of the
+conformal-risk-control ablation) at its fitted lambda, the realised mean regret (quality lost by accepting the tier instead of escalating to its target) over the
 requests the router sent to that tier, with its Wilson 95% interval, against the task's alpha.
 
     python -m clients.confirm_eval [--per-task 300] [--raw ../shared/data] [--bootstrap 200]
@@ -79,16 +79,21 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
     from export.calibrate import oracle_tier, router_pass_probabilities, structured_tasks
     from export.serving_config_builder import effective_bars
 
-    routing = utility_routing(build)
+    routing, crc = utility_routing(build), utility_routing(build, guarantee="crc")
     every = [r for records, _ in pools.values() for r in records]
     probs = router_pass_probabilities(build, every)
     bars = effective_bars(build)
-    systems = [*routenlp_systems(routing, probs), *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
+    crc_name = "routenlp (CRC cascade)"
+    ours = [*routenlp_systems(routing, probs), curves.routenlp(crc, probs, crc_name)]
+    systems = [*ours, *(curves.fixed(t) for t in TIERS), *peer_systems(build, bars)]
     cal_records, cal_table = pools["calibration"]
-    # RouteNLP's knobs on the calibration part its routing is fitted on (as `routenlp calibrate`
-    # fits the served lambda: export.utility_router.UtilityRouting.fit_lambda); the peers' on all of it
+    # RouteNLP's knobs as `routenlp calibrate` fits the served lambda (UtilityRouting.fit_lambda): on
+    # the fit part of the calibration pool, replayed with that part's own provisional cascade, so the
+    # certify part decides nothing but the thresholds; the peers' knobs on all of the pool
     fit_ids = {r["id"] for r in routing.fit_records}
-    fitted = {s.name: curves.choose_knob(s, [r for r in cal_records if r["id"] in fit_ids] if s.name.startswith("routenlp") else cal_records, cal_table)
+    fit_part = [r for r in cal_records if r["id"] in fit_ids]
+    twins = {s.name: s for s in [*routenlp_systems(routing, probs, provisional=True), curves.routenlp(crc, probs, crc_name, provisional=True)]}
+    fitted = {s.name: curves.choose_knob(twins[s.name], fit_part, cal_table) if s.name in twins else curves.choose_knob(s, cal_records, cal_table)
               for s in systems}
     lam = fitted["routenlp"][0]
     out: dict[str, Any] = {"fitted_on": "calibration", "match_ratio": curves.MATCH_RATIO, "n_boot": n_boot, "routenlp_lambda": lam, "pools": {}}
@@ -115,7 +120,8 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
                 peer_q, peer_c = boots[row["name"]]
                 row["quality_minus_routenlp_ci95"] = [round(float(x), 4) for x in np.percentile(peer_q - ours_q, [2.5, 97.5])]
                 row["cost_minus_routenlp_ci95"] = [round(float(x), 5) for x in np.percentile(peer_c - ours_c, [2.5, 97.5])]
-        out["pools"][pool] = {"n": len(records), "systems": rows, "guarantee": guarantee_cells(routing, lam, records, table, probs)}
+        out["pools"][pool] = {"n": len(records), "systems": rows, "guarantee": guarantee_cells(routing, lam, records, table, probs),
+                              "guarantee_crc": guarantee_cells(crc, fitted[crc_name][0], records, table, probs)}
     return out
 
 
@@ -150,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table([{k: v for k, v in row.items() if k != "quality_minus_routenlp_ci95"} for row in entry["systems"]]))
         print(f"\nRouteNLP's cascade on {pool} (lambda {out['routenlp_lambda']}): realised regret per (task, tier)")
         print(format_table(entry["guarantee"]))
+        print(f"\nthe CRC-cascade ablation on {pool}: realised regret per (task, tier)")
+        print(format_table(entry["guarantee_crc"]))
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out}")
     return 0

@@ -117,13 +117,14 @@ def scored_cascade(name: str, chain: Callable[[str], Sequence[str]], score: Call
 
 
 def routenlp(routing, probabilities: Mapping[str, Mapping[str, float]], name: str = "routenlp", cascade: bool = True,
-             grid: Sequence[float] | None = None) -> System:
+             grid: Sequence[float] | None = None, provisional: bool = False) -> System:
     """RouteNLP (export.utility_router): the cost-aware utility at lambda = knob, then the
-    cascade step calibrated for that lambda; grid from free (0) to the cheapest tier (1e6)."""
+    cascade step calibrated for that lambda; grid from free (0) to the cheapest tier (1e6).
+    provisional: the fit part's own cascade, what lambda is chosen with (never what is served)."""
     from export.utility_router import LAMBDA_GRID
 
     def decide(record, rows, knob):
-        return routing.route(record, rows, probabilities, knob, cascade)
+        return routing.route(record, rows, probabilities, knob, cascade, provisional)
 
     return System(name, decide, tuple(grid or LAMBDA_GRID))
 

@@ -1,9 +1,9 @@
 """Fit the serving rules from a build's calibration answers, and check them on pools nothing was fitted on.
 
 The promise (README, "The cascade's promise"): for each task and each tier the router picks, over
-the requests it sends there, the expected quality lost by accepting that tier's answer instead of
+the requests it sends there, the mean quality lost by accepting that tier's answer instead of
 escalating to the target calibration chose is at most the task's alpha (per-example quality:
-accuracy, F1 or chrF).
+accuracy, F1 or chrF), with probability >= 1 - epsilon (0.1) over the calibration draw.
 
 Every answer of every tier on every calibration record is in the build (all-pairs labelling), so
 the served system is replayed offline with the serving code itself (decide_route + run_cascade
@@ -13,8 +13,8 @@ over recorded answers, `replay`). Calibration (export/utility_router.py):
    lambda, the cheapest setting whose macro quality on the calibration records is >=
    TARGET_QUALITY_RATIO x Always-T4's there (each lambda replayed with its own cascade);
 2. the cascade at that lambda: per (task, tier k) on the calibration records lambda sends to k
-   (all of the task's records when fewer than MIN_POPULATION are), delta = crc_delta on the regret
-   (q_target - q_k)+; the target is the cheapest pricier tier that beats k on the records k would
+   (all of the task's records when fewer than MIN_POPULATION are), delta = ltt_delta (Learn then
+   Test) on the regret (q_target - q_k)+; the target is the cheapest pricier tier that beats k on the records k would
    escalate (none: k is final). One escalation at most.
 3. check_pool: the same replay on dev (or any pool with answers) gives per (task, picked tier) the
    realised mean regret with a Wilson 95% interval, and the system's quality and cost.
@@ -44,8 +44,9 @@ ESCALATING_TIERS = TIERS[:-1]
 CALIBRATION_POOL = "calibration"
 TARGET_QUALITY_RATIO = 0.97  # lambda's target: this share of Always-T4's quality on calibration
 PROMISE = (
-    "per task and tier the router picks, over the requests it sends there, the expected per-example quality lost "
-    "by accepting that tier's answer instead of escalating to the calibrated target is at most alpha"
+    "per task and tier the router picks, over the requests it sends there, the mean per-example quality lost "
+    "by accepting that tier's answer instead of escalating to the calibrated target is at most alpha, "
+    "with probability >= 0.9 over the calibration draw"
 )
 
 Answers = Mapping[str, Mapping[str, Mapping[str, Any]]]  # id -> tier -> {task, u, quality, prediction, tokens}

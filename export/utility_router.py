@@ -15,11 +15,17 @@ billed dollars on the task's calibration answers, divided by the macro mean of T
 the cost ratio), so lambda reads as "quality ratio points per cost-ratio point".
 
 The cascade step (the promise, README "The cascade's promise"): for each task and tier k, over the
-requests lambda routes to k, the expected per-example quality lost by accepting k's answer instead
-of escalating to its target is at most the task's alpha. Per (task, k) on the calibration records
-routed to k (all of the task's records when fewer than MIN_POPULATION are), delta = crc_delta on
-the regret (q_target - q_k)+; the target is the cheapest pricier tier that beats k on the records
-k escalates (none: k is final). One escalation at most, so the target's answer is final.
+requests lambda routes to k, the mean per-example quality lost by accepting k's answer instead of
+escalating to its target is at most the task's alpha, with probability >= 1 - EPSILON over the
+calibration draw. Per (task, k) on the calibration records routed to k (all of the task's records
+when fewer than MIN_POPULATION are), delta = ltt_delta (Learn then Test) on the regret
+(q_target - q_k)+; the target is the cheapest pricier tier that beats k on the records k escalates
+(none: k is final). One escalation at most, so the target's answer is final.
+
+Why Learn then Test and not conformal risk control (guarantee="crc", kept as an ablation): CRC
+bounds the regret in expectation over calibration draws, so one calibration set of ~130 answers per
+cell can land well above alpha, and the confirm split's cs_intent T1 cell did (0.094 for 0.05,
+Wilson lower bound 0.066). LTT bounds it with high probability at the price of more escalation.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from typing import Any
 import numpy as np
 
 from routenlp_core.cascade import CascadeOutcome, CascadePolicy, TierResult, TierUnavailable, run_cascade
-from routenlp_core.conformal import U_MAX, crc_delta, min_calibration_size
+from routenlp_core.conformal import U_MAX, crc_delta, ltt_delta, min_calibration_size
 from routenlp_core.tasks import servable_tiers as servable
 from routenlp_core.utility import UtilityRule, choose_tier, features
 
 MIN_POPULATION = 40
+EPSILON = 0.1  # LTT: the promise may fail for at most this share of calibration draws (the LTT paper's delta)
+GUARANTEES = ("ltt", "crc")
 SPLIT_SEED = 0  # the calibration pool's split into a fit part and a certify part
 CERTIFY_SHARE = 2 / 3  # conformal needs the larger share: its threshold is a tail quantile
 LAMBDA_GRID = (0.0, *(round(float(x), 4) for x in np.logspace(-2, 2.3, 30)), 1e6)  # 1e6: the cheapest tier
@@ -103,8 +111,15 @@ def _task_score(task: str, records, answers: Answers, tiers: Sequence[str]) -> f
     return corpus_score(task, [answers[r["id"]][t]["prediction"] for r, t in zip(records, tiers)], [r["target"] for r in records])
 
 
-def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alphas: Mapping[str, float]) -> Cascade:
-    """delta and target per (task, tier) for a routing `chosen` (id -> tier) on calibration records."""
+def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alphas: Mapping[str, float], guarantee: str = "ltt",
+                      targets: Mapping[str, Mapping[str, str | None]] | None = None) -> Cascade:
+    """delta and target per (task, tier) for a routing `chosen` (id -> tier) on calibration records;
+    guarantee "ltt": with probability >= 1 - EPSILON, "crc": in expectation over calibration draws.
+    `targets` given (chosen on other records): only each cell's delta is fitted here, for that
+    target, so the one test per cell is all these records decide (what LTT's bound needs)."""
+    if guarantee not in GUARANTEES:
+        raise ValueError(f"guarantee must be one of {GUARANTEES}, not {guarantee!r}")
+    min_n = max(MIN_POPULATION, min_calibration_size(alpha=min(alphas.values()), epsilon=EPSILON if guarantee == "ltt" else None))
     cascade = Cascade()
     by_task: dict[str, list] = {}
     for record in records:
@@ -114,17 +129,16 @@ def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alph
         cascade.delta[task], cascade.target[task], cascade.fit[task] = {}, {}, {}
         for k in tiers[:-1]:
             routed = [r for r in rs if chosen[r["id"]] == k]
-            population, source = routed, "routed"
-            if len(routed) < max(MIN_POPULATION, min_calibration_size(alpha)):
-                population, source = rs, f"whole task (only {len(routed)} routed)"
+            population, source = (routed, "routed") if len(routed) >= min_n else (rs, f"whole task (only {len(routed)} routed)")
             us = [float(answers[r["id"]][k]["u"]) for r in population]
             cascade.delta[task][k], cascade.target[task][k] = U_MAX, None
-            cascade.fit[task][k] = {"n": len(population), "population": source, "target": None, "alpha": alpha}
-            for target in tiers[tiers.index(k) + 1:]:
+            cascade.fit[task][k] = {"n": len(population), "population": source, "target": None, "alpha": alpha, "guarantee": guarantee}
+            candidates = tiers[tiers.index(k) + 1:] if targets is None else [t for t in [targets[task].get(k)] if t]
+            for target in candidates:
                 regret = [min(1.0, max(0.0, float(answers[r["id"]][target]["quality"]) - float(answers[r["id"]][k]["quality"]))) for r in population]
-                threshold = crc_delta(us, regret, alpha)
+                threshold = ltt_delta(us, regret, alpha, EPSILON) if guarantee == "ltt" else crc_delta(us, regret, alpha)
                 escalated = [r for r, u in zip(population, us) if u > threshold.delta] or list(population)
-                if _task_score(task, escalated, answers, [target] * len(escalated)) > _task_score(task, escalated, answers, [k] * len(escalated)):
+                if targets is not None or _task_score(task, escalated, answers, [target] * len(escalated)) > _task_score(task, escalated, answers, [k] * len(escalated)):
                     cascade.delta[task][k], cascade.target[task][k] = threshold.delta, target
                     cascade.fit[task][k] = {**cascade.fit[task][k], "target": target, "accepted": threshold.accepted,
                                             "delta": None if math.isinf(threshold.delta) else round(threshold.delta, 6),
@@ -180,38 +194,45 @@ class UtilityRouting:
     the cascade certified on the other two thirds: the records lambda routes to each tier there
     (memoised: a sweep asks for many lambdas).
 
-    Why two parts: conformal risk control holds for a population drawn independently of the
-    threshold's data; a routing rule fitted on the same records picks, for each tier, the records
-    where that tier happened to do well, and the certified regret then ran above alpha on fresh
-    data (tests/unit/test_calibrate.py measures both)."""
+    Why two parts: a threshold's bound holds for a population drawn independently of its data; a
+    routing rule fitted on the same records picks, for each tier, the records where that tier
+    happened to do well, and the certified regret then ran above alpha on fresh data
+    (tests/unit/test_calibrate.py measures it). For the same reason everything chosen (lambda,
+    each cell's escalation target) is chosen on the fit part with a provisional cascade fitted
+    there, and the certify part only fits each cell's delta for its fixed target: with lambda and
+    the targets picked by the certified cascade itself, 4 of 12 synthetic worlds ran above alpha."""
 
     def __init__(self, records, answers: Answers, probs: Probabilities, prices: Mapping[str, float], alphas: Mapping[str, float],
-                 split: bool = True) -> None:
+                 split: bool = True, guarantee: str = "ltt") -> None:
+        self.guarantee = guarantee
         self.records = [r for r in records if r["id"] in answers and r["id"] in probs and all(t in answers[r["id"]] for t in servable(r["task"]))]
         self.answers, self.probs, self.alphas, self.prices = answers, probs, alphas, prices
         self.structured = frozenset(task for task in {r["task"] for r in self.records} if servable(task)[0] == "t1")
         self.fit_records, self.certify_records = split_fit_certify(self.records) if split else (self.records, self.records)
         self.model = fit_quality_model(self.fit_records, answers, probs, prices)
-        self._cascades: dict[float, Cascade] = {}
-        self._served: dict[tuple[float, bool], tuple[UtilityRule, CascadePolicy]] = {}
+        self._cascades: dict[tuple[float, bool], Cascade] = {}
+        self._served: dict[tuple[float, bool, bool], tuple[UtilityRule, CascadePolicy]] = {}
 
-    def cascade(self, lam: float) -> Cascade:
-        if lam not in self._cascades:
-            rs = self.certify_records
+    def cascade(self, lam: float, provisional: bool = False) -> Cascade:
+        """The certified cascade at `lam` (provisional: the fit part's own, which chooses the targets)."""
+        key = (lam, provisional)
+        if key not in self._cascades:
+            rs = self.fit_records if provisional else self.certify_records
             chosen = {r["id"]: self.model.choose(r["task"], record_features(r, self.answers[r["id"]], self.probs), lam) for r in rs}
-            self._cascades[lam] = calibrate_cascade(rs, self.answers, chosen, self.alphas)
-        return self._cascades[lam]
+            targets = None if provisional else self.cascade(lam, provisional=True).target
+            self._cascades[key] = calibrate_cascade(rs, self.answers, chosen, self.alphas, self.guarantee, targets)
+        return self._cascades[key]
 
-    def policy(self, lam: float, cascade: bool = True) -> CascadePolicy:
+    def policy(self, lam: float, cascade: bool = True, provisional: bool = False) -> CascadePolicy:
         """The served cascade rules at `lam` (cascade False: the chosen tier's answer is final)."""
         if not cascade:
             return CascadePolicy({}, self.prices, self.structured, {})
-        return self.cascade(lam).policy(self.prices, self.structured)
+        return self.cascade(lam, provisional).policy(self.prices, self.structured)
 
-    def route(self, record, rows, probs: Probabilities, lam: float, cascade: bool = True) -> list[str]:
-        key = (lam, cascade)
+    def route(self, record, rows, probs: Probabilities, lam: float, cascade: bool = True, provisional: bool = False) -> list[str]:
+        key = (lam, cascade, provisional)
         if key not in self._served:  # a sweep replays every record at each setting: built once per setting
-            self._served[key] = (self.model.rule(lam), self.policy(lam, cascade))
+            self._served[key] = (self.model.rule(lam), self.policy(lam, cascade, provisional))
         return replay_route(record, rows, probs, *self._served[key])
 
     def fit_lambda(self, ratio: float) -> tuple[float, dict]:
@@ -219,5 +240,6 @@ class UtilityRouting:
         part is >= ratio x Always-T4's there (export.operating_point.choose_knob)."""
         from export.operating_point import System, choose_knob, table_from_answers
 
-        system = System("routenlp", lambda record, rows, knob: self.route(record, rows, self.probs, knob), LAMBDA_GRID)
+        # the provisional cascade: lambda is chosen on the fit part alone, certify data decide nothing
+        system = System("routenlp", lambda record, rows, knob: self.route(record, rows, self.probs, knob, provisional=True), LAMBDA_GRID)
         return choose_knob(system, self.fit_records, table_from_answers(self.answers, self.prices), ratio)

@@ -78,12 +78,13 @@ def test_replay_runs_the_served_decision_over_recorded_answers():
 
 
 def test_calibrated_cascade_keeps_its_promise_on_fresh_data():
-    """6 worlds: calibrate on 400 records, check on 1500 fresh ones. Conformal risk control bounds
-    the regret in expectation over calibration draws, so the mean realised regret over worlds is
-    <= alpha up to noise; no single world misses by more than calibration noise (sqrt(alpha / n)
-    is about 0.011 here); and T1 really accepts answers (the rule is not vacuous)."""
-    realised = {}
-    for seed in range(6):
+    """12 worlds: calibrate on 400 records, check on 1500 fresh ones. Learn then Test bounds the
+    regret with probability >= 1 - epsilon (0.1) over calibration draws, so at most about one world
+    in ten may run above alpha (here 1 of 12; with lambda and the targets chosen by the certified
+    cascade itself it was 4 of 12, as many as conformal risk control's in-expectation bound gives);
+    and T1 really accepts answers (the rule is not vacuous)."""
+    realised, kept = [], []
+    for seed in range(12):
         records, answers, probs = world(400, seed)
         rules, fit = calibrate_answers(records, answers, probs, PRICES, STRUCTURED, ALPHAS)
         fresh = world(1500, 100 + seed, prefix="f")
@@ -91,17 +92,31 @@ def test_calibrated_cascade_keeps_its_promise_on_fresh_data():
         for cell in cells:
             if cell.target is not None:
                 assert cell.regret.wilson[0] <= 0.05 + 0.03, cell
-                realised.setdefault(cell.tier, []).append(cell.regret.risk)
         t1 = next(c for c in cells if c.tier == "t1")
-        # the utility sends T1 many requests and T1 keeps a good share of them (not vacuous)
-        assert t1.target in (None, "t3", "t4") and t1.regret.n > 200 and 1 - t1.escalated > 0.2
+        assert t1.regret.n > 200 and fit["cells"]["legal_risk"]["t1"]["guarantee"] == "ltt"
+        if t1.target is not None:
+            realised.append(t1.regret.risk)
+            kept.append(1 - t1.escalated)
         # the oracle picks T1 where it is right (~62%); the promise makes the cascade escalate more
         assert 0.55 < summary["legal_risk"]["cheapest_agreement"] < 0.7 and 0 < summary["legal_risk"]["oracle_agreement"] < 1
-        assert fit["cells"]["legal_risk"]["t1"]["population"] == "routed"
-    t1_risks = np.array(realised["t1"])
-    assert len(t1_risks) >= 4  # T1 has a target (is not final) in most worlds
-    assert t1_risks.mean() <= 0.05 + 3 * t1_risks.std() / math.sqrt(len(t1_risks))
-    assert t1_risks.mean() >= 0.02  # not trivially conservative either
+    assert len(realised) >= 10  # T1 has a target (is not final) in most worlds
+    assert sum(risk > 0.05 for risk in realised) <= 0.1 * len(realised) + 1
+    assert np.mean(realised) >= 0.01 and np.mean(kept) > 0.3  # not trivially conservative either
+
+
+def test_the_fit_part_chooses_lambda_and_targets_and_the_certify_part_only_fits_delta():
+    from export.utility_router import UtilityRouting
+
+    records, answers, probs = world(400, 7)
+    routing = UtilityRouting(records, answers, probs, PRICES, ALPHAS)
+    lam, _ = routing.fit_lambda(0.97)
+    provisional, certified = routing.cascade(lam, provisional=True), routing.cascade(lam)
+    assert certified.target == provisional.target  # the targets come from the fit part
+    assert certified.fit["legal_risk"]["t1"]["n"] != provisional.fit["legal_risk"]["t1"]["n"]  # different records
+    crc = UtilityRouting(records, answers, probs, PRICES, ALPHAS, guarantee="crc")
+    assert crc.cascade(lam).fit["legal_risk"]["t1"]["guarantee"] == "crc"
+    with pytest.raises(ValueError, match="guarantee"):
+        UtilityRouting(records, answers, probs, PRICES, ALPHAS, guarantee="none").cascade(lam)
 
 
 def test_the_cascade_escalates_only_to_a_tier_that_is_better_where_it_escalates():

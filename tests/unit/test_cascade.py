@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from routenlp_core.cascade import CascadePolicy, TierResult, TierUnavailable, run_cascade
-from routenlp_core.conformal import U_MAX, crc_delta, min_calibration_size, realised_risk
+from routenlp_core.conformal import U_MAX, crc_delta, ltt_delta, min_calibration_size, realised_risk, wsr_p_value
 
 PRICES = {"t1": 0.01, "t2": 0.10, "t3": 0.80, "t4": 8.00}
 POLICY = CascadePolicy(
@@ -152,6 +152,47 @@ def test_crc_realised_risk_holds_over_random_splits_of_exchangeable_data(alpha, 
     assert mean_risk <= alpha + noise
     assert mean_risk >= 0.5 * alpha  # not trivially conservative
     assert 0.2 < float(np.mean(accepted)) < 1.0
+
+
+@pytest.mark.parametrize("alpha, loss_kind", [(0.05, "binary"), (0.05, "graded")])
+def test_ltt_bounds_the_true_risk_for_all_but_epsilon_of_calibration_draws(alpha, loss_kind):
+    """u ~ U(0, 1), loss = 1[wrong] (x a uniform grade) with P(wrong | u) = 0.4 u: the true risk of
+    a threshold is known in closed form (0.2 delta^2, halved for graded losses). Over 300 draws of
+    200 calibration answers, Learn then Test's delta has true risk > alpha in at most epsilon (0.1) of
+    draws, CRC's in far more (its bound is an average over draws), and LTT still accepts answers."""
+    rng = np.random.default_rng(3)
+    scale = 0.2 if loss_kind == "binary" else 0.1
+    over = {"ltt": 0, "crc": 0}
+    ltt_deltas = []
+    for _ in range(300):
+        u = rng.random(200)
+        loss = (rng.random(200) < 0.4 * u) * (1.0 if loss_kind == "binary" else rng.random(200))
+        for name, threshold in (("ltt", ltt_delta(u, loss, alpha, 0.1)), ("crc", crc_delta(u, loss, alpha))):
+            delta = min(max(threshold.delta, 0.0), 1.0)
+            over[name] += scale * delta**2 > alpha
+            if name == "ltt":
+                ltt_deltas.append(delta)
+    assert over["ltt"] <= 0.1 * 300
+    assert over["crc"] > over["ltt"]
+    assert np.mean(ltt_deltas) > 0.4 * math.sqrt(alpha / scale)  # not vacuous: a good share of the oracle delta
+
+
+def test_ltt_edge_cases_and_its_p_value():
+    need = min_calibration_size(0.05, epsilon=0.1)
+    assert 40 < need < 60  # zero losses certify only from about log(1 / eps) / log(1 + alpha) answers
+    assert ltt_delta([0.1] * (need - 1), [0.0] * (need - 1), 0.05, 0.1).delta == -math.inf
+    assert ltt_delta([0.1] * need, [0.0] * need, 0.05, 0.1).delta == U_MAX
+    assert wsr_p_value(np.full(500, 0.5), 0.05, 0.1) == 1.0  # mean far above alpha: nothing rejected
+    assert wsr_p_value(np.zeros(500), 0.05, 0.1) < 1e-6
+    rng = np.random.default_rng(0)
+    u, loss = rng.random(300), (rng.random(300) < 0.3).astype(float) * rng.random(300)
+    deltas = [ltt_delta(u, loss, 0.05, eps).delta for eps in (0.01, 0.05, 0.1, 0.3)]
+    assert deltas == sorted(deltas)  # a looser epsilon never escalates more
+    assert ltt_delta(u, loss, 0.05, 0.1).delta <= crc_delta(u, loss, 0.05).delta
+    with pytest.raises(ValueError):
+        ltt_delta([0.1], [0.0, 1.0], 0.05, 0.1)
+    with pytest.raises(ValueError):
+        ltt_delta([0.1], [0.5], 0.05, 1.5)
 
 
 def test_the_old_rule_on_correct_answers_only_does_not_bound_wrong_and_accepted():
