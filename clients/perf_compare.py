@@ -102,10 +102,7 @@ def routing_overhead(
         if breakdowns:
             row["breakdown"] = _merge_breakdowns(breakdowns)
         if cpu is not None:
-            row["cpu_us_per_request"] = {
-                side: {name: round(statistics.median(r[name] for r in runs if r.get(name) is not None), 1) for name in runs[0]}
-                for side, runs in cpu_us.items() if runs and runs[0]
-            }  # fmt: skip
+            row["cpu_us_per_request"] = {side: _median_cpu(runs) for side, runs in cpu_us.items() if runs and runs[0]}
         rows.append(row)
         log(
             f"  concurrency {c}: routed-on-T1 p50 {row['routed_t1_p50_ms']:.2f} ms vs direct t1 "
@@ -113,6 +110,13 @@ def routing_overhead(
             f"throughput x{row['throughput_ratio']:.3f}"
         )
     return rows
+
+
+def _median_cpu(runs: Sequence[Mapping[str, float | None]]) -> dict[str, float]:
+    """Per process, the median over rounds of its CPU microseconds per request."""
+    import statistics
+
+    return {name: round(statistics.median(r[name] for r in runs if r.get(name) is not None), 1) for name in runs[0]}
 
 
 def _median_point(points: Sequence[PerfPoint]) -> PerfPoint:

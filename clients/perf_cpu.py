@@ -51,7 +51,8 @@ def process_cpu(server_pid: int, model: str) -> dict[str, float]:
 
 def _answered(http_url: str, model: str) -> int:
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as response:
-        return sum(int(entry["inference_stats"]["success"]["count"]) for entry in json.loads(response.read())["model_stats"])
+        stats = json.loads(response.read())["model_stats"]
+    return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
 
 
 class CpuProbe:

@@ -215,7 +215,9 @@ class TritonPythonModel:
         self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
         path = log_path()
         try:
-            self.escalation_log = EscalationLog(path, keep_text=keep_text_from_env(), direct_busy_s=INLINE_COMMIT_WAIT_S)
+            self.escalation_log = EscalationLog(
+                path, keep_text=keep_text_from_env(), direct_busy_s=INLINE_COMMIT_WAIT_S
+            )
         except Exception as err:  # requests must not go unlogged: refuse to load instead
             raise pb_utils.TritonModelException(f"{self.name}: cannot open the escalation log {path}: {err}") from None
         calibration = self.config.calibration

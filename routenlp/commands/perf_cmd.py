@@ -92,8 +92,8 @@ def run(args) -> int:
 
     from clients.perf import PerfAnalyzerError
     from clients.perf_breakdown import BreakdownProbe
-    from clients.perf_cpu import CpuProbe
     from clients.perf_compare import OVERHEAD_TASK, compare_policies, routing_overhead
+    from clients.perf_cpu import CpuProbe
     from routenlp.data import load_split
     from routenlp.deployment import latest_serving_config, latest_version_dir
     from routenlp.table import format_table
