@@ -5,7 +5,9 @@ its row, even if tritonserver is killed right after; one writer thread per BLS i
 the rows queued meanwhile together, EscalationLog), read by `routenlp log tail`, the escalation
 monitor's reports and coopt's failure collection. WAL lets readers run while the server writes;
 synchronous=NORMAL in WAL mode keeps committed rows across a process crash (what a SIGKILL is).
-Several model instances (processes) may append at once: SQLite serialises the writers.
+Several model instances (processes) may append at once: SQLite serialises the writers. A caller
+that answers a batch itself (the BLS's execute()) commits the batch's rows in one transaction on
+its own thread instead (EscalationLog.write): no handoff to the writer thread and back.
 
 Raw request text and answers are kept only when `keep_text` is set (ROUTENLP_LOG_TEXT=1): the
 default row holds a hash and the byte size of the text, never the text.
@@ -19,7 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +138,15 @@ class EscalationLog:
     What the group commit saves is the commit per row under concurrency and, for each request, the
     time the row is written while its response is being built."""
 
-    def __init__(self, path: Path | str, *, keep_text: bool = False) -> None:
+    def __init__(self, path: Path | str, *, keep_text: bool = False, direct_busy_s: float = 0.2) -> None:
         self.path = Path(path)
         self.keep_text = keep_text
         self._db = open_wal_database(self.path)
         self._db.executescript(_SCHEMA)
+        # write()'s own connection: it waits at most direct_busy_s for another writer's lock
+        self._direct = open_wal_database(self.path)
+        self._direct.execute(f"PRAGMA busy_timeout={int(direct_busy_s * 1000)}")
+        self._direct_lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="escalation-log", daemon=True)
         self._writer.start()
@@ -166,6 +172,26 @@ class EscalationLog:
     def append(self, record: Mapping[str, Any]) -> None:
         """submit() and wait for the commit."""
         self.submit(record).wait()
+
+    def write(self, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Commits the records in one transaction on the calling thread, with the same promise as
+        submit() + wait(): True once they are committed. False when another writer held the
+        database past direct_busy_s (nothing written: submit() them instead). Other errors raise."""
+        rows = [self._row(record) for record in records]
+        with self._direct_lock:
+            try:
+                self._direct.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                if "locked" in str(err) or "busy" in str(err):
+                    return False
+                raise
+            try:
+                self._direct.executemany(_INSERT, rows)
+                self._direct.execute("COMMIT")
+            except BaseException:
+                self._direct.execute("ROLLBACK")
+                raise
+        return True
 
     def _write_loop(self) -> None:
         stopping = False
@@ -203,6 +229,8 @@ class EscalationLog:
             self._queue.put(_STOP)
             self._writer.join()
         self._db.close()
+        with self._direct_lock:
+            self._direct.close()
 
     def __enter__(self) -> "EscalationLog":
         return self

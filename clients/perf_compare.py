@@ -65,13 +65,15 @@ def compare_policies(url: str, records, work_dir: Path, concurrencies: Sequence[
 
 def routing_overhead(
     url: str, records, tokenizer, max_len: int, work_dir: Path, concurrencies: Sequence[int],
-    measurement_ms: int = 3000, rounds: int = 3, probe=None, log=print,
+    measurement_ms: int = 3000, rounds: int = 3, probe=None, cpu=None, log=print,
 ) -> list[dict[str, Any]]:
     """Routed-on-T1 (the entry model, MAX_TIER t1) against direct t1_<task> calls at each
     concurrency: `rounds` interleaved pairs (routed, direct, routed, direct, ...) so both sides
     see the same load on a shared machine; the row holds the medians over rounds and their
     difference / ratio. `probe` (clients.perf_breakdown.BreakdownProbe): read around every routed
-    run, so each row also says where the routed requests' time went."""
+    run, so each row also says where the routed requests' time went; `cpu`
+    (clients.perf_cpu.CpuProbe): around every run, the CPU per request of each process, both sides."""
+    import contextlib
     import statistics
 
     task_records = [r for r in records if r["task"] == OVERHEAD_TASK]
@@ -79,15 +81,19 @@ def routing_overhead(
     direct = write_input_data(work_dir / "direct_t1.json", t1_rows(task_records, tokenizer, max_len))
     rows = []
     for c in concurrencies:
-        ours, plain, breakdowns = [], [], []
+        ours, plain, breakdowns, cpu_us = [], [], [], {"routed_t1": [], "direct_t1": []}
         for _ in range(rounds):
-            if probe is not None:
-                with probe:
+            with probe if probe is not None else contextlib.nullcontext():
+                with cpu.on(ENTRY_MODEL) if cpu is not None else contextlib.nullcontext():
                     ours.append(_point(ENTRY_MODEL, url, routed, c, measurement_ms))
+                if cpu is not None:
+                    cpu_us["routed_t1"].append(cpu.result())
+            if probe is not None:
                 breakdowns.append(probe.result())
-            else:
-                ours.append(_point(ENTRY_MODEL, url, routed, c, measurement_ms))
-            plain.append(_point(f"t1_{OVERHEAD_TASK}", url, direct, c, measurement_ms))
+            with cpu.on(f"t1_{OVERHEAD_TASK}") if cpu is not None else contextlib.nullcontext():
+                plain.append(_point(f"t1_{OVERHEAD_TASK}", url, direct, c, measurement_ms))
+            if cpu is not None:
+                cpu_us["direct_t1"].append(cpu.result())
         row = _pair_row(c, _median_point(ours), _median_point(plain), "routed_t1", "direct_t1")
         for q in ("p50", "p95", "p99"):
             added = [getattr(a, f"{q}_ms") - getattr(b, f"{q}_ms") for a, b in zip(ours, plain)]
@@ -95,6 +101,8 @@ def routing_overhead(
         row["throughput_ratio_per_round"] = [round(a.throughput / b.throughput, 3) for a, b in zip(ours, plain)]
         if breakdowns:
             row["breakdown"] = _merge_breakdowns(breakdowns)
+        if cpu is not None:
+            row["cpu_us_per_request"] = {side: _median_cpu(runs) for side, runs in cpu_us.items() if runs and runs[0]}
         rows.append(row)
         log(
             f"  concurrency {c}: routed-on-T1 p50 {row['routed_t1_p50_ms']:.2f} ms vs direct t1 "
@@ -102,6 +110,13 @@ def routing_overhead(
             f"throughput x{row['throughput_ratio']:.3f}"
         )
     return rows
+
+
+def _median_cpu(runs: Sequence[Mapping[str, float | None]]) -> dict[str, float]:
+    """Per process, the median over rounds of its CPU microseconds per request."""
+    import statistics
+
+    return {name: round(statistics.median(r[name] for r in runs if r.get(name) is not None), 1) for name in runs[0]}
 
 
 def _median_point(points: Sequence[PerfPoint]) -> PerfPoint:

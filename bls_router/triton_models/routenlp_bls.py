@@ -65,6 +65,7 @@ locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import json  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -214,7 +215,9 @@ class TritonPythonModel:
         self._create_metrics({"version": str(args["model_version"]), "instance": str(args.get("model_instance_name", self.name))})
         path = log_path()
         try:
-            self.escalation_log = EscalationLog(path, keep_text=keep_text_from_env())
+            self.escalation_log = EscalationLog(
+                path, keep_text=keep_text_from_env(), direct_busy_s=INLINE_COMMIT_WAIT_S
+            )
         except Exception as err:  # requests must not go unlogged: refuse to load instead
             raise pb_utils.TritonModelException(f"{self.name}: cannot open the escalation log {path}: {err}") from None
         calibration = self.config.calibration
@@ -521,14 +524,15 @@ class TritonPythonModel:
         """A routing thread's answer: routed, logged, committed (the thread's current() stays
         `times` until _send, which runs right after on this same thread)."""
         activate(times)
-        response, commit, record = self._prepare(routed, times)
+        response, commit, record = self._prepare(routed, times, queue_log=True)
         with times.span("log"):  # the durability promise: the record is committed before the answer goes
             self._wait_commit(commit, record)
         return response
 
-    def _prepare(self, routed, times):
+    def _prepare(self, routed, times, queue_log):
         """(response, the log record's Commit or None, the record): routed, the record queued on
-        the log's writer, metrics recorded, response built. Sent only once the commit is done."""
+        the log's writer (queue_log; else the caller writes it), metrics recorded, response built.
+        Sent only once the record is committed."""
         # No request.is_cancelled() here: in Triton 2.51 that check reaches
         # TRITONBACKEND_ResponseFactoryIsCancelled through the python backend, which crashed the
         # whole server (SIGSEGV, measured here during a 1,099-request coopt run; the same stack as
@@ -542,8 +546,10 @@ class TritonPythonModel:
         except Exception as err:  # a bug: answer this request, keep serving the others
             pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
             return self._error(f"internal error: {type(err).__name__}: {err}", "internal"), None, None
-        with times.span("log"):
-            commit = self._log_record(result.record)
+        commit = None
+        if queue_log:
+            with times.span("log"):
+                commit = self._log_record(result.record)
         try:
             with times.span("metrics"):
                 self._observe(result)
@@ -588,9 +594,11 @@ class TritonPythonModel:
 
     def execute(self, requests):
         """Requests that can reach only the in-process models are answered here; the others go to
-        the routing threads. An inline answer leaves only once its log record is committed; the
-        commits of a batch are waited for together, and a commit slower than INLINE_COMMIT_WAIT_S
-        is left to a routing thread (execute() must stay short: see bls_router/deferred.py)."""
+        the routing threads. An inline answer leaves only once its log record is committed: the
+        batch's records in one transaction on this thread (_write_inline); when another writer
+        holds the log longer than INLINE_COMMIT_WAIT_S they go to the log's writer thread, and a
+        commit not done within INLINE_COMMIT_WAIT_S more is left to a routing thread (execute()
+        must stay short: see bls_router/deferred.py)."""
         responses = [None] * len(requests)
         inline = []
         for index, request in enumerate(requests):
@@ -601,11 +609,12 @@ class TritonPythonModel:
             elif self._inline(routed):
                 activate(times)
                 try:
-                    inline.append((index, times, *self._prepare(routed, times)))
+                    inline.append([index, times, *self._prepare(routed, times, queue_log=False)])
                 finally:
                     activate(None)
             else:
                 responses[index] = self._defer(request, lambda routed=routed, times=times: self._answer(routed, times))
+        self._write_inline(inline)
         for index, times, response, commit, record in inline:
             with times.span("log"):
                 ready = commit is None or commit.done(INLINE_COMMIT_WAIT_S)
@@ -623,6 +632,27 @@ class TritonPythonModel:
 
             responses[index] = self._defer(requests[index], finish)
         return responses
+
+    def _write_inline(self, inline):
+        """Commits the inline answers' records in one transaction on the execute thread. Items
+        [index, times, response, commit, record] whose records could not be written so (the log
+        busy past INLINE_COMMIT_WAIT_S) get a Commit from the writer thread instead; a failed
+        write is counted and logged per record, as a failed commit is."""
+        logged = [item for item in inline if item[4] is not None]
+        if not logged:
+            return
+        started = time.perf_counter_ns()
+        try:
+            written = self.escalation_log.write([item[4] for item in logged])
+        except Exception as err:  # as a failed commit: counted and logged, the answers still go
+            written = True  # nothing to hand to the writer thread
+            for item in logged:
+                self._log_failed(item[4], err)
+        share = (time.perf_counter_ns() - started) // len(logged)  # the one wait, split over its requests
+        for item in logged:
+            item[1].add("log", share)
+            if not written:
+                item[3] = self._log_record(item[4])
 
     def finalize(self):
         # Triton finalizes a version only once every response factory is gone, i.e. each accepted

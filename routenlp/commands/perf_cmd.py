@@ -40,16 +40,17 @@ def register(sub) -> None:
 
 @contextlib.contextmanager
 def _server(args) -> Iterator[tuple[str, str | None, str | None]]:
-    """(grpc, http, metrics) addresses: the running server named, else one started for the run."""
+    """(grpc, http, metrics addresses, the server's pid or None): the running server named, else
+    one started for the run."""
     if args.url:
-        yield args.url, args.http_url, args.metrics_url
+        yield args.url, args.http_url, args.metrics_url, None
         return
     if args.policies:
         from routenlp.deployment import Deployment
 
         with Deployment(args.repository) as deployment:
             server = deployment.server
-            yield server.grpc_url, server.http_url, server.metrics_url
+            yield server.grpc_url, server.http_url, server.metrics_url, server.process.pid
         return
     import os
 
@@ -60,11 +61,12 @@ def _server(args) -> Iterator[tuple[str, str | None, str | None]]:
         env = {**os.environ, ENV_LOG_PATH: str(Path(state) / "escalation_log.sqlite")}
         server = TritonServer(args.repository, Path(state) / "tritonserver.log", load_models=HOT_PATH_MODELS, env=env)
         with server:
-            yield server.grpc_url, server.http_url, server.metrics_url
+            yield server.grpc_url, server.http_url, server.metrics_url, server.process.pid
 
 
 def breakdown_rows(overhead: list[dict]) -> list[dict]:
-    """One row per BLS stage (and per Triton model phase): microseconds per routed request at each concurrency."""
+    """One row per BLS stage (and per Triton model phase, and per process's CPU on either side):
+    microseconds per routed request at each concurrency."""
     rows: dict[str, dict] = {}
     for row in overhead:
         c = f"c={row['concurrency']} us"
@@ -78,6 +80,10 @@ def breakdown_rows(overhead: list[dict]) -> list[dict]:
             rows.setdefault(f"{model} requests/execution", {"where": f"{model} requests/execution"})[c] = (
                 round(stats["requests"] / stats["executions"], 2) if stats.get("executions") else None
             )
+        for side, processes in (row.get("cpu_us_per_request") or {}).items():
+            for process, us in processes.items():
+                key = f"CPU {side} {process}"
+                rows.setdefault(key, {"where": key})[c] = us
     return list(rows.values())
 
 
@@ -87,6 +93,7 @@ def run(args) -> int:
     from clients.perf import PerfAnalyzerError
     from clients.perf_breakdown import BreakdownProbe
     from clients.perf_compare import OVERHEAD_TASK, compare_policies, routing_overhead
+    from clients.perf_cpu import CpuProbe
     from routenlp.data import load_split
     from routenlp.deployment import latest_serving_config, latest_version_dir
     from routenlp.table import format_table
@@ -99,16 +106,17 @@ def run(args) -> int:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(latest_version_dir(args.repository) / TOKENIZER_DIR))
     out: dict = {"command": "routenlp perf " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["perf"] else "routenlp perf"}
     try:
-        with _server(args) as (url, http_url, metrics_url), tempfile.TemporaryDirectory() as tmp:
+        with _server(args) as (url, http_url, metrics_url, server_pid), tempfile.TemporaryDirectory() as tmp:
             models = ["routenlp", "router", f"t1_{OVERHEAD_TASK}"]
             probe = BreakdownProbe(metrics_url, http_url, models) if http_url and metrics_url else None
+            cpu = CpuProbe(http_url, server_pid) if http_url and server_pid else None  # a server on this machine
             print(
                 f"perf_analyzer over gRPC ({url}): routed-on-T1 vs direct t1_{OVERHEAD_TASK}, "
                 f"{args.rounds} interleaved rounds per concurrency {levels}"
             )
             max_len = config.t1[OVERHEAD_TASK].max_len
             out["overhead"] = routing_overhead(
-                url, records, tokenizer, max_len, Path(tmp), levels, args.measurement_ms, rounds=args.rounds, probe=probe
+                url, records, tokenizer, max_len, Path(tmp), levels, args.measurement_ms, rounds=args.rounds, probe=probe, cpu=cpu
             )
             if args.policies:
                 out["policies"] = compare_policies(url, records, Path(tmp), levels, args.measurement_ms)

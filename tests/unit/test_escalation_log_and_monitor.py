@@ -134,15 +134,40 @@ def test_group_commit_writes_every_concurrent_record_and_reports_failures_to_eac
         log.submit(_record(1))
 
 
+def test_write_commits_a_batch_on_the_callers_thread_and_gives_way_to_a_busy_log(tmp_path):
+    import time
+
+    path = tmp_path / "log.sqlite"
+    with EscalationLog(path, direct_busy_s=0.1) as log:
+        assert log.write([_record(i) for i in range(3)]) is True
+        with EscalationLogReader(path) as reader:  # committed: readable by another connection
+            assert reader.request_ids() == {"r0", "r1", "r2"}
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another instance's writer holds the log
+        started = time.monotonic()
+        assert log.write([_record(3)]) is False
+        assert time.monotonic() - started < 2.0  # gave way after about direct_busy_s, not BUSY_TIMEOUT_MS
+        other.execute("COMMIT")
+        other.close()
+        log.submit(_record(3)).wait(10)  # what the BLS then does with it
+        with pytest.raises(KeyError):  # a record that cannot become a row fails its caller, nothing written
+            log.write([_record(4), {"ts": 1.0}])
+        with EscalationLogReader(path) as reader:
+            assert reader.request_ids() == {"r0", "r1", "r2", "r3"}
+
+
 _KILL_SCRIPT = """
 import sys
 from bls_router.escalation_log import EscalationLog
 log = EscalationLog(sys.argv[1])
 i = 0
 while True:
-    log.submit({"ts": 1.0, "request_id": f"r{i}", "task": "t", "tier": "t1", "path": ["t1"]}).wait()
-    print(f"r{i}", flush=True)  # "answered": only after the commit
-    i += 1
+    # a batch written on this thread (the BLS's execute()), then one through the writer thread
+    log.write([{"ts": 1.0, "request_id": f"r{i + k}", "task": "t", "tier": "t1", "path": ["t1"]} for k in (0, 1)])
+    log.submit({"ts": 1.0, "request_id": f"r{i + 2}", "task": "t", "tier": "t1", "path": ["t1"]}).wait()
+    for k in range(3):
+        print(f"r{i + k}", flush=True)  # "answered": only after the commit
+    i += 3
 """
 
 
