@@ -119,13 +119,13 @@ def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alph
     target, so the one test per cell is all these records decide (what LTT's bound needs)."""
     if guarantee not in GUARANTEES:
         raise ValueError(f"guarantee must be one of {GUARANTEES}, not {guarantee!r}")
-    min_n = max(MIN_POPULATION, min_calibration_size(alpha=min(alphas.values()), epsilon=EPSILON if guarantee == "ltt" else None))
     cascade = Cascade()
     by_task: dict[str, list] = {}
     for record in records:
         by_task.setdefault(record["task"], []).append(record)
     for task, rs in by_task.items():
         alpha, tiers = alphas[task], servable(task)
+        min_n = max(MIN_POPULATION, min_calibration_size(alpha, epsilon=EPSILON if guarantee == "ltt" else None))
         cascade.delta[task], cascade.target[task], cascade.fit[task] = {}, {}, {}
         for k in tiers[:-1]:
             routed = [r for r in rs if chosen[r["id"]] == k]
