@@ -119,13 +119,18 @@ def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alph
     target, so the one test per cell is all these records decide (what LTT's bound needs)."""
     if guarantee not in GUARANTEES:
         raise ValueError(f"guarantee must be one of {GUARANTEES}, not {guarantee!r}")
+    epsilon = EPSILON if guarantee == "ltt" else None
+
+    def certify(us: Sequence[float], regret: Sequence[float], alpha: float):
+        return crc_delta(us, regret, alpha) if epsilon is None else ltt_delta(us, regret, alpha, epsilon)
+
     cascade = Cascade()
     by_task: dict[str, list] = {}
     for record in records:
         by_task.setdefault(record["task"], []).append(record)
     for task, rs in by_task.items():
         alpha, tiers = alphas[task], servable(task)
-        min_n = max(MIN_POPULATION, min_calibration_size(alpha, epsilon=EPSILON if guarantee == "ltt" else None))
+        min_n = max(MIN_POPULATION, min_calibration_size(alpha, epsilon=epsilon))
         cascade.delta[task], cascade.target[task], cascade.fit[task] = {}, {}, {}
         for k in tiers[:-1]:
             routed = [r for r in rs if chosen[r["id"]] == k]
@@ -136,7 +141,7 @@ def calibrate_cascade(records, answers: Answers, chosen: Mapping[str, str], alph
             candidates = tiers[tiers.index(k) + 1:] if targets is None else [t for t in [targets[task].get(k)] if t]
             for target in candidates:
                 regret = [min(1.0, max(0.0, float(answers[r["id"]][target]["quality"]) - float(answers[r["id"]][k]["quality"]))) for r in population]
-                threshold = ltt_delta(us, regret, alpha, EPSILON) if guarantee == "ltt" else crc_delta(us, regret, alpha)
+                threshold = certify(us, regret, alpha)
                 escalated = [r for r, u in zip(population, us) if u > threshold.delta] or list(population)
                 if targets is not None or _task_score(task, escalated, answers, [target] * len(escalated)) > _task_score(task, escalated, answers, [k] * len(escalated)):
                     cascade.delta[task][k], cascade.target[task][k] = threshold.delta, target

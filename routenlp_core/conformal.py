@@ -17,6 +17,7 @@ of them (a high-probability bound: the cascade serves one calibration draw, not 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,16 +38,20 @@ class Threshold:
     accepted: int  # calibration answers with u <= delta
 
 
-def crc_delta(uncertainties: Sequence[float], losses: Sequence[float], alpha: float, bound: float = 1.0) -> Threshold:
-    """The largest delta whose conformal risk bound (sum of accepted losses + B) / (n + 1) is <= alpha.
-
-    Answers with equal u are accepted or escalated together (delta is one of the u values)."""
+def _check_inputs(uncertainties: Sequence[float], losses: Sequence[float], alpha: float, bound: float) -> None:
     if len(uncertainties) != len(losses):
         raise ValueError("uncertainties and losses must have the same length")
     if not 0 < alpha < 1:
         raise ValueError("alpha must be in (0, 1)")
     if any(not 0.0 <= loss <= bound for loss in losses):
         raise ValueError(f"losses must lie in [0, {bound}]")
+
+
+def crc_delta(uncertainties: Sequence[float], losses: Sequence[float], alpha: float, bound: float = 1.0) -> Threshold:
+    """The largest delta whose conformal risk bound (sum of accepted losses + B) / (n + 1) is <= alpha.
+
+    Answers with equal u are accepted or escalated together (delta is one of the u values)."""
+    _check_inputs(uncertainties, losses, alpha, bound)
     n = len(uncertainties)
     if n == 0 or bound / (n + 1) > alpha:
         return Threshold(-math.inf, n, alpha, 0.0, 0)
@@ -91,28 +96,27 @@ def ltt_delta(uncertainties: Sequence[float], losses: Sequence[float], alpha: fl
     scanning the u values upward (risk is non-decreasing in delta). Then P(risk(delta) <= alpha) >=
     1 - epsilon over the calibration draw, where risk is the population mean of 1[u <= delta] x loss.
     The answers are taken in a seeded random order for the betting p-value (wsr_p_value)."""
-    if len(uncertainties) != len(losses):
-        raise ValueError("uncertainties and losses must have the same length")
-    if not 0 < alpha < 1 or not 0 < epsilon < 1:
-        raise ValueError("alpha and epsilon must be in (0, 1)")
+    _check_inputs(uncertainties, losses, alpha, 1.0)
+    if not 0 < epsilon < 1:
+        raise ValueError("epsilon must be in (0, 1)")
     u = np.asarray(uncertainties, dtype=float)
     loss = np.asarray(losses, dtype=float)
-    if np.any((loss < 0.0) | (loss > 1.0)):
-        raise ValueError("losses must lie in [0, 1]")
     n = len(u)
     order = np.random.default_rng(seed).permutation(n)
     u, loss = u[order], loss[order]
     delta, accepted, kept = -math.inf, 0, 0.0
     for candidate in np.unique(u):
-        taken = np.where(u <= candidate, loss, 0.0)
+        accept = u <= candidate
+        taken = np.where(accept, loss, 0.0)
         if wsr_p_value(taken, alpha, epsilon) > epsilon:
             break  # fixed sequence: the first null not rejected ends the scan
-        delta, accepted, kept = float(candidate), int(np.sum(u <= candidate)), float(taken.sum())
+        delta, accepted, kept = float(candidate), int(accept.sum()), float(taken.sum())
     if n and accepted == n:
         delta = max(delta, U_MAX)
     return Threshold(delta, n, alpha, kept / n if n else 0.0, accepted)
 
 
+@functools.lru_cache(maxsize=64)  # asked per task at every lambda of a sweep; the LTT case is a search
 def min_calibration_size(alpha: float, bound: float = 1.0, epsilon: float | None = None) -> int:
     """The smallest n at which accepting anything can be certified: CRC, (0 + B) / (n + 1) <= alpha;
     LTT (epsilon given), n answers with zero loss reject H0 at level epsilon."""
