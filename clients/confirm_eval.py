@@ -12,8 +12,9 @@ Oracle agreement: how often the tier that answers is the oracle's (the cheapest 
 task's bar, else the best answer); Always-T1 is the constant cheapest-servable rule.
 
 The guarantee table: per (task, tier) cell of RouteNLP's cascade (Learn then Test; and of the
-conformal-risk-control ablation) at its fitted lambda, the realised mean regret (quality lost by accepting the tier instead of escalating to its target) over the
-requests the router sent to that tier, with its Wilson 95% interval, against the task's alpha.
+conformal-risk-control ablation) at its fitted lambda, the realised mean regret (quality lost by
+accepting the tier instead of escalating to its target) over the requests the router sent to that
+tier, with its Wilson 95% interval, against the task's alpha.
 
     python -m clients.confirm_eval [--per-task 300] [--raw ../shared/data] [--bootstrap 200]
 """

@@ -9,13 +9,15 @@ Every answer of every tier on every calibration record is in the build (all-pair
 the served system is replayed offline with the serving code itself (decide_route + run_cascade
 over recorded answers, `replay`). Calibration (export/utility_router.py):
 
-1. the utility: q_hat per (task, tier) fitted on the calibration answers, prices per task, and
-   lambda, the cheapest setting whose macro quality on the calibration records is >=
-   TARGET_QUALITY_RATIO x Always-T4's there (each lambda replayed with its own cascade);
-2. the cascade at that lambda: per (task, tier k) on the calibration records lambda sends to k
-   (all of the task's records when fewer than MIN_POPULATION are), delta = ltt_delta (Learn then
-   Test) on the regret (q_target - q_k)+; the target is the cheapest pricier tier that beats k on the records k would
-   escalate (none: k is final). One escalation at most.
+1. on a seeded third of the calibration pool (the fit part): q_hat per (task, tier), prices per
+   task, and lambda, the cheapest setting whose macro quality there is >= TARGET_QUALITY_RATIO x
+   Always-T4's (each lambda replayed with a provisional cascade fitted on that part, which also
+   picks each cell's target: the cheapest pricier tier that beats k on the records k would
+   escalate; none: k is final);
+2. on the other two thirds (the certify part), the cascade at that lambda: per (task, tier k), on
+   the records lambda sends to k (all of the task's when fewer than MIN_POPULATION are), delta =
+   ltt_delta (Learn then Test) on the regret (q_target - q_k)+ for the fixed target. One
+   escalation at most.
 3. check_pool: the same replay on dev (or any pool with answers) gives per (task, picked tier) the
    realised mean regret with a Wilson 95% interval, and the system's quality and cost.
 

@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 
 @contextlib.contextmanager
-def _server(args) -> Iterator[tuple[str, str | None, str | None]]:
+def _server(args) -> Iterator[tuple[str, str | None, str | None, int | None]]:
     """(grpc, http, metrics addresses, the server's pid or None): the running server named, else
     one started for the run."""
     if args.url:
