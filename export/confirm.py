@@ -31,7 +31,8 @@ def _normalised(text: str) -> str:
 
 def confirm_records(raw: Path, per_task: int, seed: int = CONFIRM_SEED) -> list[dict[str, Any]]:
     """Per task up to `per_task` unseen raw records, stratified by label, seeded."""
-    from routenlp.data import load_raw, load_split
+    from routenlp.data import SPLITS, load_raw, load_split
+    from routenlp.data.records import TRAIN_MORE_SPLIT, split_path
     from routenlp.data.sampling import stratified_sample
     from routenlp_core.paths import BENCHMARK_DIR
     from routenlp_core.tasks import TASK_NAMES
@@ -39,7 +40,7 @@ def confirm_records(raw: Path, per_task: int, seed: int = CONFIRM_SEED) -> list[
     sources = json.loads((BENCHMARK_DIR / "manifest.json").read_text(encoding="utf-8"))["sources"]
     chosen = []
     for task in TASK_NAMES:
-        seen = [r for split in ("train", "calibration", "dev") for r in load_split(task, split)]
+        seen = [r for split in (*SPLITS, TRAIN_MORE_SPLIT) if split_path(task, split).is_file() for r in load_split(task, split)]
         seen_ids, seen_texts = {r["id"] for r in seen}, {_normalised(r["text"]) for r in seen}
         unseen = [r for r in load_raw(task, raw / sources[task][0]["path"]) if r["id"] not in seen_ids and _normalised(r["text"]) not in seen_texts]
         unique = list({_normalised(r["text"]): r for r in unseen}.values())  # one record per text
@@ -78,6 +79,7 @@ def load_confirm_records() -> list[dict[str, Any]]:
 
 
 def confirm_records_path() -> Path:
+    from routenlp.data.records import CONFIRM_FILE
     from routenlp_core.paths import BENCHMARK_DIR
 
-    return BENCHMARK_DIR / "confirm.jsonl"
+    return BENCHMARK_DIR / CONFIRM_FILE

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -213,18 +213,25 @@ class PortfolioBuild:
         return fingerprint({"config": (folder / "config.json").read_text(), "files": files})
 
     def decoder_data(self, tier_name: str) -> dict[str, Any]:
-        """How much of the training pool a decoder tier sees: records per task and per-task repeats
-        (short structured pairs are cheap, so a tier can take them several times per epoch)."""
+        """How much of the training pool a decoder tier sees: records per task, per-task repeats
+        (short structured pairs are cheap, so a tier can take them several times per epoch) and the
+        tasks whose benchmark train_more split it also trains on (a bigger tier has seen more)."""
         train = self.portfolio.tiers[tier_name].train
-        return {
+        data = {
             "max_per_task": int(train.get("max_per_task", self.profile.max_train_per_task)),
             "task_repeats": {task: int(k) for task, k in sorted(dict(train.get("task_repeats", {})).items())},
         }
+        more = sorted(train.get("train_more", []))
+        missing = [task for task in more if task not in self.pools.train_more]
+        if missing:
+            raise ValueError(f"{tier_name} trains on train_more of {', '.join(missing)}, but the benchmark has no such split "
+                             f"(tasks with one: {', '.join(sorted(self.pools.train_more)) or 'none'})")
+        return {**data, "train_more": more} if more else data  # tiers without it keep their stage key's inputs
 
-    def decoder_pairs(self, max_per_task: int, task_repeats: dict[str, int]) -> list[tuple[str, str]]:
+    def decoder_pairs(self, max_per_task: int, task_repeats: dict[str, int], train_more: Sequence[str] = ()) -> list[tuple[str, str]]:
         pairs = []
         for task in TASK_NAMES:
-            records = self.pools.tier_train[task][:max_per_task]
+            records = self.pools.tier_train[task][:max_per_task] + (self.pools.train_more[task] if task in train_more else [])
             pairs += [(prompt_text(r), format_target(r)) for r in records] * task_repeats.get(task, 1)
         return pairs
 

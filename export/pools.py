@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from routenlp.data import load_split
+from routenlp.data.records import TRAIN_MORE_SPLIT, split_path
 from routenlp.portfolio import Profile
 from routenlp_core.tasks import TASK_NAMES
 
@@ -24,13 +25,16 @@ class Pools:
     router: dict[str, list[Record]]  # task -> held-out records every tier answers (router labels)
     dev: dict[str, list[Record]]  # task -> dev records for the quality table
     calibration: dict[str, list[Record]]  # task -> calibration records (conformal thresholds)
+    # task -> the rest of the task's training portion (benchmark train_more), for the tiers whose
+    # `train_more` setting names the task; tasks without that split are absent
+    train_more: dict[str, list[Record]] = field(default_factory=dict)
 
     def flat(self, pool: str, limit_per_task: int | None = None) -> list[Record]:
         return [r for task in TASK_NAMES for r in getattr(self, pool)[task][:limit_per_task]]
 
 
 def make_pools(profile: Profile, seed: int = 0) -> Pools:
-    tier_train, router, dev, calibration = {}, {}, {}, {}
+    tier_train, router, dev, calibration, train_more = {}, {}, {}, {}, {}
     for task in TASK_NAMES:
         train = list(load_split(task, "train"))
         random.Random(f"{seed}:{task}").shuffle(train)
@@ -44,4 +48,7 @@ def make_pools(profile: Profile, seed: int = 0) -> Pools:
         random.Random(f"{seed}:{task}:dev").shuffle(dev_split)
         dev[task] = dev_split[: profile.max_eval_per_task]
         calibration[task] = list(load_split(task, "calibration"))[: profile.max_eval_per_task]
-    return Pools(tier_train, router, dev, calibration)
+        if split_path(task, TRAIN_MORE_SPLIT).is_file():
+            train_more[task] = list(load_split(task, TRAIN_MORE_SPLIT))
+            random.Random(f"{seed}:{task}:{TRAIN_MORE_SPLIT}").shuffle(train_more[task])
+    return Pools(tier_train, router, dev, calibration, train_more)

@@ -15,7 +15,7 @@ from routenlp_core.tasks import TASK_NAMES, get_task
 DEFAULT_PORTFOLIO = Path(__file__).with_name("portfolios") / "default.toml"
 TIER_ORDER = ("t1", "t2", "t3", "t4")
 SERVING_KINDS = ("onnx", "vllm", "openai")
-TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats", "init_from")
+TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats", "train_more", "init_from")
 
 
 class PortfolioError(ValueError):
@@ -37,8 +37,10 @@ class Tier:
     # Training settings for a tier trained here (ignored with a checkpoint): `lr`, `epochs`
     # (default: the profile's decoder_epochs), `max_per_task` (training records per task; default
     # the profile's max_train_per_task), `task_repeats` ({task: k}: that task's pairs k times
-    # per epoch) and `init_from` (a cheaper decoder tier whose trained weights it starts from, e.g.
-    # a Mixtral-style MoE upcycled from the Mistral-style T2). Larger models want a lower rate.
+    # per epoch), `train_more` (tasks whose benchmark train_more split, the rest of their training
+    # portion, it also trains on) and `init_from` (a cheaper decoder tier whose trained weights it
+    # starts from, e.g. a Mixtral-style MoE upcycled from the Mistral-style T2). Larger models want
+    # a lower rate.
     train: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,7 +150,7 @@ def _tier(name: str, raw: Mapping, where: str) -> Tier:
     unknown_train = set(train) - set(TRAIN_SETTINGS)
     if unknown_train:
         raise PortfolioError(f"{where}: unknown train setting(s) {', '.join(sorted(unknown_train))} (known: {', '.join(TRAIN_SETTINGS)})")
-    for task in train.get("task_repeats", {}):
+    for task in [*train.get("task_repeats", {}), *train.get("train_more", [])]:
         get_task(task)  # raises UnknownTaskError listing valid tasks
     source = train.get("init_from")
     if source is not None and (source not in TIER_ORDER[1:] or TIER_ORDER.index(source) >= TIER_ORDER.index(name)):

@@ -6,16 +6,27 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from routenlp.data.banking77 import banking77_labels
 from routenlp.data.ectsum import load_ectsum_documents
 from routenlp.data.loaders import load_raw
-from routenlp.data.records import MAX_DOCUMENT_CHARS, MAX_INPUT_CHARS, SPLITS, record_group, write_records
+from routenlp.data.records import (
+    CONFIRM_FILE,
+    MAX_DOCUMENT_CHARS,
+    MAX_INPUT_CHARS,
+    SPLITS,
+    TRAIN_MORE_SPLIT,
+    load_records,
+    record_group,
+    write_records,
+)
 from routenlp.data.splits import (
     EVALUATION_SPLITS,
     SPLIT_FRACTIONS,
     drop_training_duplicates,
+    normalised_text,
     sample_capped,
     seeded_rng,
     split_by_group,
@@ -25,7 +36,9 @@ from routenlp_core.labels import FIXED_LABELS, NER_TYPES, NONE_LABEL
 from routenlp_core.paths import BENCHMARK_DIR, shared_data_dir
 from routenlp_core.tasks import TASK_NAMES
 
-BUILD_VERSION = 2  # 2: fin_ner split within documents; evaluation records repeating a train text dropped
+# 2: fin_ner split within documents; evaluation records repeating a train text dropped;
+# 3: train_more (the rest of a task's training portion) for the tasks in TRAIN_MORE_TASKS
+BUILD_VERSION = 3
 DEFAULT_SEED = 13
 
 # Raw input of each task, relative to the raw data folder.
@@ -58,6 +71,10 @@ CAPS: dict[str, dict[str, int]] = {
     "legal_clause": {"train": 1500, "calibration": 300, "dev": 300},
     "legal_risk": {"train": 2000, "calibration": 300, "dev": 300},
 }
+# Tasks whose training portion beyond the train cap is also written, as <task>/train_more.jsonl:
+# pricier tiers may train on it (a tier's `train_more` setting), so a bigger tier can also have
+# seen more data, as real model families do. Only where the portion holds much more than the cap.
+TRAIN_MORE_TASKS = ("cs_intent", "legal_clause")
 # Tasks whose "none" records are cut to at most half of each split.
 NONE_CAPPED = ("legal_clause", "legal_risk")
 # Tasks split within their documents (blocks of this many consecutive records, one record dropped
@@ -99,11 +116,12 @@ def split_task(task: str, records: list[dict], seed: int) -> dict[str, list[dict
     return split_by_group(records, rng)
 
 
-def build_task(task: str, raw_dir: Path, seed: int) -> tuple[dict[str, list[dict]], dict[str, set[str]], dict[str, int]]:
+def build_task(task: str, raw_dir: Path, seed: int, held_out: Iterable[dict] = ()) -> tuple[dict[str, list[dict]], dict[str, set[str]], dict[str, int]]:
     """Records of one task per split (split, capped and none-balanced, then calibration and dev
     records whose text repeats one of the whole train portion dropped), the documents each split
     was given (including those the caps left out), and how many duplicates were dropped per split.
-    Duplicates go after the caps so that removing them moves no other record."""
+    Duplicates go after the caps so that removing them moves no other record. For TRAIN_MORE_TASKS
+    also train_more: the rest of the train portion, none-balanced, without `held_out` texts."""
     records = load_raw(task, raw_dir / RAW_SOURCES[task])
     if not records:
         raise ValueError(f"no records for {task} in {raw_dir / RAW_SOURCES[task]}")
@@ -118,7 +136,19 @@ def build_task(task: str, raw_dir: Path, seed: int) -> tuple[dict[str, list[dict
         kept = drop_training_duplicates(splits[split], parts["train"])
         dropped[split] = len(splits[split]) - len(kept)
         splits[split] = kept
+    if task in TRAIN_MORE_TASKS:
+        splits[TRAIN_MORE_SPLIT] = train_more(parts["train"], splits["train"], held_out, seeded_rng(seed, task, TRAIN_MORE_SPLIT), none_label)
     return splits, {split: {record_group(r) for r in parts[split]} for split in SPLITS}, dropped
+
+
+def train_more(portion: list[dict], train: list[dict], held_out: Iterable[dict], rng, none_label: str | None) -> list[dict]:
+    """The training portion's records not in the train split and whose text is not a held-out
+    record's (the committed confirm split was drawn from these unseen records first), with "none"
+    cut to at most as many as the labelled ones, sorted by id."""
+    taken = {r["id"] for r in train}
+    held = {normalised_text(r["text"]) for r in held_out}
+    rest = [r for r in portion if r["id"] not in taken and normalised_text(r["text"]) not in held]
+    return sample_capped(rest, len(rest), rng, none_label)
 
 
 def build_documents(raw_dir: Path, seed: int, excluded_groups: set[str]) -> list[dict]:
@@ -133,9 +163,11 @@ def _clear_outputs(task_dir: Path) -> None:
         old.unlink()
 
 
-def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, seed: int = DEFAULT_SEED) -> dict:
-    """Write out_dir/<task>/{train,calibration,dev}.jsonl (+ fin_summary/documents.jsonl), the
-    licence files and out_dir/manifest.json; return the manifest."""
+def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, seed: int = DEFAULT_SEED,
+                    held_out_path: Path = BENCHMARK_DIR / CONFIRM_FILE) -> dict:
+    """Write out_dir/<task>/{train,calibration,dev}.jsonl (+ train_more.jsonl for TRAIN_MORE_TASKS,
+    fin_summary/documents.jsonl), the licence files and out_dir/manifest.json; return the manifest.
+    Records of `held_out_path` (the committed confirm split, when there is one) stay out of train_more."""
     raw_dir = Path(raw_dir) if raw_dir is not None else shared_data_dir()
     out_dir = Path(out_dir)
     if not raw_dir.is_dir():
@@ -143,12 +175,13 @@ def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, 
     counts: dict[str, dict[str, int]] = {}
     sources: dict[str, list[dict]] = {}
     duplicates: dict[str, dict[str, int]] = {}
+    held_out = load_records(held_out_path) if Path(held_out_path).is_file() else []
     for task in TASK_NAMES:
         task_dir = out_dir / task
         task_dir.mkdir(parents=True, exist_ok=True)
         _clear_outputs(task_dir)
-        splits, groups, duplicates[task] = build_task(task, raw_dir, seed)
-        counts[task] = {split: write_records(task_dir / f"{split}.jsonl", splits[split]) for split in SPLITS}
+        splits, groups, duplicates[task] = build_task(task, raw_dir, seed, [r for r in held_out if r["task"] == task])
+        counts[task] = {split: write_records(task_dir / f"{split}.jsonl", records) for split, records in splits.items()}
         sources[task] = [source_digest(raw_dir, RAW_SOURCES[task])]
         if task == "fin_summary":
             documents = build_documents(raw_dir, seed, groups["train"] | groups["calibration"])
@@ -161,6 +194,8 @@ def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, 
         "seed": seed,
         "split_fractions": SPLIT_FRACTIONS,
         "caps": CAPS,
+        "train_more_tasks": list(TRAIN_MORE_TASKS),
+        "train_more_held_out": {"file": Path(held_out_path).name, "records": len(held_out)},
         "within_document_split": WITHIN_DOCUMENT_SPLIT,
         "dropped_train_duplicates": duplicates,
         "max_documents": MAX_DOCUMENTS,

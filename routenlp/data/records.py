@@ -16,6 +16,11 @@ from routenlp_core.paths import BENCHMARK_DIR
 from routenlp_core.tasks import get_task
 
 SPLITS: tuple[str, ...] = ("train", "calibration", "dev")
+# The confirm split (drawn once by clients.confirm_eval from raw records no split holds) is kept
+# beside the splits: benchmark/confirm.jsonl.
+CONFIRM_FILE = "confirm.jsonl"
+# The rest of a task's training portion beyond the train cap (routenlp.data.build.TRAIN_MORE_TASKS).
+TRAIN_MORE_SPLIT = "train_more"
 # Longest model input kept per task (characters); longer inputs are cut at a word boundary so the
 # committed benchmark stays small and fits the small tiers' context. Targets are never cut.
 MAX_INPUT_CHARS: dict[str, int] = {

@@ -20,11 +20,11 @@ from routenlp.data import (
     load_records,
     load_split,
 )
-from routenlp.data.build import WITHIN_DOCUMENT_SPLIT
+from routenlp.data.build import TRAIN_MORE_TASKS, WITHIN_DOCUMENT_SPLIT
 from routenlp.data.claudette import risk_label
 from routenlp.data.cuad import segment_spans
 from routenlp.data.ectsum import company, load_ectsum_documents
-from routenlp.data.records import record_group, truncate_text
+from routenlp.data.records import CONFIRM_FILE, TRAIN_MORE_SPLIT, record_group, truncate_text
 from routenlp.data.splits import (
     drop_training_duplicates,
     normalised_text,
@@ -457,7 +457,7 @@ def test_committed_benchmark_has_every_task_and_split():
     manifest = json.loads((BENCHMARK_DIR / "manifest.json").read_text(encoding="utf-8"))
     for task in TASK_NAMES:
         seen: set[str] = set()
-        for split in SPLITS:
+        for split in (*SPLITS, TRAIN_MORE_SPLIT) if task in TRAIN_MORE_TASKS else SPLITS:
             records = load_split(task, split)
             assert_schema(records, task)
             assert len(records) == manifest["counts"][task][split]
@@ -471,7 +471,19 @@ def test_committed_benchmark_has_every_task_and_split():
                 assert {r["doc"] for r in records} == {f"FIN5:d{d}" for d in range(1, 6)}
         assert_no_training_duplicates(task, BENCHMARK_DIR)
     size = sum(p.stat().st_size for p in BENCHMARK_DIR.rglob("*") if p.is_file())
-    assert size < 6_000_000
+    assert size < 10_000_000
+
+
+def test_train_more_holds_no_confirm_record():
+    """The confirm split was drawn from the records no split held; train_more, written after it,
+    leaves them out (by id and by normalised text), so confirm stays unseen by every tier."""
+    confirm = load_records(BENCHMARK_DIR / CONFIRM_FILE)
+    for task in TRAIN_MORE_TASKS:
+        more = load_split(task, TRAIN_MORE_SPLIT)
+        held = [r for r in confirm if r["task"] == task]
+        assert held and more
+        assert not {r["id"] for r in more} & {r["id"] for r in held}
+        assert not {normalised_text(r["text"]) for r in more} & {normalised_text(r["text"]) for r in held}
 
 
 def test_load_records_reads_a_jsonl_file():

@@ -105,3 +105,31 @@ def test_decoder_pairs_repeat_each_task_as_configured():
     twice = build.decoder_pairs(max_per_task=5, task_repeats={"cs_intent": 2})
     assert len(twice) == len(once) + 5
     assert sum(p.startswith("task: cs_intent") for p, _ in twice) == 10
+
+
+def test_train_more_adds_the_rest_of_a_tasks_portion_to_one_tier_only():
+    from export.pipeline import PortfolioBuild
+    from routenlp.data import load_split
+
+    build = PortfolioBuild(load_portfolio(profile="default"), progress=False)
+    t2, t4 = build.decoder_data("t2"), build.decoder_data("t4")
+    assert "train_more" not in t2 and t4["train_more"] == ["cs_intent", "legal_clause"]
+    more = load_split("cs_intent", "train_more")
+    base = build.decoder_pairs(max_per_task=5, task_repeats={"cs_intent": 2})
+    extended = build.decoder_pairs(max_per_task=5, task_repeats={"cs_intent": 2}, train_more=["cs_intent"])
+    assert len(extended) == len(base) + 2 * len(more)
+    train_ids = {r["id"] for r in load_split("cs_intent", "train")}
+    assert not train_ids & {r["id"] for r in more}  # the rest of the portion, not the split again
+
+
+def test_train_more_of_a_task_without_the_split_is_refused(tmp_path):
+    from export.pipeline import PortfolioBuild
+
+    raw = tomllib.loads(DEFAULT_PORTFOLIO.read_text(encoding="utf-8"))
+    raw["tiers"]["t4"]["train"]["train_more"] = ["fin_ner"]
+    build = PortfolioBuild(parse_portfolio(raw, "tiny", tmp_path / "p.toml"), progress=False)
+    with pytest.raises(ValueError, match="no such split"):
+        build.decoder_data("t4")
+    raw["tiers"]["t4"]["train"]["train_more"] = ["no_such_task"]
+    with pytest.raises(UnknownTaskError):
+        parse_portfolio(raw, "tiny", tmp_path / "p.toml")
