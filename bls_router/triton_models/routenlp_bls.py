@@ -67,6 +67,7 @@ import json  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -150,6 +151,17 @@ def _positive_int_parameter(config, name, default):
     if number < 1:
         raise ValueError(f"config parameter {name} must be a positive integer, got {value!r}")
     return number
+
+
+@dataclass(slots=True)
+class InlineAnswer:
+    """A request answered on execute()'s thread, held until its log record is committed."""
+
+    index: int  # position in execute()'s batch
+    times: StageTimes
+    response: object  # the pb_utils.InferenceResponse to send
+    commit: object  # the record's Commit on the writer thread, or None (written inline, or no record)
+    record: object  # the escalation-log record, or None when the request logs nothing
 
 
 class TritonPythonModel:
@@ -609,50 +621,50 @@ class TritonPythonModel:
             elif self._inline(routed):
                 activate(times)
                 try:
-                    inline.append([index, times, *self._prepare(routed, times, queue_log=False)])
+                    inline.append(InlineAnswer(index, times, *self._prepare(routed, times, queue_log=False)))
                 finally:
                     activate(None)
             else:
                 responses[index] = self._defer(request, lambda routed=routed, times=times: self._answer(routed, times))
         self._write_inline(inline)
-        for index, times, response, commit, record in inline:
-            with times.span("log"):
-                ready = commit is None or commit.done(INLINE_COMMIT_WAIT_S)
+        for item in inline:
+            with item.times.span("log"):
+                ready = item.commit is None or item.commit.done(INLINE_COMMIT_WAIT_S)
             if ready:
-                self._wait_commit(commit, record)  # its outcome: a failed commit is counted here
-                self._count_stages(times)
-                responses[index] = response
+                self._wait_commit(item.commit, item.record)  # its outcome: a failed commit is counted here
+                self._count_stages(item.times)
+                responses[item.index] = item.response
                 continue
 
-            def finish(commit=commit, record=record, response=response, times=times):
-                activate(times)
-                with times.span("log"):
-                    self._wait_commit(commit, record)
-                return response
+            def finish(item=item):
+                activate(item.times)
+                with item.times.span("log"):
+                    self._wait_commit(item.commit, item.record)
+                return item.response
 
-            responses[index] = self._defer(requests[index], finish)
+            responses[item.index] = self._defer(requests[item.index], finish)
         return responses
 
     def _write_inline(self, inline):
-        """Commits the inline answers' records in one transaction on the execute thread. Items
-        [index, times, response, commit, record] whose records could not be written so (the log
-        busy past INLINE_COMMIT_WAIT_S) get a Commit from the writer thread instead; a failed
-        write is counted and logged per record, as a failed commit is."""
-        logged = [item for item in inline if item[4] is not None]
+        """Commits the inline answers' records in one transaction on the execute thread. Answers
+        whose records could not be written so (the log busy past INLINE_COMMIT_WAIT_S) get a Commit
+        from the writer thread instead; a failed write is counted and logged per record, as a
+        failed commit is."""
+        logged = [item for item in inline if item.record is not None]
         if not logged:
             return
         started = time.perf_counter_ns()
         try:
-            written = self.escalation_log.write([item[4] for item in logged])
+            written = self.escalation_log.write([item.record for item in logged])
         except Exception as err:  # as a failed commit: counted and logged, the answers still go
             written = True  # nothing to hand to the writer thread
             for item in logged:
-                self._log_failed(item[4], err)
+                self._log_failed(item.record, err)
         share = (time.perf_counter_ns() - started) // len(logged)  # the one wait, split over its requests
         for item in logged:
-            item[1].add("log", share)
+            item.times.add("log", share)
             if not written:
-                item[3] = self._log_record(item[4])
+                item.commit = self._log_record(item.record)
 
     def finalize(self):
         # Triton finalizes a version only once every response factory is gone, i.e. each accepted
