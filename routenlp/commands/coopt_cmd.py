@@ -53,7 +53,7 @@ def run(args) -> int:
     if bool(args.url) != bool(args.http_url):
         print("error: --url and --http-url go together (a running server's gRPC and HTTP addresses)", file=sys.stderr)
         return 2
-    export_cmd.run(argparse.Namespace(profile=args.profile, portfolio=args.portfolio, repository=args.repository, target="cpu", results=args.results / "portfolio.json", quiet=True, write_pack=False, from_pack=False, pack=None))
+    export_cmd.run(argparse.Namespace(profile=args.profile, portfolio=args.portfolio, repository=args.repository, target="cpu", results=args.results / export_cmd.report_path(args.profile).name, quiet=True, write_pack=False, from_pack=False, pack=None))
 
     from export.pipeline import PortfolioBuild
     from routenlp.portfolio import load_portfolio

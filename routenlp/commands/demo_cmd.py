@@ -85,7 +85,7 @@ def run(args) -> int:
     from routenlp.server_restarts import ServerRestarter
 
     export_cmd.run(argparse.Namespace(
-        profile=args.profile, portfolio=None, repository=None, target="cpu", results=RESULTS_DIR / "portfolio.json", quiet=True,
+        profile=args.profile, portfolio=None, repository=None, target="cpu", results=export_cmd.report_path(args.profile), quiet=True,
         write_pack=False, from_pack=not args.rebuild, pack=None,
     ))  # fmt: skip
     records = _records(args.per_task)

@@ -15,13 +15,19 @@ def register(sub) -> None:
     parser.add_argument("--portfolio", type=Path, default=None, help="portfolio TOML (default: the embedded one)")
     parser.add_argument("--repository", type=Path, default=None, help="model repository folder (default model_repository/, or model_repository_ngc/ for --target ngc)")
     parser.add_argument("--target", choices=("cpu", "ngc"), default="cpu", help="cpu: this Triton build; ngc: stock NGC tritonserver+vLLM images")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "portfolio.json")
+    parser.add_argument("--results", type=Path, default=None, help="the report (default results/portfolio.json for the default profile, else results/portfolio-<profile>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     packs = parser.add_mutually_exclusive_group()
     packs.add_argument("--write-pack", action="store_true", help="also write the build as a pack (packs/<portfolio>-<profile>/ unless --pack)")
     packs.add_argument("--from-pack", action="store_true", help="take the built stages from the pack when it matches (no training)")
     parser.add_argument("--pack", type=Path, default=None, help="pack folder (default packs/<portfolio>-<profile>/)")
     parser.set_defaults(handler=run, write_pack=False, from_pack=False, pack=None)
+
+
+def report_path(profile: str) -> Path:
+    """Where a profile's build report goes: a tiny or custom build never overwrites the default
+    portfolio's committed ladder table."""
+    return RESULTS_DIR / ("portfolio.json" if profile == "default" else f"portfolio-{profile}.json")
 
 
 def use_pack(build, path: Path) -> bool:
@@ -57,9 +63,9 @@ def run(args) -> int:
     written = write_repository(build, repository, target=args.target)
     written.update(target=args.target, path=str(repository))
     report = portfolio_report(build, steps, written, build.load_answers("dev"))
-    write_report(report, args.results)
+    results = write_report(report, args.results or report_path(args.profile))
     print("\n" + format_report(report))
-    print(f"\nwrote {args.results}")
+    print(f"\nwrote {results}")
     if args.write_pack:
         manifest = write_pack(build, report, pack)
         print(f"wrote pack v{manifest['pack_version']} to {pack}: {manifest['total_bytes'] / 1e6:.1f} MB\n{size_report(manifest['files'], build.stage_names())}")
