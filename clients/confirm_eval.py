@@ -37,15 +37,23 @@ POOLS = ("calibration", "dev", "confirm")
 
 
 def confirm_answers(build, records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
-    """The build's tier answers on the confirm records (labelled once, then kept under the build)."""
+    """The build's tier answers on the confirm records, labelled once per tier and kept under the
+    build with the key of the weights that gave them: a tier whose weights changed (a rebuilt T4)
+    is relabelled alone, and no answer of other weights is ever scored."""
     from export.confirm import CONFIRM_POOL, label_records
 
     path = build.root / "answers" / f"{CONFIRM_POOL}.jsonl"
-    if not path.exists():
-        print(f"labelling {len(records)} confirm records with every tier (once; about 30 min on 2 cores)")
-        rows = label_records(build, records, TIERS)
+    keys_path = path.with_suffix(".keys.json")
+    keys = {tier: build.tier_key(tier) for tier in TIERS}
+    labelled = json.loads(keys_path.read_text(encoding="utf-8")) if keys_path.exists() and path.exists() else {}
+    stale = [tier for tier in TIERS if labelled.get(tier) != keys[tier]]
+    if stale:
+        print(f"labelling {len(records)} confirm records with {', '.join(stale)} (once per tier's weights; about 30 min on 2 cores for all four)")
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["tier"] not in stale] if path.exists() else []
+        rows = [json.dumps(row, sort_keys=True) for row in label_records(build, records, stale)]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
+        path.write_text("".join(line + "\n" for line in kept + rows), encoding="utf-8")
+        keys_path.write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return build.load_answers(CONFIRM_POOL)
 
 

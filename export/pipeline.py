@@ -18,6 +18,7 @@ from typing import Any
 
 from export.pools import Pools, make_pools
 from export.stage_cache import CODE_MODULES, StageCache, fingerprint
+from routenlp.data.corpus import corpus_digest, load_corpus
 from routenlp.portfolio import TIER_ORDER, Portfolio
 from routenlp_core.answers import format_target, prompt_text
 from routenlp_core.contract import ROUTER_ABLATION_MODELS
@@ -187,20 +188,43 @@ class PortfolioBuild:
                 model = build_decoder(arch, self.tokenizer())
             start = f", from {source}" if source else ""
             self.log(f"  {tier.name}: {arch.family}{start}, {count_parameters(model) / 1e6:.2f}M parameters, {len(pairs)} pairs")
+            pretrained = self.pretrain(tier_name, model) if pretrain else {}
             stats = train_decoder(
                 model, self.tokenizer(), pairs, epochs=epochs, batch_size=DECODER_BATCH,
                 lr=lr, max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress,
             )
-            save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name})
-            return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"]}
+            save_decoder(model, self.tokenizer(), out, {"arch": asdict(arch), "train": stats, "tier": tier.name, **({"pretrain": pretrained} if pretrained else {})})
+            return {"parameters": count_parameters(model), "train_seconds": stats["train_seconds"], "final_loss": stats["final_loss"],
+                    **({"pretrain_seconds": pretrained["train_seconds"], "pretrain_tokens": pretrained["tokens_seen"]} if pretrained else {})}
 
         grown = {}
         if source:  # the code that grows it is part of its key (depth growth only where it adds layers)
             grown = {"init_from": self.decoder_key(source), "upcycle_code": _code_fingerprint("export.upcycle")}
             if tier.arch.get("layers", 0) > self.portfolio.tiers[source].arch.get("layers", 0):
                 grown["grow_code"] = _code_fingerprint("export.grow")
+        pretrain = dict(tier.train.get("pretrain", {}))
+        if pretrain:  # only a pretraining tier's key names the corpus and the code that pretrains
+            grown |= {"pretrain": pretrain, "corpus": corpus_digest(), "pretrain_code": _code_fingerprint("export.pretrain")}
         inputs = self._inputs("decoder", tier=tier.name, arch=dict(tier.arch), tokenizer=self.cache.key("tokenizer"), lr=lr, epochs=epochs, data=data, **grown)
         return self.cache.run(f"decoders/{tier_name}", inputs, build, self.log)
+
+    def pretrain(self, tier_name: str, model) -> dict:
+        """Pretrain a decoder in place on the in-domain corpus (the tier's `pretrain` setting:
+        `tokens`, optional `lr`, default the tier's) before its task tuning; returns the stats."""
+        from export.pretrain import pretrain_decoder
+
+        train = self.portfolio.tiers[tier_name].train
+        settings = train["pretrain"]
+        texts = [d["text"] for d in load_corpus()]
+        self.log(f"  {tier_name}: pretraining on {int(settings['tokens']):,} corpus tokens ({len(texts)} documents)")
+        return pretrain_decoder(
+            model, self.tokenizer(), texts, tokens=int(settings["tokens"]), block_len=self.profile.max_input_tokens + self.profile.max_answer_tokens,
+            batch_size=DECODER_BATCH, lr=float(settings.get("lr", train.get("lr", DECODER_LR))), seed=SEED, progress=self.progress,
+        )
+
+    def tier_key(self, tier_name: str) -> str:
+        """What identifies a tier's weights (T1: its heads' build step)."""
+        return self.cache.key("t1") if tier_name == "t1" else self.decoder_key(tier_name)
 
     def decoder_key(self, tier_name: str) -> str:
         """What identifies a decoder's weights: its build step's key, or for a configured

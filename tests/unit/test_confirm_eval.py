@@ -52,3 +52,39 @@ def test_cells_cover_the_routed_non_final_tiers_and_hold_alpha_on_fresh_draws():
         assert cell["regret"] < 0.12
         regrets.append(cell["regret"])
     assert np.mean(regrets) <= 0.05 + 0.015
+
+
+def test_confirm_answers_relabel_only_the_tiers_whose_weights_changed(tmp_path, monkeypatch):
+    """The confirm answers are kept with the key of the weights that gave them: a rebuilt tier is
+    relabelled alone, the others' rows are reused as they are."""
+    import json
+
+    import export.confirm
+    from clients.confirm_eval import confirm_answers
+
+    class Build:
+        root = tmp_path
+        keys = {"t1": "a", "t2": "b", "t3": "c", "t4": "d"}
+
+        def tier_key(self, tier):
+            return self.keys[tier]
+
+        def load_answers(self, pool):
+            rows = [json.loads(line) for line in (tmp_path / "answers" / f"{pool}.jsonl").read_text().splitlines()]
+            return {(r["id"], r["tier"]): r["weights"] for r in rows}
+
+    labelled = []
+
+    def label(build, records, tiers, progress=True):
+        labelled.append(list(tiers))
+        return [{"id": r["id"], "tier": t, "weights": build.keys[t]} for t in tiers for r in records]
+
+    monkeypatch.setattr(export.confirm, "label_records", label)
+    records, build = [{"id": "x"}, {"id": "y"}], Build()
+    first = confirm_answers(build, records)
+    assert labelled == [["t1", "t2", "t3", "t4"]] and first[("x", "t4")] == "d"
+    assert confirm_answers(build, records) == first and len(labelled) == 1  # nothing changed: no labelling
+    build.keys = {**build.keys, "t4": "e"}
+    again = confirm_answers(build, records)
+    assert labelled[-1] == ["t4"]
+    assert again[("y", "t4")] == "e" and again[("y", "t2")] == "b" and len(again) == 8
