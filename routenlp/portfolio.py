@@ -15,7 +15,7 @@ from routenlp_core.tasks import TASK_NAMES, get_task
 DEFAULT_PORTFOLIO = Path(__file__).with_name("portfolios") / "default.toml"
 TIER_ORDER = ("t1", "t2", "t3", "t4")
 SERVING_KINDS = ("onnx", "vllm", "openai")
-TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats", "train_more", "init_from")
+TRAIN_SETTINGS = ("lr", "epochs", "max_per_task", "task_repeats", "train_more", "init_from", "pretrain")
 
 
 class PortfolioError(ValueError):
@@ -39,8 +39,9 @@ class Tier:
     # the profile's max_train_per_task), `task_repeats` ({task: k}: that task's pairs k times
     # per epoch), `train_more` (tasks whose benchmark train_more split, the rest of their training
     # portion, it also trains on) and `init_from` (a cheaper decoder tier whose trained weights it
-    # starts from, e.g. a Mixtral-style MoE upcycled from the Mistral-style T2). Larger models want
-    # a lower rate.
+    # starts from, e.g. a Mixtral-style MoE upcycled from the Mistral-style T2), `pretrain`
+    # ({tokens, lr}: causal-LM pretraining on the benchmark's unlabelled in-domain corpus before the
+    # task tuning). Larger models want a lower rate.
     train: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,6 +153,9 @@ def _tier(name: str, raw: Mapping, where: str) -> Tier:
         raise PortfolioError(f"{where}: unknown train setting(s) {', '.join(sorted(unknown_train))} (known: {', '.join(TRAIN_SETTINGS)})")
     for task in [*train.get("task_repeats", {}), *train.get("train_more", [])]:
         get_task(task)  # raises UnknownTaskError listing valid tasks
+    pretrain = train.get("pretrain")
+    if pretrain is not None and (not isinstance(pretrain, Mapping) or set(pretrain) - {"tokens", "lr"} or int(pretrain.get("tokens", 0)) <= 0):
+        raise PortfolioError(f"{where}: pretrain must be a table with tokens > 0 and optionally lr, got {pretrain!r}")
     source = train.get("init_from")
     if source is not None and (source not in TIER_ORDER[1:] or TIER_ORDER.index(source) >= TIER_ORDER.index(name)):
         raise PortfolioError(f"{where}: init_from {source!r} must name a cheaper decoder tier ({', '.join(TIER_ORDER[1:TIER_ORDER.index(name)]) or 'none'})")

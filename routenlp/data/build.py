@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from routenlp.data.banking77 import banking77_labels
+from routenlp.data.corpus import unlabelled_documents, write_corpus
 from routenlp.data.ectsum import load_ectsum_documents
 from routenlp.data.loaders import load_raw
 from routenlp.data.records import (
@@ -116,10 +117,11 @@ def split_task(task: str, records: list[dict], seed: int) -> dict[str, list[dict
     return split_by_group(records, rng)
 
 
-def build_task(task: str, raw_dir: Path, seed: int, held_out: Iterable[dict] = ()) -> tuple[dict[str, list[dict]], dict[str, set[str]], dict[str, int]]:
+def build_task(task: str, raw_dir: Path, seed: int, held_out: Iterable[dict] = ()) -> tuple[dict[str, list[dict]], dict[str, set[str]], dict[str, int], list[dict]]:
     """Records of one task per split (split, capped and none-balanced, then calibration and dev
     records whose text repeats one of the whole train portion dropped), the documents each split
-    was given (including those the caps left out), and how many duplicates were dropped per split.
+    was given (including those the caps left out), how many duplicates were dropped per split, and
+    the whole training portion (in source order: the pretraining corpus is cut from it).
     Duplicates go after the caps so that removing them moves no other record. For TRAIN_MORE_TASKS
     also train_more: the rest of the train portion, none-balanced, without `held_out` texts."""
     records = load_raw(task, raw_dir / RAW_SOURCES[task])
@@ -138,7 +140,9 @@ def build_task(task: str, raw_dir: Path, seed: int, held_out: Iterable[dict] = (
         splits[split] = kept
     if task in TRAIN_MORE_TASKS:
         splits[TRAIN_MORE_SPLIT] = train_more(parts["train"], splits["train"], held_out, seeded_rng(seed, task, TRAIN_MORE_SPLIT), none_label)
-    return splits, {split: {record_group(r) for r in parts[split]} for split in SPLITS}, dropped
+    train_ids = {r["id"] for r in parts["train"]}
+    portion = [r for r in records if r["id"] in train_ids]
+    return splits, {split: {record_group(r) for r in parts[split]} for split in SPLITS}, dropped, portion
 
 
 def train_more(portion: list[dict], train: list[dict], held_out: Iterable[dict], rng, none_label: str | None) -> list[dict]:
@@ -176,16 +180,20 @@ def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, 
     sources: dict[str, list[dict]] = {}
     duplicates: dict[str, dict[str, int]] = {}
     held_out = load_records(held_out_path) if Path(held_out_path).is_file() else []
+    portions: dict[str, list[dict]] = {}
+    held_texts = {normalised_text(r["text"]) for r in held_out}  # every text a record of any split holds
     for task in TASK_NAMES:
         task_dir = out_dir / task
         task_dir.mkdir(parents=True, exist_ok=True)
         _clear_outputs(task_dir)
-        splits, groups, duplicates[task] = build_task(task, raw_dir, seed, [r for r in held_out if r["task"] == task])
+        splits, groups, duplicates[task], portions[task] = build_task(task, raw_dir, seed, [r for r in held_out if r["task"] == task])
         counts[task] = {split: write_records(task_dir / f"{split}.jsonl", records) for split, records in splits.items()}
+        held_texts |= {normalised_text(r["text"]) for records in splits.values() for r in records}
         sources[task] = [source_digest(raw_dir, RAW_SOURCES[task])]
         if task == "fin_summary":
             documents = build_documents(raw_dir, seed, groups["train"] | groups["calibration"])
             counts[task]["documents"] = write_records(task_dir / "documents.jsonl", documents)
+            held_texts |= {normalised_text(r["text"]) for r in documents}
             sources[task].append(source_digest(raw_dir, DOCUMENT_SOURCE))
         licence = raw_dir / LICENCE_FILES[task]
         shutil.copyfile(licence, task_dir / licence.name)
@@ -207,4 +215,7 @@ def build_benchmark(raw_dir: Path | None = None, out_dir: Path = BENCHMARK_DIR, 
         "labels": task_label_sets(raw_dir),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # After every split is known: the corpus keeps no text any of them holds (its own manifest, so
+    # the benchmark manifest, part of every build step's key, does not depend on it).
+    write_corpus(out_dir, [d for task in TASK_NAMES for d in unlabelled_documents(task, portions[task], held_texts)])
     return manifest

@@ -471,7 +471,7 @@ def test_committed_benchmark_has_every_task_and_split():
                 assert {r["doc"] for r in records} == {f"FIN5:d{d}" for d in range(1, 6)}
         assert_no_training_duplicates(task, BENCHMARK_DIR)
     size = sum(p.stat().st_size for p in BENCHMARK_DIR.rglob("*") if p.is_file())
-    assert size < 10_000_000
+    assert size < 15_000_000  # splits ~8.8 MB + the pretraining corpus 3.4 MB (gzip)
 
 
 def test_train_more_holds_no_confirm_record():
