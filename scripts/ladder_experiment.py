@@ -1,34 +1,51 @@
 """Measure a decoder recipe against the built default portfolio before adopting it (issue 19).
 
 A copy of a built stage cache (default: artifacts/default-default, the build of the committed pack)
-is rebuilt with a variant portfolio file: the pipeline's own steps, so only the decoders whose key
+is rebuilt with a variant of the portfolio file (`--set dotted.key=TOML value`, applied to its raw
+table): the pipeline's own steps, so only the decoders whose key
 the variant changes (and every decoder grown from them) retrain and relabel; the rest are cache hits.
 Then the ladder table exactly as `routenlp export` computes it (bars fitted on the calibration
 answers, dev reports), appended as a run to results/ladder_experiments.json.
 
-    .venv/bin/python scripts/ladder_experiment.py --portfolio var/t4_pretrain.toml --name "..."
+    .venv/bin/python scripts/ladder_experiment.py --name pretrain \
+        --set 'profiles.default.tiers.t4.train.pretrain={ tokens = 3000000 }'
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import time
+import tomllib
 from pathlib import Path
 
 from export.ladder import format_ladder, ladder_table
 from export.pipeline import DECODER_TIERS, PortfolioBuild
 from export.quality import quality_table
 from export.stage_cache import StageCache
-from routenlp.portfolio import TIER_ORDER, load_portfolio
+from routenlp.portfolio import DEFAULT_PORTFOLIO, TIER_ORDER, parse_portfolio
 from routenlp_core.paths import ARTIFACTS_DIR, REPO_ROOT
 from routenlp_core.tasks import TASK_NAMES
 
 
+def variant(raw: dict, settings: list[str]) -> dict:
+    """The raw portfolio table with each `dotted.key=TOML value` set (missing tables created)."""
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        *path, last = key.strip().split(".")
+        table = raw
+        for part in path:
+            table = table.setdefault(part, {})
+        table[last] = tomllib.loads(f"v = {value}")["v"]
+    return raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--portfolio", type=Path, required=True, help="the variant portfolio file")
+    parser.add_argument("--portfolio", type=Path, default=DEFAULT_PORTFOLIO, help="the portfolio file the variant starts from")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted key into the portfolio table = a TOML value (repeatable)")
     parser.add_argument("--name", required=True, help="the run's name in the results file")
     parser.add_argument("--base", type=Path, default=ARTIFACTS_DIR / "default-default", help="the built stage cache to start from (copied)")
     parser.add_argument("--root", type=Path, default=REPO_ROOT / "var" / "ladder_experiment", help="where the copy is rebuilt")
@@ -38,7 +55,7 @@ def main() -> None:
 
     if not args.root.exists():
         shutil.copytree(args.base, args.root)
-    portfolio = load_portfolio(args.portfolio, "default")
+    portfolio = parse_portfolio(variant(tomllib.loads(args.portfolio.read_text()), args.set), "default", args.portfolio)
     build = PortfolioBuild(portfolio, root=args.root)
     started = time.perf_counter()
     build.build_tokenizer()
@@ -59,7 +76,7 @@ def main() -> None:
         "name": args.name,
         "recipe": args.note,
         "portfolio_tiers_train": {t.name: dict(t.train) for t in portfolio.ordered_tiers() if t.train},
-        "command": f"python scripts/ladder_experiment.py --portfolio {args.portfolio} --name {args.name!r}",
+        "command": "python scripts/ladder_experiment.py --name " + shlex.quote(args.name) + "".join(f" --set {shlex.quote(s)}" for s in args.set),
         "seconds": seconds,
         "decoders": decoders,
         "stage_build_seconds": {step: (s or {}).get("build_seconds") for step, s in stamps.items()},
