@@ -29,3 +29,22 @@ def test_one_targeted_iteration_replayed_on_the_tiny_build(tiny_build, tmp_path)
     # the iteration's build really retrained: its router is its own, not the base's
     iteration = tmp_path / "targeted" / "iter1"
     assert (iteration / "router" / "router.safetensors").exists() and not (iteration / "router").is_symlink()
+
+
+def test_students_failing_the_calibration_gate_keep_their_parents_weights(tiny_build, tmp_path):
+    """A gate no student can pass (it must gain more than 1.0 on every calibration task): every
+    distilled student stays its parent, so the iteration answers exactly as the base build."""
+    from coopt.iteration import FinetuneSettings
+    from export.stage_cache import StageCache
+
+    settings = CooptSettings(max_iterations=1, epsilon=0.0, finetune=FinetuneSettings(gate_tolerance=-1.0))
+    ReplayedLoop(tiny_build, settings, tmp_path, log=lambda _: None).run(("targeted",))
+    iteration = tmp_path / "targeted" / "iter1"
+    cache = StageCache(iteration)
+    t2, t1 = cache.stamp("decoders/t2")["summary"], cache.stamp("t1")["summary"]
+    gated = ([t2] if t2.get("examples") else []) + [row for row in t1.values() if "gate" in row]
+    assert gated and all(row["gate"]["kept"] is False and row["gate"]["worse_on"] for row in gated)
+    assert (iteration / "decoders" / "t2" / "model.safetensors").read_bytes() == (tiny_build.decoder_dir("t2") / "model.safetensors").read_bytes()
+    for task in t1:
+        assert (iteration / "t1" / task / "model.safetensors").read_bytes() == (tiny_build.root / "t1" / task / "model.safetensors").read_bytes()
+    assert cache.stamp("answers")["summary"]["dev"]["answered_again"] == 0

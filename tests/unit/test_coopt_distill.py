@@ -143,3 +143,15 @@ def test_the_replayed_report_says_nothing_was_served():
     text = markdown(result, "routenlp coopt --replay", "coopt_convergence.png")
     assert "(replayed over the portfolio pack)" in text and "Nothing is served" in text and "Live swaps" not in text
     assert "best build" in text and iteration_rows(result)[1]["swap sent/failed"] == "-"
+
+
+def test_the_regression_gate_rejects_a_student_worse_on_any_task_beyond_the_tolerance():
+    from types import SimpleNamespace
+
+    from coopt.iteration import FinetuneSettings, IterationBuild
+
+    build = SimpleNamespace(settings=FinetuneSettings(gate_tolerance=0.01))
+    kept = IterationBuild.gate(build, {"a": 0.60, "b": 0.20}, {"a": 0.595, "b": 0.25})
+    assert kept["kept"] and kept["worse_on"] == {}
+    rejected = IterationBuild.gate(build, {"a": 0.60, "b": 0.20}, {"a": 0.55, "b": 0.30})
+    assert not rejected["kept"] and rejected["worse_on"] == {"a": 0.05}
