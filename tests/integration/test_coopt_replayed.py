@@ -48,3 +48,25 @@ def test_students_failing_the_calibration_gate_keep_their_parents_weights(tiny_b
     for task in t1:
         assert (iteration / "t1" / task / "model.safetensors").read_bytes() == (tiny_build.root / "t1" / task / "model.safetensors").read_bytes()
     assert cache.stamp("answers")["summary"]["dev"]["answered_again"] == 0
+
+
+def test_distilled_t1_heads_do_not_depend_on_what_ran_before_in_the_process(tiny_build, tmp_path, monkeypatch):
+    """A distilled T1 head is the same whatever the process drew from the global RNG before (its
+    dropout did depend on it, and what ran before depended on which stages were cached: targeted
+    iteration 1 on the default pack gave three different costs from the same inputs)."""
+    import torch
+
+    import export.t1
+    from coopt.distill import Distillation, Example
+    from coopt.iteration import IterationBuild
+
+    records = tiny_build.pools.router["cs_intent"][:12]
+    distillation = Distillation(examples=[Example(dict(r), "t1", 1.0, 0.0) for r in records], trained_on={"t1": {r["id"] for r in records}})
+    load_t1 = export.t1.load_t1
+    for draws in (1, 5):  # a different global RNG history right before each head is fine-tuned
+        monkeypatch.setattr(export.t1, "load_t1", lambda *a, _n=draws, **k: (torch.rand(_n), load_t1(*a, **k))[1])
+        summary = IterationBuild(tiny_build, tmp_path / str(draws), distillation, bars={}, progress=False, log=lambda _: None).build_t1()
+        assert summary["cs_intent"]["examples"] == 12
+    first, second = (tmp_path / str(d) / "t1" / "cs_intent" / "model.safetensors" for d in (1, 5))
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes() != (tiny_build.root / "t1" / "cs_intent" / "model.safetensors").read_bytes()
