@@ -131,7 +131,34 @@ def evaluate(build, pools: Mapping[str, tuple[list, dict]], n_boot: int) -> dict
                 row["cost_minus_routenlp_ci95"] = [round(float(x), 5) for x in np.percentile(peer_c - ours_c, [2.5, 97.5])]
         out["pools"][pool] = {"n": len(records), "systems": rows, "guarantee": guarantee_cells(routing, lam, records, table, probs),
                               "guarantee_crc": guarantee_cells(crc, fitted[crc_name][0], records, table, probs)}
+    out["router_as_oracle_predictor"] = oracle_predictor(pools, probs, bars)
     return out
+
+
+def oracle_predictor(pools: Mapping[str, tuple[list, dict]], probs: Mapping[str, Mapping[str, float]], bars) -> dict[str, Any]:
+    """The router read as a predictor of the oracle tier, not as the deployed decision: the cheapest
+    servable tier whose router probability of meeting the bar is at least gamma (else the likeliest),
+    gamma fitted on calibration for agreement with the oracle; beside it the constant
+    cheapest-servable rule. Says whether the router can tell where a cheap tier suffices."""
+    from export.calibrate import oracle_tier, servable, structured_tasks
+
+    structured = structured_tasks()
+
+    def agreement(pool: str, pick) -> float:
+        records, table = pools[pool]
+        return round(float(np.mean([pick(r) == oracle_tier(r["task"], table[r["id"]], bars, structured) for r in records])), 4)
+
+    def by_router(gamma: float):
+        def pick(record) -> str:
+            tiers, p = servable(record["task"], structured), probs[record["id"]]
+            return next((t for t in tiers if p[t] >= gamma), max(tiers, key=lambda t: p[t]))
+        return pick
+
+    gammas = [round(g, 2) for g in np.arange(0.05, 1.0, 0.05)]
+    gamma = max(gammas, key=lambda g: agreement("calibration", by_router(g)))
+    cheapest = lambda record: servable(record["task"], structured)[0]  # noqa: E731
+    return {"gamma_fitted_on": "calibration", "gamma": gamma,
+            **{pool: {"router": agreement(pool, by_router(gamma)), "constant_cheapest_servable": agreement(pool, cheapest)} for pool in pools}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(entry["guarantee"]))
         print(f"\nthe CRC-cascade ablation on {pool}: realised regret per (task, tier)")
         print(format_table(entry["guarantee_crc"]))
+    predictor = out["router_as_oracle_predictor"]
+    print(f"\noracle agreement of the router read as a predictor (gamma {predictor['gamma']}, fitted on calibration) vs the constant cheapest-servable rule:")
+    print(format_table([{"pool": pool, **predictor[pool]} for pool in pools]))
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out}")
     return 0
