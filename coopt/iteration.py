@@ -114,6 +114,7 @@ class IterationBuild(PortfolioBuild):
 
         def build(out: Path) -> dict:
             summary = {}
+            parent_quality = self._parent_calibration_quality("t1")
             for task in T1_TASKS:
                 source = self.parent.root / "t1" / task
                 if task not in data:
@@ -127,9 +128,7 @@ class IterationBuild(PortfolioBuild):
                     torch.manual_seed(SEED)
                     mixed = with_replay(data[task], self.pools.tier_train[task], self.settings.replay_ratio, SEED)
                     stats = fit_t1(model, task, mixed, self.tokenizer(), epochs=self.settings.t1_epochs, max_len=meta["max_len"], lr=self.settings.t1_lr, seed=SEED, progress=self.progress)
-                parent, _ = load_t1(source)
-                gate = self.gate({task: evaluate_t1(parent, self.tokenizer(), task, self.pools.calibration[task], meta["max_len"])["score"]},
-                                 {task: evaluate_t1(model, self.tokenizer(), task, self.pools.calibration[task], meta["max_len"])["score"]})
+                gate = self.gate({task: parent_quality[task]}, {task: evaluate_t1(model, self.tokenizer(), task, self.pools.calibration[task], meta["max_len"])["score"]})
                 row = {"examples": len(data[task]), "replayed": len(mixed) - len(data[task]), "gate": gate}
                 if not gate["kept"]:  # the parent's head stays
                     shutil.copytree(source, out / task)
@@ -165,7 +164,7 @@ class IterationBuild(PortfolioBuild):
                 max_len=self.profile.max_input_tokens + self.profile.max_answer_tokens, seed=SEED, progress=self.progress, bucket_pool_batches=1,
             )
             row = {"examples": len(distilled), "replayed": len(pairs) - len(distilled), "final_loss": stats["final_loss"], "train_seconds": stats["train_seconds"]}
-            row["gate"] = self.gate(self._t2_calibration_quality(self.parent.load_answers("calibration")), self._t2_calibration_quality(model.eval()))
+            row["gate"] = self.gate(self._parent_calibration_quality("t2"), self._t2_calibration_quality(model.eval()))
             if not row["gate"]["kept"]:  # the parent's T2 stays
                 shutil.rmtree(out)
                 shutil.copytree(source, out)
@@ -181,19 +180,23 @@ class IterationBuild(PortfolioBuild):
         drops = {task: round(before[task] - after[task], 4) for task in before if before[task] - after[task] > self.settings.gate_tolerance}
         return {"kept": not drops, "before": dict(before), "after": dict(after), "worse_on": drops}
 
-    def _t2_calibration_quality(self, answers_or_model) -> dict[str, float]:
-        """T2's calibration quality per task, from recorded answers or by labelling with a model."""
+    def _parent_calibration_quality(self, tier: str) -> dict[str, float]:
+        """The parent's calibration quality per task of `tier`, from its recorded answers."""
+        from export.quality import quality_table
+
+        table = quality_table(self.parent.load_answers("calibration"), self.pools.flat("calibration"))
+        return {task: tiers[tier] for task, tiers in table.items() if tier in tiers}
+
+    def _t2_calibration_quality(self, model) -> dict[str, float]:
+        """A T2 model's calibration quality per task, by labelling the pool with it."""
         from export.labeling import label_decoder
         from export.quality import quality_table
 
         records = self.pools.flat("calibration")
-        if isinstance(answers_or_model, Mapping):
-            answers = answers_or_model
-        else:
-            rows = label_decoder("t2", answers_or_model, self.tokenizer(), records, max_new_tokens=self.profile.max_answer_tokens,
-                                 max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress)
-            answers = {row.id: {"t2": row.to_json()} for row in rows}
-        return {task: tiers["t2"] for task, tiers in quality_table(answers, records).items() if "t2" in tiers}
+        rows = label_decoder("t2", model, self.tokenizer(), records, max_new_tokens=self.profile.max_answer_tokens,
+                             max_prompt_tokens=self.profile.max_input_tokens, progress=self.progress)
+        table = quality_table({row.id: {"t2": row.to_json()} for row in rows}, records)
+        return {task: tiers["t2"] for task, tiers in table.items() if "t2" in tiers}
 
     # ---- refreshed all-pairs answers ----------------------------------------------------------
 
